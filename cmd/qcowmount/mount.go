@@ -1,0 +1,217 @@
+package main
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/qcowmount/qcowmount/fusefs"
+	"github.com/qcowmount/qcowmount/qcow2"
+	"github.com/urfave/cli/v2"
+	"go.uber.org/zap"
+)
+
+func mountAction(c *cli.Context) error {
+	if c.NArg() != 2 {
+		if c.NArg() == 0 {
+			cli.ShowAppHelp(c)
+		}
+		return fmt.Errorf("need IMAGE and MOUNTPOINT, got %d arguments (options go before them; see --help)", c.NArg())
+	}
+	if c.Bool("foreground") {
+		return serve(c, nil)
+	}
+	if ready := readyPipe(); ready != nil {
+		return serve(c, ready)
+	}
+	return startDaemon()
+}
+
+// serve opens the image, mounts it and serves until unmounted. ready, when
+// not nil, is the pipe to the command that started this background process:
+// it gets "ok" once the mount is usable, or the error that stopped it.
+func serve(c *cli.Context, ready *os.File) (err error) {
+	image, mountpoint := c.Args().Get(0), c.Args().Get(1)
+	log, err := newLogger(c, ready != nil)
+	if err != nil {
+		return reportReady(ready, err)
+	}
+	defer log.Sync() //nolint:errcheck
+
+	server, img, err := mount(c, image, mountpoint, log)
+	if err != nil {
+		return reportReady(ready, err)
+	}
+	defer img.Close()
+	log.Info("mounted", zap.String("image", img.Path()), zap.String("mountpoint", mountpoint),
+		zap.Int64("size", img.Size()), zap.Int("pid", os.Getpid()))
+	if err := reportReady(ready, nil); err != nil {
+		log.Warn("could not tell the starting command that the mount is ready", zap.Error(err))
+	}
+	unmountOnSignal(server, mountpoint, log)
+	server.Wait()
+	log.Info("unmounted", zap.String("mountpoint", mountpoint))
+	return nil
+}
+
+// mount checks the mountpoint, opens the image and mounts it.
+func mount(c *cli.Context, image, mountpoint string, log *zap.Logger) (*fuse.Server, *qcow2.Image, error) {
+	if err := checkMountpoint(mountpoint); err != nil {
+		return nil, nil, err
+	}
+	if _, err := os.Stat("/dev/fuse"); err != nil {
+		return nil, nil, fmt.Errorf("/dev/fuse is missing: load the fuse module or install fuse3 (%v)", err)
+	}
+	img, err := qcow2.Open(image, imageOptions(c))
+	if err != nil {
+		return nil, nil, err
+	}
+	for _, w := range img.Warnings() {
+		log.Warn(w, zap.String("image", img.Path()))
+	}
+	st, err := os.Stat(img.Path())
+	if err != nil {
+		img.Close()
+		return nil, nil, err
+	}
+	server, err := fusefs.Mount(mountpoint, img, fusefs.Options{
+		Source:       img.Path(),
+		ModTime:      st.ModTime(),
+		MountOptions: splitOptions(c.StringSlice("o")),
+		Log:          log,
+		Debug:        c.Bool("fuse-debug"),
+	})
+	if err != nil {
+		img.Close()
+		return nil, nil, fmt.Errorf("mounting on %s: %w", mountpoint, err)
+	}
+	return server, img, nil
+}
+
+// splitOptions accepts both -o a,b and -o a -o b.
+func splitOptions(opts []string) []string {
+	var out []string
+	for _, o := range opts {
+		for _, s := range strings.Split(o, ",") {
+			if s = strings.TrimSpace(s); s != "" {
+				out = append(out, s)
+			}
+		}
+	}
+	return out
+}
+
+func checkMountpoint(mountpoint string) error {
+	st, err := os.Stat(mountpoint)
+	if err != nil {
+		return fmt.Errorf("mountpoint: %w", err)
+	}
+	if !st.IsDir() {
+		return fmt.Errorf("mountpoint %s is not a directory", mountpoint)
+	}
+	abs, err := filepath.Abs(mountpoint)
+	if err != nil {
+		return err
+	}
+	if real, err := filepath.EvalSymlinks(abs); err == nil {
+		abs = real
+	}
+	mounted, err := isMountpoint(abs)
+	if err != nil {
+		return err
+	}
+	if mounted {
+		return fmt.Errorf("%s is already a mount point: unmount it first (fusermount -u %s)", mountpoint, mountpoint)
+	}
+	return nil
+}
+
+// isMountpoint reports whether dir is listed in /proc/self/mountinfo.
+func isMountpoint(dir string) (bool, error) {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return false, err
+	}
+	defer f.Close()
+	s := bufio.NewScanner(f)
+	s.Buffer(make([]byte, 64<<10), 1<<20)
+	for s.Scan() {
+		fields := strings.Fields(s.Text())
+		if len(fields) > 4 && unescapeMountinfo(fields[4]) == dir {
+			return true, nil
+		}
+	}
+	return false, s.Err()
+}
+
+// unescapeMountinfo undoes the octal escapes (\040 for a space) the kernel
+// writes in mountinfo paths.
+func unescapeMountinfo(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			var v byte
+			if _, err := fmt.Sscanf(s[i+1:i+4], "%03o", &v); err == nil {
+				b.WriteByte(v)
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+// unmountOnSignal unmounts on SIGINT or SIGTERM. While the kernel refuses
+// because the mount is busy (a loop device still attached), it says what to
+// detach and keeps serving, retrying until the unmount goes through.
+func unmountOnSignal(server *fuse.Server, mountpoint string, log *zap.Logger) {
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	go func() {
+		<-sigs
+		for attempt := 0; ; attempt++ {
+			err := server.Unmount()
+			if err == nil {
+				return
+			}
+			if attempt == 0 {
+				log.Warn("cannot unmount yet: the mount is busy; still serving, will unmount once it is free",
+					zap.String("mountpoint", mountpoint), zap.Strings("detach_first", holders(mountpoint)), zap.Error(err))
+			}
+			select {
+			case <-sigs:
+			case <-time.After(time.Second):
+			}
+		}
+	}()
+}
+
+// holders lists the loop devices whose backing file is our disk.raw, the
+// usual reason an unmount is refused.
+func holders(mountpoint string) []string {
+	abs, _ := filepath.Abs(mountpoint)
+	want := filepath.Join(abs, fusefs.DiskName)
+	files, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
+	var out []string
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err == nil && strings.TrimSpace(string(b)) == want {
+			dev := filepath.Base(filepath.Dir(filepath.Dir(f)))
+			out = append(out, "losetup -d /dev/"+dev)
+		}
+	}
+	if len(out) == 0 {
+		out = append(out, "whatever holds "+want+" open (see fuser -m "+mountpoint+")")
+	}
+	return out
+}
+
+var errNotReady = errors.New("background process exited before the mount was ready")

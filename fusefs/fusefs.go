@@ -1,0 +1,182 @@
+// Package fusefs serves a guest disk over FUSE as a read-only directory
+// holding one file, disk.raw.
+package fusefs
+
+import (
+	"context"
+	"errors"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"go.uber.org/zap"
+)
+
+// DiskName is the name of the one file in the mount.
+const DiskName = "disk.raw"
+
+// Disk is what the file system serves: the guest disk's bytes and size.
+type Disk interface {
+	io.ReaderAt
+	Size() int64
+}
+
+// Options describe the mount.
+type Options struct {
+	// Source names the image; it shows as the file system in df and
+	// /proc/mounts.
+	Source string
+	// ModTime is the modification time disk.raw reports, usually the image
+	// file's.
+	ModTime time.Time
+	// MountOptions are -o options: allow_other, default_permissions,
+	// uid=N and gid=N (the owner disk.raw shows), and whatever else the
+	// kernel takes.
+	MountOptions []string
+	// Log gets one line per failed read; nil discards.
+	Log *zap.Logger
+	// Debug traces every FUSE request to the log.
+	Debug bool
+}
+
+// Mount serves disk at mountpoint. The file system is up when it returns;
+// the caller waits on or unmounts the returned server.
+func Mount(mountpoint string, disk Disk, opts Options) (*fuse.Server, error) {
+	log := opts.Log
+	if log == nil {
+		log = zap.NewNop()
+	}
+	owner := fuse.Owner{Uid: uint32(os.Getuid()), Gid: uint32(os.Getgid())}
+	mo := fuse.MountOptions{
+		FsName:        opts.Source,
+		Name:          "qcowmount",
+		Options:       []string{"ro"},
+		MaxWrite:      1 << 20, // 1 MiB read requests, fewer round trips
+		MaxReadAhead:  1 << 20,
+		MaxBackground: 64,
+		DirectMount:   true,
+		Debug:         opts.Debug,
+	}
+	if opts.Debug {
+		mo.Logger = zap.NewStdLog(log)
+	}
+	for _, o := range opts.MountOptions {
+		switch key, val, _ := strings.Cut(o, "="); key {
+		case "allow_other":
+			mo.AllowOther = true
+		case "uid", "gid":
+			id, err := strconv.ParseUint(val, 10, 32)
+			if err != nil {
+				return nil, errors.New("mount option " + o + ": not a number")
+			}
+			if key == "uid" {
+				owner.Uid = uint32(id)
+			} else {
+				owner.Gid = uint32(id)
+			}
+		case "ro":
+		case "rw":
+			return nil, errors.New("mount option rw: the disk is read-only")
+		default:
+			mo.Options = append(mo.Options, o)
+		}
+	}
+	root := &rootDir{file: &diskFile{disk: disk, log: log, mtime: opts.ModTime, owner: owner}}
+	// The tree never changes: let the kernel cache names and attributes.
+	forever := time.Hour * 24 * 365
+	return fs.Mount(mountpoint, root, &fs.Options{
+		MountOptions: mo,
+		EntryTimeout: &forever,
+		AttrTimeout:  &forever,
+		UID:          owner.Uid,
+		GID:          owner.Gid,
+	})
+}
+
+// rootDir is the mount's root: a read-only directory holding disk.raw.
+type rootDir struct {
+	fs.Inode
+	file *diskFile
+}
+
+var (
+	_ fs.NodeOnAdder   = (*rootDir)(nil)
+	_ fs.NodeGetattrer = (*rootDir)(nil)
+	_ fs.NodeStatfser  = (*rootDir)(nil)
+)
+
+func (r *rootDir) OnAdd(ctx context.Context) {
+	child := r.NewPersistentInode(ctx, r.file, fs.StableAttr{Mode: syscall.S_IFREG, Ino: 2})
+	r.AddChild(DiskName, child, false)
+}
+
+func (r *rootDir) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	out.Mode = syscall.S_IFDIR | 0o555
+	out.Nlink = 2
+	out.Owner = r.file.owner
+	setTimes(&out.Attr, r.file.mtime)
+	return 0
+}
+
+// Statfs describes a full, read-only file system the size of the disk.
+func (r *rootDir) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
+	const bsize = 4096
+	out.Bsize = bsize
+	out.Frsize = bsize
+	out.Blocks = uint64((r.file.disk.Size() + bsize - 1) / bsize)
+	out.Files = 2
+	out.NameLen = 255
+	return 0
+}
+
+// diskFile is disk.raw.
+type diskFile struct {
+	fs.Inode
+	disk  Disk
+	log   *zap.Logger
+	mtime time.Time
+	owner fuse.Owner
+}
+
+var (
+	_ fs.NodeGetattrer = (*diskFile)(nil)
+	_ fs.NodeOpener    = (*diskFile)(nil)
+	_ fs.NodeReader    = (*diskFile)(nil)
+)
+
+func (f *diskFile) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	out.Mode = syscall.S_IFREG | 0o444
+	out.Size = uint64(f.disk.Size())
+	out.Blocks = (out.Size + 511) / 512
+	out.Blksize = 4096
+	out.Nlink = 1
+	out.Owner = f.owner
+	setTimes(&out.Attr, f.mtime)
+	return 0
+}
+
+func (f *diskFile) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
+	if flags&syscall.O_ACCMODE != syscall.O_RDONLY || flags&syscall.O_TRUNC != 0 {
+		return nil, 0, syscall.EROFS
+	}
+	// The disk never changes while mounted: keep the page cache across opens.
+	return nil, fuse.FOPEN_KEEP_CACHE, 0
+}
+
+func (f *diskFile) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	n, err := f.disk.ReadAt(dest, off)
+	if err != nil && !errors.Is(err, io.EOF) {
+		f.log.Error("read failed", zap.Int64("guest_offset", off), zap.Int("length", len(dest)), zap.Error(err))
+		return nil, syscall.EIO
+	}
+	return fuse.ReadResultData(dest[:n]), 0
+}
+
+func setTimes(a *fuse.Attr, t time.Time) {
+	a.SetTimes(&t, &t, &t)
+}

@@ -1,0 +1,174 @@
+package qcow2
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+
+	"github.com/klauspost/compress/flate"
+	"github.com/klauspost/compress/zstd"
+)
+
+// decompressFunc fills dst (exactly one cluster) from the compressed bytes
+// in src, which may carry trailing bytes that belong to nothing.
+type decompressFunc func(dst, src []byte) error
+
+func decompressorFor(compressionType uint8) decompressFunc {
+	if compressionType == CompressionZstd {
+		return unzstd
+	}
+	return inflate
+}
+
+// An inflater is a reusable raw-deflate reader over an in-memory buffer.
+type inflater struct {
+	src bytes.Reader
+	r   io.ReadCloser
+}
+
+var inflaters = sync.Pool{New: func() any {
+	f := &inflater{}
+	f.r = flate.NewReader(&f.src)
+	return f
+}}
+
+// inflate decodes raw deflate (QEMU writes it without a zlib header) until
+// dst is full. Like QEMU, more data than a cluster is not an error: the
+// stream just stops being read; less is.
+func inflate(dst, src []byte) error {
+	f := inflaters.Get().(*inflater)
+	defer inflaters.Put(f)
+	f.src.Reset(src)
+	if err := f.r.(flate.Resetter).Reset(&f.src, nil); err != nil {
+		return fmt.Errorf("deflate: %w", err)
+	}
+	n, err := io.ReadFull(f.r, dst)
+	if err != nil {
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			return fmt.Errorf("deflate data ends after %d of %d bytes", n, len(dst))
+		}
+		return fmt.Errorf("deflate data is corrupt: %w", err)
+	}
+	return nil
+}
+
+// zstdMaxWindow bounds the memory a hostile frame can make the decoder take;
+// a cluster is at most 2 MiB, and QEMU's frames never need more.
+const zstdMaxWindow = 8 << 20
+
+var zstdDecoder = func() *zstd.Decoder {
+	d, err := zstd.NewReader(nil,
+		zstd.WithDecoderConcurrency(0),
+		zstd.WithDecoderMaxWindow(zstdMaxWindow),
+		zstd.WithDecoderMaxMemory(zstdMaxWindow))
+	if err != nil {
+		panic(err) // only on invalid options, which are constant
+	}
+	return d
+}()
+
+// unzstd decodes zstd frames, one after another, until dst is exactly full.
+// As in QEMU, a frame that would produce more than dst holds, or input that
+// ends before dst is full, is an error; bytes after the last frame are not.
+func unzstd(dst, src []byte) error {
+	produced := 0
+	for produced < len(dst) {
+		n, skippable, err := zstdFrameLen(src)
+		if err != nil {
+			return fmt.Errorf("zstd: after %d of %d bytes: %w", produced, len(dst), err)
+		}
+		if !skippable {
+			room := dst[produced:produced:len(dst)]
+			out, err := zstdDecoder.DecodeAll(src[:n], room)
+			if err != nil {
+				return fmt.Errorf("zstd data is corrupt: %w", err)
+			}
+			if len(out) > cap(room) {
+				return fmt.Errorf("zstd data decompresses to more than a cluster (%d bytes)", len(dst))
+			}
+			if len(out) > 0 && &out[0] != &dst[produced] {
+				copy(dst[produced:], out)
+			}
+			produced += len(out)
+		}
+		src = src[n:]
+	}
+	return nil
+}
+
+const (
+	zstdMagic         = 0xfd2fb528
+	zstdSkippableMask = 0xfffffff0
+	zstdSkippableBase = 0x184d2a50
+)
+
+// zstdFrameLen returns the length of the frame at the start of src by
+// walking its header and block headers, without decoding.
+func zstdFrameLen(src []byte) (n int, skippable bool, err error) {
+	le := binary.LittleEndian
+	if len(src) < 4 {
+		return 0, false, errors.New("compressed data ends before a frame")
+	}
+	magic := le.Uint32(src)
+	if magic&zstdSkippableMask == zstdSkippableBase {
+		if len(src) < 8 {
+			return 0, false, errors.New("skippable frame header is truncated")
+		}
+		size := uint64(le.Uint32(src[4:]))
+		if size > uint64(len(src)-8) {
+			return 0, false, errors.New("skippable frame runs past the compressed data")
+		}
+		return 8 + int(size), true, nil
+	}
+	if magic != zstdMagic {
+		return 0, false, fmt.Errorf("bad frame magic %#08x", magic)
+	}
+	if len(src) < 5 {
+		return 0, false, errors.New("frame header is truncated")
+	}
+	fhd := src[4]
+	singleSegment := fhd&0x20 != 0
+	pos := 5
+	if !singleSegment {
+		pos++ // window descriptor
+	}
+	pos += [4]int{0, 1, 2, 4}[fhd&3] // dictionary id
+	fcs := [4]int{0, 2, 4, 8}[fhd>>6]
+	if fcs == 0 && singleSegment {
+		fcs = 1
+	}
+	pos += fcs
+	for {
+		if pos+3 > len(src) {
+			return 0, false, errors.New("frame runs past the compressed data")
+		}
+		bh := uint32(src[pos]) | uint32(src[pos+1])<<8 | uint32(src[pos+2])<<16
+		pos += 3
+		last := bh&1 != 0
+		size := int(bh >> 3)
+		switch (bh >> 1) & 3 {
+		case 0, 2: // raw, compressed
+			pos += size
+		case 1: // RLE: one byte repeated
+			pos++
+		default:
+			return 0, false, errors.New("reserved block type")
+		}
+		if pos > len(src) {
+			return 0, false, errors.New("frame runs past the compressed data")
+		}
+		if last {
+			break
+		}
+	}
+	if fhd&0x04 != 0 { // content checksum
+		pos += 4
+		if pos > len(src) {
+			return 0, false, errors.New("frame checksum runs past the compressed data")
+		}
+	}
+	return pos, false, nil
+}

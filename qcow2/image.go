@@ -1,0 +1,284 @@
+// Package qcow2 reads QEMU disk images (qcow2 v2 and v3, and the old qcow
+// format) as the guest disk they describe: an io.ReaderAt over the bytes
+// that `qemu-img convert -O raw` would write.
+package qcow2
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sync/atomic"
+
+	"github.com/qcowmount/qcowmount/qcow2/internal/lru"
+)
+
+// Disk is a guest disk: its bytes, its size, and the files behind it.
+type Disk interface {
+	io.ReaderAt
+	Size() int64
+	Close() error
+}
+
+// Default cache budgets. QEMU caches up to 32 MiB of L2 tables; we do the
+// same for the whole chain, and keep a smaller cache of decompressed
+// clusters for reads that cover only part of a cluster.
+const (
+	DefaultL2CacheSize      = 32 << 20
+	DefaultClusterCacheSize = 16 << 20
+)
+
+// Options control how an image and its chain are opened. The zero value
+// opens the active state with its backing chain and default caches.
+type Options struct {
+	// Snapshot selects an internal snapshot by ID or name instead of the
+	// current state of the top image.
+	Snapshot string
+	// NoBacking reads the top image alone: unallocated clusters read as zeros.
+	NoBacking bool
+	// BackingDir, if set, confines backing and external data files to this
+	// directory tree.
+	BackingDir string
+	// AllowDevices lets backing and data files be block devices.
+	AllowDevices bool
+	// L2CacheSize and ClusterCacheSize are budgets in bytes for the whole
+	// chain; 0 means the default.
+	L2CacheSize      int64
+	ClusterCacheSize int64
+}
+
+// cacheKey names a table or cluster: which image of the chain, which offset.
+type cacheKey struct {
+	image uint32
+	off   uint64
+}
+
+// chain is what the images of one chain share.
+type chain struct {
+	opts     Options
+	l2       *lru.Cache[cacheKey, []uint64]
+	clusters *lru.Cache[cacheKey, []byte]
+	nextID   atomic.Uint32
+	seen     map[fileID]string // files already in the chain, to catch loops
+}
+
+// Image is an opened qcow2 (or qcow) image, read as its guest disk. It is
+// safe for concurrent use.
+type Image struct {
+	path    string
+	file    *os.File // the image file: metadata, and data unless external
+	data    *os.File // where guest data clusters live
+	rawData bool     // the external data file is a consistent raw image
+	id      uint32
+	chain   *chain
+
+	hdr         Header
+	ext         extensions
+	size        int64 // of the view: the active state or the snapshot
+	clusterBits uint32
+	l2Bits      uint32 // log2 of the entries in one L2 table
+	extendedL2  bool
+	l1          []uint64
+	l1Offset    uint64
+	decompress  decompressFunc
+	snapshots   []Snapshot
+	snapshot    *Snapshot // the snapshot being read, or nil
+
+	backing     Disk // nil without a backing file or with NoBacking
+	backingName string
+	backingFmt  string
+	warnings    []string
+}
+
+// Open opens the image at path, and its backing chain, for reading.
+func Open(path string, opts Options) (*Image, error) {
+	if opts.L2CacheSize <= 0 {
+		opts.L2CacheSize = DefaultL2CacheSize
+	}
+	if opts.ClusterCacheSize <= 0 {
+		opts.ClusterCacheSize = DefaultClusterCacheSize
+	}
+	c := &chain{
+		opts:     opts,
+		l2:       lru.New[cacheKey, []uint64](opts.L2CacheSize),
+		clusters: lru.New[cacheKey, []byte](opts.ClusterCacheSize),
+		seen:     map[fileID]string{},
+	}
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return nil, err
+	}
+	f, err := openImageFile(abs, true)
+	if err != nil {
+		return nil, err
+	}
+	img, err := c.openQcow2(f, abs, 0, opts.Snapshot)
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return img, nil
+}
+
+// openQcow2 reads the header and tables of the image in f and opens what
+// it refers to. On error the caller closes f; what openQcow2 opened itself
+// is closed already.
+func (c *chain) openQcow2(f *os.File, path string, depth int, snapshot string) (*Image, error) {
+	if err := c.remember(f, path); err != nil {
+		return nil, err
+	}
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	fileSize := st.Size()
+	// The header and its extensions lie in the first cluster, at most 2 MiB.
+	first := make([]byte, min(fileSize, 1<<maxClusterBits))
+	if _, err := io.ReadFull(io.NewSectionReader(f, 0, int64(len(first))), first); err != nil {
+		return nil, fmt.Errorf("%s: reading the header: %w", path, err)
+	}
+	if len(first) >= 8 && binary.BigEndian.Uint32(first) == Magic && binary.BigEndian.Uint32(first[4:]) == 1 {
+		return nil, fmt.Errorf("%s: %w", path, &UnsupportedError{Feature: "qcow version 1"})
+	}
+	h, err := parseHeader(first, fileSize)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	clusterSize := uint64(1) << h.ClusterBits
+	if uint64(len(first)) > clusterSize {
+		first = first[:clusterSize]
+	}
+	extEnd := clusterSize
+	if h.BackingFileOffset != 0 {
+		extEnd = h.BackingFileOffset
+	}
+	ext, err := parseExtensions(first, uint64(h.HeaderLength), extEnd)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	img := &Image{
+		path:        path,
+		file:        f,
+		data:        f,
+		id:          c.nextID.Add(1),
+		chain:       c,
+		hdr:         *h,
+		ext:         *ext,
+		clusterBits: h.ClusterBits,
+		l2Bits:      uint32(bitsOf(h.l2Entries())),
+		extendedL2:  h.IncompatibleFeatures&IncompatExtendedL2 != 0,
+		decompress:  decompressorFor(h.CompressionType),
+		// QEMU exposes whole 512-byte sectors only.
+		size:     int64(h.Size &^ 511),
+		l1Offset: h.L1TableOffset,
+	}
+	if err := img.checkFeatures(); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if h.BackingFileOffset != 0 {
+		end := h.BackingFileOffset + uint64(h.BackingFileSize)
+		if end > uint64(len(first)) {
+			return nil, fmt.Errorf("%s: %w", path, formatErr("backing file name", int64(h.BackingFileOffset), "runs past the end of the file"))
+		}
+		img.backingName = string(first[h.BackingFileOffset:end])
+		img.backingFmt = ext.backingFormat
+	}
+	if img.snapshots, err = readSnapshots(f, h, fileSize); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	l1Size := uint64(h.L1Size)
+	if snapshot != "" {
+		sn, err := findSnapshot(img.snapshots, snapshot)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", path, err)
+		}
+		if err := checkTable("snapshot L1 table", sn.entryOffset, sn.L1Offset, uint64(sn.L1Size), 8, maxL1Bytes, h.ClusterBits, fileSize); err != nil {
+			return nil, fmt.Errorf("%s: snapshot %s: %w", path, sn.ID, err)
+		}
+		img.snapshot = sn
+		img.l1Offset, l1Size = sn.L1Offset, uint64(sn.L1Size)
+		img.size = int64(sn.DiskSize &^ 511)
+	}
+	if img.l1, err = readL1(f, img.l1Offset, l1Size); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if err := c.openDependencies(img, depth); err != nil {
+		return nil, err
+	}
+	return img, nil
+}
+
+// checkFeatures refuses what this reader cannot read correctly and notes
+// what it reads with a caveat.
+func (img *Image) checkFeatures() error {
+	h := &img.hdr
+	if unknown := h.IncompatibleFeatures &^ knownIncompat; unknown != 0 {
+		return &UnsupportedError{Feature: describeIncompat(unknown, img.ext.featureNames)}
+	}
+	switch h.CryptMethod {
+	case CryptAES:
+		return &UnsupportedError{Feature: "encryption (legacy AES, crypt_method 1)"}
+	case CryptLUKS:
+		return &UnsupportedError{Feature: "encryption (LUKS, crypt_method 2)"}
+	}
+	if h.IncompatibleFeatures&IncompatExternalData != 0 && !img.ext.hasDataFile {
+		return formatErr("incompatible_features", 72, "external data file bit is set but the image names no data file")
+	}
+	if h.AutoclearFeatures&AutoclearDataFileIsRaw != 0 && h.IncompatibleFeatures&IncompatExternalData == 0 {
+		return formatErr("autoclear_features", 88, "raw external data bit is set without an external data file")
+	}
+	if h.IncompatibleFeatures&IncompatCorrupt != 0 {
+		img.warnings = append(img.warnings, "image is marked corrupt: QEMU allows reading it, but data may be wrong")
+	}
+	return nil
+}
+
+// readL1 loads an L1 table whose bounds checkTable has accepted.
+func readL1(f *os.File, off, entries uint64) ([]uint64, error) {
+	buf := make([]byte, entries*8)
+	if _, err := f.ReadAt(buf, int64(off)); err != nil {
+		return nil, formatErr("L1 table", int64(off), "cannot read %d bytes: %v", len(buf), err)
+	}
+	l1 := make([]uint64, entries)
+	for i := range l1 {
+		l1[i] = binary.BigEndian.Uint64(buf[i*8:])
+	}
+	return l1, nil
+}
+
+// Size returns the size of the guest disk in bytes.
+func (img *Image) Size() int64 { return img.size }
+
+// Path returns the absolute path of the image file.
+func (img *Image) Path() string { return img.path }
+
+// Warnings lists things the caller should tell the user about, such as an
+// image marked corrupt, for every image of the chain.
+func (img *Image) Warnings() []string {
+	w := append([]string(nil), img.warnings...)
+	if b, ok := img.backing.(*Image); ok {
+		for _, s := range b.Warnings() {
+			w = append(w, b.path+": "+s)
+		}
+	}
+	return w
+}
+
+// Close closes the image and every file of its chain.
+func (img *Image) Close() error {
+	return img.closeFiles()
+}
+
+func (img *Image) closeFiles() error {
+	var errs []error
+	if img.backing != nil {
+		errs = append(errs, img.backing.Close())
+	}
+	if img.data != img.file {
+		errs = append(errs, img.data.Close())
+	}
+	errs = append(errs, img.file.Close())
+	return errors.Join(errs...)
+}

@@ -1,0 +1,179 @@
+package qcow2
+
+import (
+	"fmt"
+	"os"
+	"syscall"
+)
+
+// Info describes one image of a chain. The JSON keys are those of
+// `qemu-img info --output=json` where the two overlap.
+type Info struct {
+	Filename              string          `json:"filename"`
+	Format                string          `json:"format"`
+	VirtualSize           int64           `json:"virtual-size"`
+	ActualSize            int64           `json:"actual-size"`
+	ClusterSize           int64           `json:"cluster-size,omitempty"`
+	DirtyFlag             bool            `json:"dirty-flag"`
+	Encrypted             bool            `json:"encrypted,omitempty"`
+	BackingFilename       string          `json:"backing-filename,omitempty"`
+	FullBackingFilename   string          `json:"full-backing-filename,omitempty"`
+	BackingFilenameFormat string          `json:"backing-filename-format,omitempty"`
+	Snapshots             []SnapshotInfo  `json:"snapshots,omitempty"`
+	FormatSpecific        *FormatSpecific `json:"format-specific,omitempty"`
+}
+
+// FormatSpecific is qemu-img's "format-specific" object.
+type FormatSpecific struct {
+	Type string      `json:"type"`
+	Data *Qcow2Extra `json:"data"`
+}
+
+// Qcow2Extra holds qcow2 details: qemu-img's keys first, then ours.
+type Qcow2Extra struct {
+	Compat          string `json:"compat"`
+	CompressionType string `json:"compression-type"`
+	LazyRefcounts   bool   `json:"lazy-refcounts"`
+	RefcountBits    int    `json:"refcount-bits"`
+	Corrupt         bool   `json:"corrupt"`
+	ExtendedL2      bool   `json:"extended-l2"`
+	DataFile        string `json:"data-file,omitempty"`
+	DataFileRaw     bool   `json:"data-file-raw,omitempty"`
+
+	Version              uint32   `json:"version"`
+	L1Size               uint32   `json:"l1-size"`
+	IncompatibleFeatures []string `json:"incompatible-features"`
+	CompatibleFeatures   []string `json:"compatible-features"`
+	AutoclearFeatures    []string `json:"autoclear-features"`
+}
+
+// SnapshotInfo is one internal snapshot, keyed as qemu-img does.
+type SnapshotInfo struct {
+	ID          string `json:"id"`
+	Name        string `json:"name"`
+	VMStateSize uint64 `json:"vm-state-size"`
+	DateSec     int64  `json:"date-sec"`
+	DateNsec    int64  `json:"date-nsec"`
+	VMClockSec  int64  `json:"vm-clock-sec"`
+	VMClockNsec int64  `json:"vm-clock-nsec"`
+	ICount      *int64 `json:"icount,omitempty"`
+	DiskSize    uint64 `json:"disk-size"`
+}
+
+// Feature names QEMU gives the bits it knows, used where an image carries
+// no feature-name table.
+var defaultFeatureNames = map[featureKey]string{
+	{featureIncompatible, 0}: "dirty bit",
+	{featureIncompatible, 1}: "corrupt bit",
+	{featureIncompatible, 2}: "external data file",
+	{featureIncompatible, 3}: "compression type",
+	{featureIncompatible, 4}: "extended L2 entries",
+	{featureCompatible, 0}:   "lazy refcounts",
+	{featureAutoclear, 0}:    "bitmaps",
+	{featureAutoclear, 1}:    "raw external data",
+}
+
+func (img *Image) featureNames(kind uint8, mask uint64) []string {
+	names := []string{}
+	for bit := 0; bit < 64; bit++ {
+		if mask&(1<<bit) == 0 {
+			continue
+		}
+		k := featureKey{kind, uint8(bit)}
+		switch {
+		case img.ext.featureNames[k] != "":
+			names = append(names, img.ext.featureNames[k])
+		case defaultFeatureNames[k] != "":
+			names = append(names, defaultFeatureNames[k])
+		default:
+			names = append(names, fmt.Sprintf("bit %d", bit))
+		}
+	}
+	return names
+}
+
+// Info describes the image (not its backing files: see Chain).
+func (img *Image) Info() Info {
+	h := &img.hdr
+	in := Info{
+		Filename:              img.path,
+		Format:                "qcow2",
+		VirtualSize:           img.size,
+		ActualSize:            allocatedBytes(img.file),
+		ClusterSize:           img.clusterSize(),
+		DirtyFlag:             h.IncompatibleFeatures&IncompatDirty != 0,
+		Encrypted:             h.CryptMethod != CryptNone,
+		BackingFilename:       img.backingName,
+		BackingFilenameFormat: img.backingFmt,
+	}
+	if img.backingName != "" {
+		if p, err := img.chain.resolveReference(img.path, img.backingName, "backing file"); err == nil {
+			in.FullBackingFilename = p
+		}
+	}
+	for _, sn := range img.snapshots {
+		si := SnapshotInfo{
+			ID: sn.ID, Name: sn.Name, VMStateSize: sn.VMStateSize,
+			DateSec: sn.Date.Unix(), DateNsec: int64(sn.Date.Nanosecond()),
+			VMClockSec: int64(sn.VMClock / 1e9), VMClockNsec: int64(sn.VMClock % 1e9),
+			DiskSize: sn.DiskSize,
+		}
+		if sn.ICount >= 0 {
+			ic := sn.ICount
+			si.ICount = &ic
+		}
+		in.Snapshots = append(in.Snapshots, si)
+	}
+	extra := &Qcow2Extra{
+		Compat:               map[uint32]string{2: "0.10", 3: "1.1"}[h.Version],
+		CompressionType:      map[uint8]string{CompressionDeflate: "zlib", CompressionZstd: "zstd"}[h.CompressionType],
+		LazyRefcounts:        h.CompatibleFeatures&CompatLazyRefcounts != 0,
+		RefcountBits:         1 << h.RefcountOrder,
+		Corrupt:              h.IncompatibleFeatures&IncompatCorrupt != 0,
+		ExtendedL2:           img.extendedL2,
+		Version:              h.Version,
+		L1Size:               h.L1Size,
+		IncompatibleFeatures: img.featureNames(featureIncompatible, h.IncompatibleFeatures),
+		CompatibleFeatures:   img.featureNames(featureCompatible, h.CompatibleFeatures),
+		AutoclearFeatures:    img.featureNames(featureAutoclear, h.AutoclearFeatures),
+	}
+	if h.IncompatibleFeatures&IncompatExternalData != 0 {
+		extra.DataFile = img.ext.dataFile
+		extra.DataFileRaw = h.AutoclearFeatures&AutoclearDataFileIsRaw != 0
+	}
+	in.FormatSpecific = &FormatSpecific{Type: "qcow2", Data: extra}
+	return in
+}
+
+// Chain describes the image and each backing file below it, top first.
+func (img *Image) Chain() []Info {
+	out := []Info{img.Info()}
+	switch b := img.backing.(type) {
+	case *Image:
+		out = append(out, b.Chain()...)
+	case *rawDisk:
+		out = append(out, Info{
+			Filename:    b.f.Name(),
+			Format:      "raw",
+			VirtualSize: b.size,
+			ActualSize:  allocatedBytes(b.f),
+		})
+	}
+	return out
+}
+
+// Snapshots returns the image's internal snapshots.
+func (img *Image) Snapshots() []Snapshot { return append([]Snapshot(nil), img.snapshots...) }
+
+// allocatedBytes is what the file takes on disk, as qemu-img's actual-size.
+func allocatedBytes(f *os.File) int64 {
+	st, err := f.Stat()
+	if err != nil {
+		return 0
+	}
+	if sys, ok := st.Sys().(*syscall.Stat_t); ok {
+		return sys.Blocks * 512
+	}
+	return st.Size()
+}
+

@@ -1,0 +1,82 @@
+// Package lru is a size-bounded least-recently-used cache, safe for
+// concurrent use. Values are treated as immutable once added, so a caller
+// may keep using a value after it has been evicted.
+package lru
+
+import (
+	"container/list"
+	"sync"
+)
+
+// Cache maps keys to values whose cost (usually bytes) adds up to at most
+// the budget given to New.
+type Cache[K comparable, V any] struct {
+	mu     sync.Mutex
+	budget int64
+	used   int64
+	order  *list.List // front = most recently used
+	items  map[K]*list.Element
+}
+
+type entry[K comparable, V any] struct {
+	key  K
+	val  V
+	cost int64
+}
+
+// New returns a cache holding at most budget worth of values.
+func New[K comparable, V any](budget int64) *Cache[K, V] {
+	return &Cache[K, V]{budget: budget, order: list.New(), items: map[K]*list.Element{}}
+}
+
+// Get returns the value for key and marks it recently used.
+func (c *Cache[K, V]) Get(key K) (V, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if el, ok := c.items[key]; ok {
+		c.order.MoveToFront(el)
+		return el.Value.(*entry[K, V]).val, true
+	}
+	var zero V
+	return zero, false
+}
+
+// Add stores val under key, evicting the least recently used values until
+// the budget holds. A value costing more than the whole budget is not kept.
+func (c *Cache[K, V]) Add(key K, val V, cost int64) {
+	if cost > c.budget {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if el, ok := c.items[key]; ok {
+		e := el.Value.(*entry[K, V])
+		c.used += cost - e.cost
+		e.val, e.cost = val, cost
+		c.order.MoveToFront(el)
+	} else {
+		c.items[key] = c.order.PushFront(&entry[K, V]{key, val, cost})
+		c.used += cost
+	}
+	for c.used > c.budget {
+		el := c.order.Back()
+		e := el.Value.(*entry[K, V])
+		c.order.Remove(el)
+		delete(c.items, e.key)
+		c.used -= e.cost
+	}
+}
+
+// Len returns the number of values held.
+func (c *Cache[K, V]) Len() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.items)
+}
+
+// Used returns the total cost of the values held.
+func (c *Cache[K, V]) Used() int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.used
+}

@@ -1,0 +1,137 @@
+// Package qemutest makes disk images with QEMU's own tools and reads them
+// back with QEMU, the oracle our reader is compared with. It is for tests.
+package qemutest
+
+import (
+	"bytes"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+)
+
+// InCI reports whether the tests run in CI, where a missing prerequisite is
+// a failure rather than a reason to skip.
+func InCI() bool { return os.Getenv("CI") == "true" }
+
+// Require skips the test (fails it in CI) unless every tool is on PATH.
+func Require(t testing.TB, tools ...string) {
+	t.Helper()
+	for _, tool := range tools {
+		if _, err := exec.LookPath(tool); err != nil {
+			Missing(t, tool+" is not installed (make test installs it as root)")
+		}
+	}
+}
+
+// Missing skips the test for a missing prerequisite, or fails it in CI.
+func Missing(t testing.TB, why string) {
+	t.Helper()
+	if InCI() {
+		t.Fatalf("prerequisite missing in CI: %s", why)
+	}
+	t.Skip("skipped: " + why)
+}
+
+// Run runs a command and fails the test, with its output, if it fails.
+func Run(t testing.TB, name string, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %q: %v\n%s", name, args, err, out)
+	}
+	return string(out)
+}
+
+// Create makes an image with qemu-img create; opts are -o options.
+func Create(t testing.TB, path, format, size string, opts ...string) {
+	t.Helper()
+	args := []string{"create", "-q", "-f", format}
+	for _, o := range opts {
+		args = append(args, "-o", o)
+	}
+	Run(t, "qemu-img", append(args, path, size)...)
+}
+
+// IO runs qemu-io commands (such as "write -P 0x11 0 64k") on a qcow2 image.
+func IO(t testing.TB, path string, cmds ...string) {
+	t.Helper()
+	IOFormat(t, path, "qcow2", cmds...)
+}
+
+// IOFormat runs qemu-io commands on an image of the given format.
+func IOFormat(t testing.TB, path, format string, cmds ...string) {
+	t.Helper()
+	args := []string{"-f", format}
+	for _, c := range cmds {
+		args = append(args, "-c", c)
+	}
+	Run(t, "qemu-io", append(args, path)...)
+}
+
+// Raw converts an image to a raw file with qemu-img convert and returns its
+// path; extra arguments (such as "-l", "snapshot.name=s1") go before the
+// source name.
+func Raw(t testing.TB, image string, extra ...string) string {
+	t.Helper()
+	out := filepath.Join(t.TempDir(), filepath.Base(image)+".raw")
+	args := append([]string{"convert", "-O", "raw"}, extra...)
+	Run(t, "qemu-img", append(args, image, out)...)
+	return out
+}
+
+// RawBytes is Raw, read into memory.
+func RawBytes(t testing.TB, image string, extra ...string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(Raw(t, image, extra...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// Pattern returns n bytes of a pattern that differs from offset to offset,
+// so misplaced data never compares equal.
+func Pattern(seed byte, n int) []byte {
+	b := make([]byte, n)
+	x := uint32(seed)*2654435761 + 1
+	for i := range b {
+		x ^= x << 13
+		x ^= x >> 17
+		x ^= x << 5
+		b[i] = byte(x)
+	}
+	return b
+}
+
+// WriteFile writes data at off in a raw file, growing it as needed.
+func WriteFile(t testing.TB, path string, off int64, data []byte) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteAt(data, off); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// FirstDiff reports the first offset where a and b differ, or -1.
+func FirstDiff(a, b []byte) int {
+	n := min(len(a), len(b))
+	for i := 0; i < n; i += 4096 {
+		end := min(i+4096, n)
+		if !bytes.Equal(a[i:end], b[i:end]) {
+			for j := i; j < end; j++ {
+				if a[j] != b[j] {
+					return j
+				}
+			}
+		}
+	}
+	if len(a) != len(b) {
+		return n
+	}
+	return -1
+}

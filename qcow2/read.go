@@ -1,0 +1,363 @@
+package qcow2
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"runtime"
+	"sync"
+)
+
+// Bits of L1 and L2 entries.
+const (
+	entryOffsetMask   = 0x00fffffffffffe00
+	l1ReservedMask    = 0x7f000000000001ff
+	l2ReservedMask    = 0x3f000000000001fe
+	l2Copied          = 1 << 63
+	l2Compressed      = 1 << 62
+	l2Zero            = 1 << 0
+	subclustersPerCl  = 32
+	subclusterAllMask = 0xffffffff
+)
+
+// extentKind says where the bytes of a guest range come from.
+type extentKind uint8
+
+const (
+	extentZero       extentKind = iota // reads as zeros
+	extentBacking                      // unallocated: the backing image, or zeros
+	extentData                         // a run of host bytes in the data file
+	extentCompressed                   // one compressed cluster
+)
+
+// extent is a run of guest bytes of one kind, starting at a guest offset.
+type extent struct {
+	kind extentKind
+	n    int64  // length in bytes
+	host uint64 // extentData: host offset of the first byte; extentCompressed: the descriptor
+}
+
+// ReadAt reads the guest disk. It follows io.ReaderAt: reads that reach past
+// the end of the disk return what there is and io.EOF.
+func (img *Image) ReadAt(p []byte, off int64) (int, error) {
+	if off < 0 {
+		return 0, fmt.Errorf("negative offset %d", off)
+	}
+	if off >= img.size {
+		if len(p) == 0 {
+			return 0, nil
+		}
+		return 0, io.EOF
+	}
+	var eof error
+	if int64(len(p)) > img.size-off {
+		p, eof = p[:img.size-off], io.EOF
+	}
+	if err := img.read(p, off); err != nil {
+		return 0, fmt.Errorf("%s: guest offset %#x: %w", img.path, off, err)
+	}
+	return len(p), eof
+}
+
+// compressedJob is a compressed cluster to decompress into a whole cluster
+// of the caller's buffer.
+type compressedJob struct {
+	dst  []byte
+	desc uint64
+}
+
+// read fills p, which lies inside the disk, from guest offset off.
+func (img *Image) read(p []byte, off int64) error {
+	var jobs []compressedJob
+	for len(p) > 0 {
+		e, err := img.lookup(off, int64(len(p)))
+		if err != nil {
+			return err
+		}
+		dst := p[:e.n]
+		switch e.kind {
+		case extentZero:
+			clear(dst)
+		case extentBacking:
+			err = img.readBacking(dst, off)
+		case extentData:
+			err = img.readData(dst, e.host)
+		case extentCompressed:
+			if e.n == img.clusterSize() {
+				// A whole cluster: decompress straight into p, later and
+				// in parallel with the other whole clusters of this read.
+				jobs = append(jobs, compressedJob{dst, e.host})
+			} else {
+				err = img.readCompressedPart(dst, e.host, off&(img.clusterSize()-1))
+			}
+		}
+		if err != nil {
+			return err
+		}
+		p, off = p[e.n:], off+e.n
+	}
+	return img.runCompressed(jobs)
+}
+
+func (img *Image) clusterSize() int64 { return 1 << img.clusterBits }
+
+// readBacking reads an unallocated range: from the backing image as far as
+// it reaches, zeros after that.
+func (img *Image) readBacking(p []byte, off int64) error {
+	if img.backing == nil || off >= img.backing.Size() {
+		clear(p)
+		return nil
+	}
+	n := int(min(int64(len(p)), img.backing.Size()-off))
+	if m, err := img.backing.ReadAt(p[:n], off); m < n {
+		return fmt.Errorf("backing file: %w", err)
+	}
+	clear(p[n:])
+	return nil
+}
+
+// readData reads host bytes of allocated clusters; a read that ends early
+// means the metadata points past the end of the file.
+func (img *Image) readData(p []byte, host uint64) error {
+	n, err := img.data.ReadAt(p, int64(host))
+	if n == len(p) {
+		return nil
+	}
+	if err == nil || errors.Is(err, io.EOF) {
+		return fmt.Errorf("data at host offset %#x (%d bytes) lies past the end of %s", host, len(p), img.data.Name())
+	}
+	return fmt.Errorf("reading %s at host offset %#x: %w", img.data.Name(), host, err)
+}
+
+// readCompressedPart serves part of a compressed cluster through the cache
+// of decompressed clusters, so that small reads of one cluster decompress
+// it once.
+func (img *Image) readCompressedPart(p []byte, desc uint64, inCluster int64) error {
+	key := cacheKey{img.id, desc}
+	cl, ok := img.chain.clusters.Get(key)
+	if !ok {
+		cl = make([]byte, img.clusterSize())
+		if err := img.decompressCluster(cl, desc); err != nil {
+			return err
+		}
+		img.chain.clusters.Add(key, cl, int64(len(cl)))
+	}
+	copy(p, cl[inCluster:])
+	return nil
+}
+
+// runCompressed decompresses whole clusters, spreading them over the CPUs.
+func (img *Image) runCompressed(jobs []compressedJob) error {
+	switch len(jobs) {
+	case 0:
+		return nil
+	case 1:
+		return img.decompressCluster(jobs[0].dst, jobs[0].desc)
+	}
+	workers := min(len(jobs), runtime.GOMAXPROCS(0))
+	errs := make([]error, len(jobs))
+	var next sync.Mutex
+	i := 0
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() {
+			for {
+				next.Lock()
+				j := i
+				i++
+				next.Unlock()
+				if j >= len(jobs) {
+					return
+				}
+				errs[j] = img.decompressCluster(jobs[j].dst, jobs[j].desc)
+			}
+		})
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// compressedBufs holds input buffers for compressed clusters: at most two
+// clusters of compressed bytes each.
+var compressedBufs = sync.Pool{New: func() any { b := make([]byte, 2<<maxClusterBits); return &b }}
+
+// decompressCluster reads the compressed cluster that desc describes and
+// decompresses it into dst, one cluster long.
+func (img *Image) decompressCluster(dst []byte, desc uint64) error {
+	x := 62 - (img.clusterBits - 8)
+	host := desc & (1<<x - 1)
+	sectors := (desc >> x) & (1<<(img.clusterBits-8) - 1)
+	length := int64((sectors+1)*512 - host&511)
+	bp := compressedBufs.Get().(*[]byte)
+	defer compressedBufs.Put(bp)
+	src := (*bp)[:length]
+	// The last sector may run past the end of the file: use what is there.
+	n, err := img.file.ReadAt(src, int64(host))
+	if err != nil && !errors.Is(err, io.EOF) {
+		return fmt.Errorf("reading compressed cluster at host offset %#x: %w", host, err)
+	}
+	if err := img.decompress(dst, src[:n]); err != nil {
+		return fmt.Errorf("compressed cluster at host offset %#x (%d bytes): %w", host, length, err)
+	}
+	return nil
+}
+
+// l2Table returns the L2 table that L1 entry l1Index points at, from the
+// cache or the file; nil when the entry is unallocated.
+func (img *Image) l2Table(l1Index int64) ([]uint64, uint64, error) {
+	if l1Index >= int64(len(img.l1)) {
+		return nil, 0, nil
+	}
+	entry := img.l1[l1Index]
+	at := int64(img.l1Offset) + l1Index*8
+	if entry&l1ReservedMask != 0 {
+		return nil, 0, formatErr("L1 entry", at, "%#016x has reserved bits %#x set", entry, entry&l1ReservedMask)
+	}
+	off := entry & entryOffsetMask
+	if off == 0 {
+		return nil, 0, nil
+	}
+	if off&uint64(img.clusterSize()-1) != 0 {
+		return nil, 0, formatErr("L1 entry", at, "L2 table offset %#x is not cluster aligned", off)
+	}
+	key := cacheKey{img.id, off}
+	if t, ok := img.chain.l2.Get(key); ok {
+		return t, off, nil
+	}
+	buf := make([]byte, img.clusterSize())
+	if n, err := img.file.ReadAt(buf, int64(off)); n < len(buf) {
+		return nil, 0, formatErr("L1 entry", at, "L2 table at %#x cannot be read (%d of %d bytes: %v)", off, n, len(buf), err)
+	}
+	t := make([]uint64, len(buf)/8)
+	for i := range t {
+		t[i] = binary.BigEndian.Uint64(buf[i*8:])
+	}
+	img.chain.l2.Add(key, t, int64(len(buf)))
+	return t, off, nil
+}
+
+// lookup returns the longest run of one kind that starts at guest offset
+// off, up to max bytes, within one L2 table. Runs of data clusters that are
+// contiguous on the host come back as one extent, so they take one read.
+func (img *Image) lookup(off, max int64) (extent, error) {
+	if img.rawData {
+		return extent{kind: extentData, n: max, host: uint64(off)}, nil
+	}
+	cs := img.clusterSize()
+	span := cs << img.l2Bits // guest bytes one L2 table covers
+	tableEnd := (off/span + 1) * span
+	max = min(max, tableEnd-off)
+	table, tableOff, err := img.l2Table(off / span)
+	if err != nil {
+		return extent{}, err
+	}
+	if table == nil {
+		return extent{kind: extentBacking, n: max}, nil
+	}
+	var run extent
+	for first := true; ; first = false {
+		e, err := img.clusterExtent(table, tableOff, off)
+		if err != nil {
+			if first {
+				return extent{}, err
+			}
+			break // the caller will see the error on its next lookup
+		}
+		if first {
+			run = e
+		} else if e.kind != run.kind || e.kind == extentCompressed ||
+			(e.kind == extentData && e.host != run.host+uint64(run.n)) {
+			break
+		} else {
+			run.n += e.n
+		}
+		off += e.n
+		if run.n >= max || off&(cs-1) != 0 {
+			break // the run ended inside a cluster
+		}
+	}
+	run.n = min(run.n, max)
+	return run, nil
+}
+
+// clusterExtent classifies the bytes from guest offset off to the end of
+// their run inside off's cluster.
+func (img *Image) clusterExtent(table []uint64, tableOff uint64, off int64) (extent, error) {
+	cs := img.clusterSize()
+	in := off & (cs - 1)
+	index := (off >> img.clusterBits) & (1<<img.l2Bits - 1)
+	stride := int64(1)
+	if img.extendedL2 {
+		stride = 2
+	}
+	entry := table[index*stride]
+	at := int64(tableOff) + index*stride*8
+	if entry&l2Compressed != 0 {
+		if img.data != img.file {
+			return extent{}, formatErr("L2 entry", at, "compressed cluster in an image with an external data file")
+		}
+		return extent{kind: extentCompressed, n: cs - in, host: entry &^ (l2Copied | l2Compressed)}, nil
+	}
+	if entry&l2ReservedMask != 0 {
+		return extent{}, formatErr("L2 entry", at, "%#016x has reserved bits %#x set", entry, entry&l2ReservedMask)
+	}
+	host := entry & entryOffsetMask
+	allocated := host != 0 || (img.data != img.file && entry&l2Copied != 0)
+	if allocated {
+		if host&uint64(cs-1) != 0 {
+			return extent{}, formatErr("L2 entry", at, "data cluster offset %#x is not cluster aligned", host)
+		}
+		if img.data != img.file && host != uint64(off-in) {
+			return extent{}, formatErr("L2 entry", at, "external data file offset %#x differs from the guest offset %#x", host, off-in)
+		}
+	}
+	if !img.extendedL2 {
+		switch {
+		case entry&l2Zero != 0:
+			if img.hdr.Version < 3 {
+				return extent{}, formatErr("L2 entry", at, "zero flag set in a version 2 image")
+			}
+			return extent{kind: extentZero, n: cs - in}, nil
+		case allocated:
+			return extent{kind: extentData, n: cs - in, host: host + uint64(in)}, nil
+		default:
+			return extent{kind: extentBacking, n: cs - in}, nil
+		}
+	}
+	return img.subclusterExtent(table[index*2+1], at, allocated, host, in)
+}
+
+// subclusterExtent classifies the run of subclusters that holds in-cluster
+// offset in, from an extended L2 entry's bitmap.
+func (img *Image) subclusterExtent(bitmap uint64, at int64, allocated bool, host uint64, in int64) (extent, error) {
+	allocBits, zeroBits := bitmap&subclusterAllMask, bitmap>>32
+	if allocated && allocBits&zeroBits != 0 {
+		return extent{}, formatErr("L2 bitmap", at+8, "%#016x marks subclusters both allocated and zero", bitmap)
+	}
+	if !allocated && allocBits != 0 {
+		return extent{}, formatErr("L2 bitmap", at+8, "%#016x marks subclusters allocated in an unallocated cluster", bitmap)
+	}
+	kindOf := func(sc int64) extentKind {
+		switch {
+		case zeroBits&(1<<sc) != 0:
+			return extentZero
+		case allocBits&(1<<sc) != 0:
+			return extentData
+		default:
+			return extentBacking
+		}
+	}
+	scSize := img.clusterSize() / subclustersPerCl
+	sc := in / scSize
+	kind := kindOf(sc)
+	end := sc + 1
+	for end < subclustersPerCl && kindOf(end) == kind {
+		end++
+	}
+	e := extent{kind: kind, n: end*scSize - in}
+	if kind == extentData {
+		e.host = host + uint64(in)
+	}
+	return e, nil
+}

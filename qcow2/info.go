@@ -176,4 +176,3 @@ func allocatedBytes(f *os.File) int64 {
 	}
 	return st.Size()
 }
-

@@ -39,6 +39,10 @@ func mountAction(c *cli.Context) error {
 // it gets "ok" once the mount is usable, or the error that stopped it.
 func serve(c *cli.Context, ready *os.File) (err error) {
 	image, mountpoint := c.Args().Get(0), c.Args().Get(1)
+	// Catch signals from the start: one that arrives while mounting still
+	// unmounts once the mount is up.
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 	log, err := newLogger(c, ready != nil)
 	if err != nil {
 		return reportReady(ready, err)
@@ -55,7 +59,7 @@ func serve(c *cli.Context, ready *os.File) (err error) {
 	if err := reportReady(ready, nil); err != nil {
 		log.Warn("could not tell the starting command that the mount is ready", zap.Error(err))
 	}
-	unmountOnSignal(server, mountpoint, log)
+	go unmountOnSignal(sigs, server, mountpoint, log)
 	server.Wait()
 	log.Info("unmounted", zap.String("mountpoint", mountpoint))
 	return nil
@@ -172,26 +176,22 @@ func unescapeMountinfo(s string) string {
 // unmountOnSignal unmounts on SIGINT or SIGTERM. While the kernel refuses
 // because the mount is busy (a loop device still attached), it says what to
 // detach and keeps serving, retrying until the unmount goes through.
-func unmountOnSignal(server *fuse.Server, mountpoint string, log *zap.Logger) {
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
-	go func() {
-		<-sigs
-		for attempt := 0; ; attempt++ {
-			err := server.Unmount()
-			if err == nil {
-				return
-			}
-			if attempt == 0 {
-				log.Warn("cannot unmount yet: the mount is busy; still serving, will unmount once it is free",
-					zap.String("mountpoint", mountpoint), zap.Strings("detach_first", holders(mountpoint)), zap.Error(err))
-			}
-			select {
-			case <-sigs:
-			case <-time.After(time.Second):
-			}
+func unmountOnSignal(sigs <-chan os.Signal, server *fuse.Server, mountpoint string, log *zap.Logger) {
+	<-sigs
+	for attempt := 0; ; attempt++ {
+		err := server.Unmount()
+		if err == nil {
+			return
 		}
-	}()
+		if attempt == 0 {
+			log.Warn("cannot unmount yet: the mount is busy; still serving, will unmount once it is free",
+				zap.String("mountpoint", mountpoint), zap.Strings("detach_first", holders(mountpoint)), zap.Error(err))
+		}
+		select {
+		case <-sigs:
+		case <-time.After(time.Second):
+		}
+	}
 }
 
 // holders lists the loop devices whose backing file is our disk.raw, the

@@ -1,0 +1,56 @@
+# qcowmount: build, test, demo, install, bench.
+GO      ?= go
+PREFIX  ?= /usr/local
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+
+# Debian packages the tests need: QEMU as the oracle, FUSE, tools to make
+# and read guest disks.
+TEST_PACKAGES := qemu-utils fuse3 e2fsprogs fdisk dosfstools mtools util-linux
+
+.PHONY: all build test deps vet lint unit integration demo install bench clean
+
+all: build
+
+build:
+	$(GO) build -trimpath -ldflags "-X main.version=$(VERSION)" -o bin/qcowmount ./cmd/qcowmount
+
+# deps installs what a fresh Debian machine lacks for the tests, with
+# apt-get when run as root; Go modules come through go.mod.
+deps:
+	@missing=""; \
+	for p in $(TEST_PACKAGES) $(EXTRA_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			echo "installing:$$missing"; \
+			apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null; \
+		else \
+			echo "missing packages:$$missing (run as root to install them; tests that need them will skip)"; \
+		fi; \
+	fi
+
+vet:
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
+	$(GO) vet ./...
+
+lint: vet
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
+
+test: deps build lint
+	$(GO) test -race -count=1 -timeout 20m ./...
+
+unit: build
+	$(GO) test -race ./qcow2/... ./fusefs/... ./cmd/...
+
+integration: build
+	$(GO) test -race -count=1 ./integration/...
+
+demo: deps build
+	@bash testdata/demo.sh
+
+install: build
+	install -D -m 0755 bin/qcowmount $(DESTDIR)$(PREFIX)/bin/qcowmount
+
+clean:
+	rm -rf bin

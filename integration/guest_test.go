@@ -1,0 +1,145 @@
+package integration
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/qcowmount/qcowmount/qcow2/qemutest"
+)
+
+// guestDisk builds a raw GPT disk with an ext4 and a FAT partition filled
+// with files, and returns the disk and each file's sha256 by partition.
+func guestDisk(t *testing.T, dir string) (string, map[string]map[string]string) {
+	t.Helper()
+	qemutest.Require(t, "sfdisk", "mkfs.ext4", "mkfs.vfat", "mcopy")
+	sums := map[string]map[string]string{"ext4": {}, "vfat": {}}
+	tree := filepath.Join(dir, "tree")
+	files := map[string][]byte{
+		"hello.txt":           []byte("hello from the guest\n"),
+		"big/random.bin":      qemutest.Pattern(7, 3<<20+123),
+		"big/another.bin":     qemutest.Pattern(8, 1<<20),
+		"deep/a/b/c/tiny.txt": []byte("x"),
+	}
+	for name, data := range files {
+		p := filepath.Join(tree, name)
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		if err := os.WriteFile(p, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		sums["ext4"][name] = sha(data)
+	}
+	ext4 := filepath.Join(dir, "p1.ext4")
+	sh(t, "mkfs.ext4", "-q", "-F", "-d", tree, ext4, "12M")
+	fat := filepath.Join(dir, "p2.fat")
+	sh(t, "mkfs.vfat", "-C", fat, "4096")
+	for i, size := range []int{100, 700000, 2 << 20} {
+		name := fmt.Sprintf("FILE%d.BIN", i)
+		data := qemutest.Pattern(byte(20+i), size)
+		local := filepath.Join(dir, name)
+		os.WriteFile(local, data, 0o644)
+		sh(t, "mcopy", "-i", fat, local, "::/"+name)
+		sums["vfat"][name] = sha(data)
+	}
+	disk := filepath.Join(dir, "disk.raw")
+	if err := os.WriteFile(disk, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	os.Truncate(disk, 20<<20)
+	sfdisk := exec.Command("sfdisk", "-q", disk)
+	sfdisk.Stdin = strings.NewReader("label: gpt\nstart=2048, size=24576, type=L\nstart=26624, size=8192, type=EBD0A0A2-B9E5-4433-87C0-68B6B72699C7\n")
+	if out, err := sfdisk.CombinedOutput(); err != nil {
+		t.Fatalf("sfdisk: %v: %s", err, out)
+	}
+	sh(t, "dd", "if="+ext4, "of="+disk, "bs=512", "seek=2048", "conv=notrunc", "status=none")
+	sh(t, "dd", "if="+fat, "of="+disk, "bs=512", "seek=26624", "conv=notrunc", "status=none")
+	return disk, sums
+}
+
+func sha(b []byte) string {
+	h := sha256.Sum256(b)
+	return hex.EncodeToString(h[:])
+}
+
+// attach sets up a read-only loop device with partitions for file and
+// returns the device; partx adds the partitions where losetup -P does not.
+func attach(t *testing.T, file string) string {
+	t.Helper()
+	loop := strings.TrimSpace(sh(t, "losetup", "-r", "-P", "--show", "-f", file))
+	t.Cleanup(func() {
+		exec.Command("partx", "-d", loop).Run()
+		sh(t, "losetup", "-d", loop)
+	})
+	time.Sleep(100 * time.Millisecond)
+	if _, err := os.Stat(loop + "p1"); err != nil {
+		sh(t, "partx", "-a", loop)
+	}
+	waitFor(t, loop+"p1", 5*time.Second, func() bool { _, err := os.Stat(loop + "p1"); return err == nil })
+	return loop
+}
+
+// mountGuest mounts a guest partition read-only and unmounts it at cleanup.
+func mountGuest(t *testing.T, dev, fstype, opts string) string {
+	t.Helper()
+	dir := t.TempDir()
+	sh(t, "mount", "-t", fstype, "-o", opts, dev, dir)
+	t.Cleanup(func() { sh(t, "umount", dir) })
+	return dir
+}
+
+// TestGuestFilesystems is the whole workflow: mount the image, attach
+// disk.raw to a loop device, mount the guest's partitions, and check
+// every file.
+func TestGuestFilesystems(t *testing.T) {
+	requireFUSE(t)
+	requireRoot(t)
+	qemutest.Require(t, "qemu-img", "losetup", "partx")
+	dir := t.TempDir()
+	raw, sums := guestDisk(t, dir)
+	for _, format := range []string{"zlib", "zstd", ""} {
+		name := format
+		if name == "" {
+			name = "uncompressed"
+		}
+		t.Run(name, func(t *testing.T) {
+			image := filepath.Join(dir, name+".qcow2")
+			args := []string{"convert", "-q", "-f", "raw", "-O", "qcow2"}
+			if format != "" {
+				args = append(args, "-c", "-o", "compression_type="+format)
+			}
+			sh(t, "qemu-img", append(args, raw, image)...)
+			mnt := mountImage(t, image)
+			loop := attach(t, filepath.Join(mnt, "disk.raw"))
+			ext4 := mountGuest(t, loop+"p1", "ext4", "ro,noload")
+			for file, want := range sums["ext4"] {
+				b, err := os.ReadFile(filepath.Join(ext4, file))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if got := sha(b); got != want {
+					t.Errorf("ext4 %s: sha256 %s, want %s", file, got, want)
+				}
+			}
+			// Kernels without vfat (such as this project's machines) can
+			// still read the FAT partition through the loop device with
+			// mtools.
+			for file, want := range sums["vfat"] {
+				out := filepath.Join(t.TempDir(), file)
+				sh(t, "mcopy", "-n", "-i", loop+"p2", "::/"+file, out)
+				b, err := os.ReadFile(out)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if got := sha(b); got != want {
+					t.Errorf("vfat %s: sha256 %s, want %s", file, got, want)
+				}
+			}
+		})
+	}
+}

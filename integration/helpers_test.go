@@ -1,0 +1,168 @@
+// Package integration tests the built qcowmount binary end to end: real
+// FUSE mounts, loop devices and guest file systems, with QEMU as the oracle.
+package integration
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/qcowmount/qcowmount/qcow2/qemutest"
+)
+
+// bin is the qcowmount binary under test, built by TestMain.
+var bin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "qcowmount-bin")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	bin = filepath.Join(dir, "qcowmount")
+	build := exec.Command("go", "build", "-race", "-o", bin, "../cmd/qcowmount")
+	build.Stdout, build.Stderr = os.Stdout, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "building qcowmount:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// requireFUSE skips (fails in CI) where FUSE mounts cannot be made.
+func requireFUSE(t *testing.T) {
+	t.Helper()
+	if _, err := os.Stat("/dev/fuse"); err != nil {
+		qemutest.Missing(t, "/dev/fuse is missing")
+	}
+	if os.Geteuid() != 0 {
+		qemutest.Require(t, "fusermount3")
+	}
+}
+
+// requireRoot skips (fails in CI) unless running as root, which loop
+// devices and guest mounts need.
+func requireRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		qemutest.Missing(t, "needs root for loop devices and mounts")
+	}
+}
+
+// run runs the binary and returns its combined output and exit code.
+func run(t *testing.T, args ...string) (string, int) {
+	t.Helper()
+	cmd := exec.Command(bin, args...)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		if ee, ok := err.(*exec.ExitError); ok {
+			return string(out), ee.ExitCode()
+		}
+		t.Fatalf("running qcowmount: %v", err)
+	}
+	return string(out), 0
+}
+
+// mountImage mounts image in the background with extra arguments and
+// returns the mountpoint; the mount goes away when the test ends.
+func mountImage(t *testing.T, image string, args ...string) string {
+	t.Helper()
+	mnt := t.TempDir()
+	out, code := run(t, append(args, image, mnt)...)
+	if code != 0 {
+		t.Fatalf("qcowmount %s: exit %d: %s", image, code, out)
+	}
+	t.Cleanup(func() { unmount(t, mnt) })
+	return mnt
+}
+
+// unmount removes a mount made by a test, waiting for its server to exit.
+func unmount(t *testing.T, mnt string) {
+	pid := serverPID(mnt)
+	if !isMounted(mnt) {
+		return
+	}
+	if out, err := exec.Command("fusermount3", "-u", mnt).CombinedOutput(); err != nil {
+		t.Logf("fusermount3 -u %s: %v: %s; detaching lazily", mnt, err, out)
+		exec.Command("umount", "-l", mnt).Run()
+	}
+	if pid > 0 {
+		waitFor(t, "the server to exit", 10*time.Second, func() bool { return !alive(pid) })
+	}
+}
+
+// isMounted reports whether dir is a mount point.
+func isMounted(dir string) bool {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return false
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) > 4 && strings.ReplaceAll(f[4], `\040`, " ") == dir {
+			return true
+		}
+	}
+	return false
+}
+
+// serverPID finds the qcowmount process serving mnt.
+func serverPID(mnt string) int {
+	dirs, _ := filepath.Glob("/proc/[0-9]*")
+	for _, d := range dirs {
+		cmdline, err := os.ReadFile(filepath.Join(d, "cmdline"))
+		if err != nil {
+			continue
+		}
+		args := bytes.Split(bytes.TrimRight(cmdline, "\x00"), []byte{0})
+		if len(args) > 1 && string(args[0]) == bin && string(args[len(args)-1]) == mnt {
+			pid, _ := strconv.Atoi(filepath.Base(d))
+			return pid
+		}
+	}
+	return 0
+}
+
+func alive(pid int) bool {
+	if syscall.Kill(pid, 0) != nil {
+		return false
+	}
+	// A zombie has exited; it only waits for its parent.
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	return err == nil && !strings.Contains(string(b), ") Z ")
+}
+
+func waitFor(t *testing.T, what string, limit time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", limit, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// sh runs a command and fails the test with its output if it fails.
+func sh(t *testing.T, name string, args ...string) string {
+	t.Helper()
+	return qemutest.Run(t, name, args...)
+}
+
+// cmpFiles fails unless the two files have the same bytes.
+func cmpFiles(t *testing.T, got, want string) {
+	t.Helper()
+	out, err := exec.Command("cmp", got, want).CombinedOutput()
+	if err != nil {
+		t.Fatalf("cmp %s %s: %v: %s", got, want, err, out)
+	}
+}

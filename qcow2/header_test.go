@@ -1,0 +1,178 @@
+package qcow2
+
+import (
+	"encoding/binary"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// patch describes a change to a valid image's bytes.
+type patch func(b []byte) []byte
+
+func put32(off int, v uint32) patch {
+	return func(b []byte) []byte { binary.BigEndian.PutUint32(b[off:], v); return b }
+}
+
+func put64(off int, v uint64) patch {
+	return func(b []byte) []byte { binary.BigEndian.PutUint64(b[off:], v); return b }
+}
+
+func truncateTo(n int) patch { return func(b []byte) []byte { return b[:n] } }
+
+// openPatched writes a copy of a committed image with patches applied and
+// opens it.
+func openPatched(t *testing.T, image string, patches ...patch) (*Image, error) {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("../testdata/images", image))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range patches {
+		b = p(b)
+	}
+	path := filepath.Join(t.TempDir(), image)
+	if err := os.WriteFile(path, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return Open(path, Options{})
+}
+
+// The committed v3-4k.qcow2 has 4 KiB clusters, header_length 112, its L1
+// table at 0x3000 with one entry, and 256 KiB of guest disk.
+func TestOpenRefusesBadHeaders(t *testing.T) {
+	tests := []struct {
+		name    string
+		image   string
+		patches []patch
+		field   string // the FormatError's field; "" for another error
+		msg     string // part of the message
+	}{
+		{"empty file", "v3-4k.qcow2", []patch{truncateTo(0)}, "header", "shorter than a qcow2 header"},
+		{"100 bytes", "v3-4k.qcow2", []patch{truncateTo(100)}, "header", "shorter than a v3 header"},
+		{"wrong magic", "v3-4k.qcow2", []patch{put32(0, 0x12345678)}, "magic", "not a qcow2 image"},
+		{"version 0", "v3-4k.qcow2", []patch{put32(4, 0)}, "version", "0 is not a qcow2 version"},
+		{"version 4", "v3-4k.qcow2", []patch{put32(4, 4)}, "version", "4 is not"},
+		{"cluster_bits 8", "v3-4k.qcow2", []patch{put32(20, 8)}, "cluster_bits", "outside 9..21"},
+		{"cluster_bits 22", "v3-4k.qcow2", []patch{put32(20, 22)}, "cluster_bits", "outside"},
+		{"cluster_bits 63", "v3-4k.qcow2", []patch{put32(20, 63)}, "cluster_bits", "outside"},
+		{"cluster_bits max", "v3-4k.qcow2", []patch{put32(20, 0xffffffff)}, "cluster_bits", "outside"},
+		{"header_length 103", "v3-4k.qcow2", []patch{put32(100, 103)}, "header_length", "shorter than 104"},
+		{"header_length over a cluster", "v3-4k.qcow2", []patch{put32(100, 4097)}, "header_length", "exceeds the cluster size"},
+		{"header_length max", "v3-4k.qcow2", []patch{put32(100, 0xffffffff)}, "header_length", "exceeds"},
+		{"backing offset outside first cluster", "v3-4k.qcow2", []patch{put64(8, 8192), put32(16, 4)}, "backing_file_offset", "outside the first cluster"},
+		{"backing name 1024", "v3-4k.qcow2", []patch{put64(8, 512), put32(16, 1024)}, "backing_file_size", "too long"},
+		{"backing name max", "v3-4k.qcow2", []patch{put64(8, 512), put32(16, 0xffffffff)}, "backing_file_size", "too long"},
+		{"unknown incompatible bit", "v3-4k.qcow2", []patch{put64(72, 1<<20)}, "", "unknown incompatible bit 20"},
+		{"compression type 2", "v3-4k.qcow2", []patch{func(b []byte) []byte { b[104] = 2; return b }}, "compression_type", "2 is not"},
+		{"zstd without bit", "v3-4k.qcow2", []patch{func(b []byte) []byte { b[104] = 1; return b }}, "incompatible_features", "bit is clear"},
+		{"bit without zstd", "v3-4k.qcow2", []patch{put64(72, IncompatCompressionType)}, "incompatible_features", "bit is set"},
+		{"refcount_order 7", "v3-4k.qcow2", []patch{put32(96, 7)}, "refcount_order", "exceeds 6"},
+		{"crypt_method 3", "v3-4k.qcow2", []patch{put32(32, 3)}, "crypt_method", "not an encryption method"},
+		{"l1_size 0x7fffffff", "v3-4k.qcow2", []patch{put32(36, 0x7fffffff)}, "l1_table_offset", "exceeds"},
+		{"l1_size max", "v3-4k.qcow2", []patch{put32(36, 0xffffffff)}, "l1_table_offset", "exceeds"},
+		{"L1 too small", "v3-4k.qcow2", []patch{put32(36, 0)}, "l1_size", "too small"},
+		{"L1 unaligned", "v3-4k.qcow2", []patch{put64(40, 0x3008)}, "l1_table_offset", "not cluster aligned"},
+		{"L1 past EOF", "v3-4k.qcow2", []patch{put64(40, 1<<30)}, "l1_table_offset", "beyond the end of the file"},
+		{"L1 offset overflows", "v3-4k.qcow2", []patch{put64(40, 0x7ffffffffffff000), put32(36, 4096)}, "l1_table_offset", "overflows"},
+		{"no refcount table", "v3-4k.qcow2", []patch{put32(56, 0)}, "refcount_table_clusters", "no refcount table"},
+		{"snapshot count max", "v3-4k.qcow2", []patch{put32(60, 0xffffffff)}, "nb_snapshots", "exceeds 65536"},
+		{"snapshot table unaligned", "v3-4k.qcow2", []patch{put32(60, 1), put64(64, 0x3001)}, "snapshots_offset", "not cluster aligned"},
+		{"virtual size 2^63-1", "v3-4k.qcow2", []patch{put64(24, 1<<63-1)}, "size", "too big"},
+		{"virtual size 2^64-1", "v3-4k.qcow2", []patch{put64(24, 1<<64-1)}, "size", "exceeds 2^63-1"},
+		{"extended L2 with small clusters", "v3-4k.qcow2", []patch{put64(72, IncompatExtendedL2)}, "cluster_bits", "at least 16 KiB"},
+		{"encrypted (AES)", "v3-4k.qcow2", []patch{put32(32, 1)}, "", "legacy AES"},
+		{"data file bit without name", "v3-4k.qcow2", []patch{put64(72, IncompatExternalData)}, "incompatible_features", "names no data file"},
+		{"raw data bit without data file", "v3-4k.qcow2", []patch{put64(88, AutoclearDataFileIsRaw)}, "autoclear_features", "without an external data file"},
+		{"v2 too short", "v2-512.qcow2", []patch{truncateTo(71)}, "header", "shorter than a qcow2 header"},
+		{"qcow v1", "v2-512.qcow2", []patch{put32(4, 1)}, "", "qcow version 1"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			img, err := openPatched(t, tc.image, tc.patches...)
+			if err == nil {
+				img.Close()
+				t.Fatal("opened")
+			}
+			var fe *FormatError
+			if tc.field != "" && (!errors.As(err, &fe) || fe.Field != tc.field) {
+				t.Fatalf("error %q: want a FormatError for field %q", err, tc.field)
+			}
+			if !strings.Contains(err.Error(), tc.msg) {
+				t.Fatalf("error %q does not say %q", err, tc.msg)
+			}
+			if !strings.Contains(err.Error(), tc.image) {
+				t.Fatalf("error %q does not name the file", err)
+			}
+		})
+	}
+}
+
+func TestExtensionsParse(t *testing.T) {
+	ext := func(typ uint32, body string) []byte {
+		b := binary.BigEndian.AppendUint32(nil, typ)
+		b = binary.BigEndian.AppendUint32(b, uint32(len(body)))
+		b = append(b, body...)
+		for len(b)%8 != 0 {
+			b = append(b, 0)
+		}
+		return b
+	}
+	feature := func(kind, bit byte, name string) string {
+		e := make([]byte, 48)
+		e[0], e[1] = kind, bit
+		copy(e[2:], name)
+		return string(e)
+	}
+	cat := func(parts ...[]byte) []byte {
+		var b []byte
+		for _, p := range parts {
+			b = append(b, p...)
+		}
+		return append(b, make([]byte, 8)...)
+	}
+	tests := []struct {
+		name    string
+		area    []byte
+		wantErr string
+		check   func(*extensions) bool
+	}{
+		{"backing format", cat(ext(extBackingFormat, "raw")), "", func(e *extensions) bool { return e.backingFormat == "raw" }},
+		{"backing format of 16 bytes", cat(ext(extBackingFormat, "0123456789abcdef")), "too long", nil},
+		{"unknown skipped", cat(ext(0x12345678, "whatever"), ext(extBackingFormat, "qcow2")), "", func(e *extensions) bool { return e.backingFormat == "qcow2" }},
+		{"feature names", cat(ext(extFeatureTable, feature(0, 9, "frobnicate"))), "", func(e *extensions) bool {
+			return e.featureNames[featureKey{0, 9}] == "frobnicate"
+		}},
+		{"data file", cat(ext(extDataFile, "data.raw")), "", func(e *extensions) bool { return e.hasDataFile && e.dataFile == "data.raw" }},
+		{"length past the area", append(binary.BigEndian.AppendUint32(binary.BigEndian.AppendUint32(nil, extBackingFormat), 1000), make([]byte, 16)...), "running past", nil},
+		{"truncated header", []byte{0xe2, 0x79, 0x2a, 0xca}, "only 4 bytes left", nil},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			e, err := parseExtensions(tc.area, 0, uint64(len(tc.area)))
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("error %v, want %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !tc.check(e) {
+				t.Fatalf("parsed %+v", e)
+			}
+		})
+	}
+}
+
+func TestUnknownIncompatibleBitNamedFromTable(t *testing.T) {
+	names := map[featureKey]string{{featureIncompatible, 9}: "frobnicate"}
+	got := describeIncompat(1<<9|1<<12, names)
+	want := `"frobnicate" (incompatible bit 9), unknown incompatible bit 12`
+	if got != want {
+		t.Fatalf("got %q, want %q", got, want)
+	}
+}

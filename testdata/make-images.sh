@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Makes the images committed in testdata/ with QEMU's own tools:
+#   demo.qcow2       a GPT disk with an ext4 and a FAT partition (make demo)
+#   images/*.qcow2   tiny images of each kind, read by the format tests on
+#                    machines without QEMU and used as fuzz seeds
+#   images/SHA256SUMS  the sha256 of `qemu-img convert -O raw` of each
+# Needs qemu-utils, fdisk, e2fsprogs, dosfstools and mtools; no root.
+set -euo pipefail
+cd "$(dirname "$0")"
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+# --- demo.qcow2 -----------------------------------------------------------
+files=$work/files
+mkdir -p "$files/docs" "$files/data"
+printf 'Hello from inside a qcow2 image.\n' > "$files/hello.txt"
+printf 'qcowmount demo disk: ext4 partition.\nRead me with: make demo\n' > "$files/docs/README"
+seq 1 20000 > "$files/data/numbers.txt"
+head -c 300000 /usr/share/common-licenses/GPL-3 > "$files/data/gpl-excerpt.txt" 2>/dev/null ||
+	yes 'filler line for the demo disk' | head -c 300000 > "$files/data/gpl-excerpt.txt"
+
+disk=$work/demo.raw
+truncate -s 8M "$disk"
+sfdisk -q "$disk" <<'TABLE'
+label: gpt
+start=2048, size=8192, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, name="demo-ext4"
+start=10240, size=4096, type=EBD0A0A2-B9E5-4433-87C0-68B6B72699C7, name="demo-fat"
+TABLE
+mkfs.ext4 -q -F -L demo-ext4 -U 6a1d5b2e-2f0e-4c6b-9c43-0d3f4e5a6b7c -d "$files" "$work/p1.ext4" 4M
+mkfs.vfat -n DEMOFAT -i 1234abcd -C "$work/p2.fat" 2048 >/dev/null
+printf 'Hello from the FAT partition.\n' > "$work/fat.txt"
+mcopy -i "$work/p2.fat" "$work/fat.txt" ::/HELLO.TXT
+dd if="$work/p1.ext4" of="$disk" bs=512 seek=2048 conv=notrunc status=none
+dd if="$work/p2.fat" of="$disk" bs=512 seek=10240 conv=notrunc status=none
+qemu-img convert -q -c -f raw -O qcow2 -o compression_type=zstd "$disk" demo.qcow2
+
+# --- images/ ---------------------------------------------------------------
+mkdir -p images
+rm -f images/*.qcow2 images/*.raw
+pattern() { # pattern SEED BYTES: bytes that differ from offset to offset
+	head -c "$2" /dev/zero | openssl enc -aes-128-ctr -nosalt -pass "pass:$1" -pbkdf2
+}
+src=$work/src.raw
+truncate -s 256K "$src"
+pattern a 6000 | dd of="$src" bs=1 seek=1000 conv=notrunc status=none
+pattern b 70000 | dd of="$src" bs=1 seek=100000 conv=notrunc status=none
+pattern c 700 | dd of="$src" bs=1 seek=$((256 * 1024 - 700)) conv=notrunc status=none
+
+qemu-img convert -q -f raw -O qcow2 -o cluster_size=512,compat=0.10 "$src" images/v2-512.qcow2
+qemu-img convert -q -f raw -O qcow2 -o cluster_size=4096 "$src" images/v3-4k.qcow2
+qemu-io -f qcow2 -c 'write -z 102400 16384' -c 'write -P 0x5a 4097 100' images/v3-4k.qcow2 >/dev/null
+qemu-img convert -q -c -f raw -O qcow2 -o cluster_size=4096,compression_type=zlib "$src" images/v3-zlib.qcow2
+qemu-img convert -q -c -f raw -O qcow2 -o cluster_size=4096,compression_type=zstd "$src" images/v3-zstd.qcow2
+qemu-img create -q -f qcow2 -o cluster_size=16384,extended_l2=on images/v3-extl2.qcow2 256K
+qemu-io -f qcow2 -c 'write -P 0x11 0 1024' -c 'write -P 0x22 2048 512' -c 'write -z 4096 1024' \
+	-c 'write -P 0x33 20000 9000' images/v3-extl2.qcow2 >/dev/null
+qemu-img create -q -f qcow2 -o cluster_size=4096 images/v3-snapshot.qcow2 256K
+qemu-io -f qcow2 -c 'write -P 0x44 0 8192' images/v3-snapshot.qcow2 >/dev/null
+qemu-img snapshot -c first images/v3-snapshot.qcow2
+qemu-io -f qcow2 -c 'write -P 0x55 4096 8192' images/v3-snapshot.qcow2 >/dev/null
+
+(cd images && for f in *.qcow2; do
+	qemu-img convert -O raw "$f" "$work/$f.raw"
+	echo "$(sha256sum < "$work/$f.raw" | cut -d' ' -f1)  $f"
+done) > images/SHA256SUMS
+ls -l demo.qcow2 images/

@@ -39,7 +39,9 @@ func (c *chain) remember(f *os.File, path string) error {
 // openImageFile opens path read-only and checks that it is a file we may
 // read as an image: a regular file, or a block device where allowed.
 func openImageFile(path string, allowDevices bool) (*os.File, error) {
-	f, err := os.Open(path)
+	// O_NONBLOCK: opening a FIFO must not wait for a writer before we can
+	// refuse it. It changes nothing for reads of files and block devices.
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, err
 	}
@@ -171,7 +173,7 @@ func (c *chain) openBacking(path, format string, depth int) (Disk, error) {
 	}
 	var d Disk
 	switch format {
-	case "qcow2":
+	case "qcow2", "qcow":
 		d, err = c.openQcow2(f, path, depth, "")
 	case "raw":
 		if err = c.remember(f, path); err == nil {

@@ -87,7 +87,7 @@ func TestOpenRefusesBadHeaders(t *testing.T) {
 		{"data file bit without name", "v3-4k.qcow2", []patch{put64(72, IncompatExternalData)}, "incompatible_features", "names no data file"},
 		{"raw data bit without data file", "v3-4k.qcow2", []patch{put64(88, AutoclearDataFileIsRaw)}, "autoclear_features", "without an external data file"},
 		{"v2 too short", "v2-512.qcow2", []patch{truncateTo(71)}, "header", "shorter than a qcow2 header"},
-		{"qcow v1", "v2-512.qcow2", []patch{put32(4, 1)}, "", "qcow version 1"},
+		{"read as qcow v1", "v2-512.qcow2", []patch{put32(4, 1)}, "cluster_bits", "outside 9..16"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

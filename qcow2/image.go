@@ -74,6 +74,7 @@ type Image struct {
 	id      uint32
 	chain   *chain
 
+	v1          bool // the old qcow format: no flags in L1 entries, other descriptors
 	hdr         Header
 	ext         extensions
 	size        int64 // of the view: the active state or the snapshot
@@ -122,8 +123,8 @@ func Open(path string, opts Options) (*Image, error) {
 	return img, nil
 }
 
-// openQcow2 reads the header and tables of the image in f and opens what
-// it refers to. On error the caller closes f; what openQcow2 opened itself
+// openQcow2 reads the header and tables of the image in f (qcow2, or qcow
+// version 1) and opens what it refers to. On error the caller closes f; what openQcow2 opened itself
 // is closed already.
 func (c *chain) openQcow2(f *os.File, path string, depth int, snapshot string) (*Image, error) {
 	if err := c.remember(f, path); err != nil {
@@ -140,7 +141,7 @@ func (c *chain) openQcow2(f *os.File, path string, depth int, snapshot string) (
 		return nil, fmt.Errorf("%s: reading the header: %w", path, err)
 	}
 	if len(first) >= 8 && binary.BigEndian.Uint32(first) == Magic && binary.BigEndian.Uint32(first[4:]) == 1 {
-		return nil, fmt.Errorf("%s: %w", path, &UnsupportedError{Feature: "qcow version 1"})
+		return c.openQcow1(f, path, first, depth, snapshot)
 	}
 	h, err := parseHeader(first, fileSize)
 	if err != nil {

@@ -33,10 +33,10 @@ type FormatSpecific struct {
 type Qcow2Extra struct {
 	Compat          string `json:"compat"`
 	CompressionType string `json:"compression-type"`
-	LazyRefcounts   bool   `json:"lazy-refcounts"`
+	LazyRefcounts   *bool  `json:"lazy-refcounts,omitempty"` // v3 only, as in qemu-img
 	RefcountBits    int    `json:"refcount-bits"`
-	Corrupt         bool   `json:"corrupt"`
-	ExtendedL2      bool   `json:"extended-l2"`
+	Corrupt         *bool  `json:"corrupt,omitempty"`     // v3 only
+	ExtendedL2      *bool  `json:"extended-l2,omitempty"` // v3 only
 	DataFile        string `json:"data-file,omitempty"`
 	DataFileRaw     bool   `json:"data-file-raw,omitempty"`
 
@@ -124,18 +124,23 @@ func (img *Image) Info() Info {
 		}
 		in.Snapshots = append(in.Snapshots, si)
 	}
+	if img.v1 {
+		in.Format = "qcow"
+		return in
+	}
 	extra := &Qcow2Extra{
 		Compat:               map[uint32]string{2: "0.10", 3: "1.1"}[h.Version],
 		CompressionType:      map[uint8]string{CompressionDeflate: "zlib", CompressionZstd: "zstd"}[h.CompressionType],
-		LazyRefcounts:        h.CompatibleFeatures&CompatLazyRefcounts != 0,
 		RefcountBits:         1 << h.RefcountOrder,
-		Corrupt:              h.IncompatibleFeatures&IncompatCorrupt != 0,
-		ExtendedL2:           img.extendedL2,
 		Version:              h.Version,
 		L1Size:               h.L1Size,
 		IncompatibleFeatures: img.featureNames(featureIncompatible, h.IncompatibleFeatures),
 		CompatibleFeatures:   img.featureNames(featureCompatible, h.CompatibleFeatures),
 		AutoclearFeatures:    img.featureNames(featureAutoclear, h.AutoclearFeatures),
+	}
+	if h.Version >= 3 {
+		lazy, corrupt, extended := h.CompatibleFeatures&CompatLazyRefcounts != 0, h.IncompatibleFeatures&IncompatCorrupt != 0, img.extendedL2
+		extra.LazyRefcounts, extra.Corrupt, extra.ExtendedL2 = &lazy, &corrupt, &extended
 	}
 	if h.IncompatibleFeatures&IncompatExternalData != 0 {
 		extra.DataFile = img.ext.dataFile

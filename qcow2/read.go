@@ -102,6 +102,16 @@ func (img *Image) read(p []byte, off int64) error {
 
 func (img *Image) clusterSize() int64 { return 1 << img.clusterBits }
 
+// l2EntryWords is the size of an L2 entry in 64-bit words.
+func (img *Image) l2EntryWords() int64 {
+	if img.extendedL2 {
+		return 2
+	}
+	return 1
+}
+
+func (img *Image) l2TableBytes() int64 { return img.l2EntryWords() * 8 << img.l2Bits }
+
 // readBacking reads an unallocated range: from the backing image as far as
 // it reaches, zeros after that.
 func (img *Image) readBacking(p []byte, off int64) error {
@@ -185,10 +195,7 @@ var compressedBufs = sync.Pool{New: func() any { b := make([]byte, 2<<maxCluster
 // decompressCluster reads the compressed cluster that desc describes and
 // decompresses it into dst, one cluster long.
 func (img *Image) decompressCluster(dst []byte, desc uint64) error {
-	x := 62 - (img.clusterBits - 8)
-	host := desc & (1<<x - 1)
-	sectors := (desc >> x) & (1<<(img.clusterBits-8) - 1)
-	length := int64((sectors+1)*512 - host&511)
+	host, length := img.compressedRange(desc)
 	bp := compressedBufs.Get().(*[]byte)
 	defer compressedBufs.Put(bp)
 	src := (*bp)[:length]
@@ -203,6 +210,21 @@ func (img *Image) decompressCluster(dst []byte, desc uint64) error {
 	return nil
 }
 
+// compressedRange decodes a compressed cluster descriptor: where the
+// compressed bytes start and how many there are at most.
+func (img *Image) compressedRange(desc uint64) (host uint64, length int64) {
+	if img.v1 {
+		// Bits 63-cluster_bits..62: the exact byte count.
+		shift := 63 - img.clusterBits
+		return desc & (1<<shift - 1), int64((desc >> shift) & (1<<img.clusterBits - 1))
+	}
+	// The count of additional 512-byte sectors, above the host offset.
+	x := 62 - (img.clusterBits - 8)
+	host = desc & (1<<x - 1)
+	sectors := (desc >> x) & (1<<(img.clusterBits-8) - 1)
+	return host, int64((sectors+1)*512 - host&511)
+}
+
 // l2Table returns the L2 table that L1 entry l1Index points at, from the
 // cache or the file; nil when the entry is unallocated.
 func (img *Image) l2Table(l1Index int64) ([]uint64, uint64, error) {
@@ -211,21 +233,30 @@ func (img *Image) l2Table(l1Index int64) ([]uint64, uint64, error) {
 	}
 	entry := img.l1[l1Index]
 	at := int64(img.l1Offset) + l1Index*8
+	if img.v1 {
+		return img.loadL2(entry, at)
+	}
 	if entry&l1ReservedMask != 0 {
 		return nil, 0, formatErr("L1 entry", at, "%#016x has reserved bits %#x set", entry, entry&l1ReservedMask)
 	}
 	off := entry & entryOffsetMask
-	if off == 0 {
-		return nil, 0, nil
-	}
 	if off&uint64(img.clusterSize()-1) != 0 {
 		return nil, 0, formatErr("L1 entry", at, "L2 table offset %#x is not cluster aligned", off)
+	}
+	return img.loadL2(off, at)
+}
+
+// loadL2 returns the L2 table at host offset off, that the L1 entry at
+// file offset at points to; nil for offset 0.
+func (img *Image) loadL2(off uint64, at int64) ([]uint64, uint64, error) {
+	if off == 0 {
+		return nil, 0, nil
 	}
 	key := cacheKey{img.id, off}
 	if t, ok := img.chain.l2.Get(key); ok {
 		return t, off, nil
 	}
-	buf := make([]byte, img.clusterSize())
+	buf := make([]byte, img.l2TableBytes())
 	if n, err := img.file.ReadAt(buf, int64(off)); n < len(buf) {
 		return nil, 0, formatErr("L1 entry", at, "L2 table at %#x cannot be read (%d of %d bytes: %v)", off, n, len(buf), err)
 	}
@@ -287,12 +318,12 @@ func (img *Image) clusterExtent(table []uint64, tableOff uint64, off int64) (ext
 	cs := img.clusterSize()
 	in := off & (cs - 1)
 	index := (off >> img.clusterBits) & (1<<img.l2Bits - 1)
-	stride := int64(1)
-	if img.extendedL2 {
-		stride = 2
-	}
+	stride := img.l2EntryWords()
 	entry := table[index*stride]
 	at := int64(tableOff) + index*stride*8
+	if img.v1 {
+		return qcow1Extent(entry, cs-in, in), nil
+	}
 	if entry&l2Compressed != 0 {
 		if img.data != img.file {
 			return extent{}, formatErr("L2 entry", at, "compressed cluster in an image with an external data file")

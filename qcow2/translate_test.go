@@ -97,7 +97,7 @@ func TestL1EntryErrors(t *testing.T) {
 		l1      uint64
 		wantErr string
 	}{
-		{"reserved bits", 0x10000 | 1 << 60, "reserved bits"},
+		{"reserved bits", 0x10000 | 1<<60, "reserved bits"},
 		{"unaligned L2 table", 0x10200, "not cluster aligned"},
 		{"L2 table past the end of the file", 0x7000000, "cannot be read"},
 	}

@@ -95,10 +95,14 @@ func writeInfo(w io.Writer, in qcow2.Info) {
 		fmt.Fprintln(w, "Format specific information:")
 		fmt.Fprintf(w, "    compat: %s (version %d)\n", d.Compat, d.Version)
 		fmt.Fprintf(w, "    compression type: %s\n", d.CompressionType)
-		fmt.Fprintf(w, "    lazy refcounts: %t\n", d.LazyRefcounts)
+		if d.LazyRefcounts != nil {
+			fmt.Fprintf(w, "    lazy refcounts: %t\n", *d.LazyRefcounts)
+		}
 		fmt.Fprintf(w, "    refcount bits: %d\n", d.RefcountBits)
-		fmt.Fprintf(w, "    corrupt: %t\n", d.Corrupt)
-		fmt.Fprintf(w, "    extended l2: %t\n", d.ExtendedL2)
+		if d.Corrupt != nil {
+			fmt.Fprintf(w, "    corrupt: %t\n", *d.Corrupt)
+			fmt.Fprintf(w, "    extended l2: %t\n", *d.ExtendedL2)
+		}
 		if d.DataFile != "" {
 			fmt.Fprintf(w, "    data file: %s\n", d.DataFile)
 			fmt.Fprintf(w, "    data file raw: %t\n", d.DataFileRaw)

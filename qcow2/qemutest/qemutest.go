@@ -36,7 +36,17 @@ func Missing(t testing.TB, why string) {
 // Run runs a command and fails the test, with its output, if it fails.
 func Run(t testing.TB, name string, args ...string) string {
 	t.Helper()
-	out, err := exec.Command(name, args...).CombinedOutput()
+	return RunIn(t, "", name, args...)
+}
+
+// RunIn is Run in directory dir. QEMU resolves a relative external data
+// file name against its working directory, so the helpers below run QEMU
+// in the image's directory.
+func RunIn(t testing.TB, dir, name string, args ...string) string {
+	t.Helper()
+	cmd := exec.Command(name, args...)
+	cmd.Dir = dir
+	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("%s %q: %v\n%s", name, args, err, out)
 	}
@@ -50,7 +60,7 @@ func Create(t testing.TB, path, format, size string, opts ...string) {
 	for _, o := range opts {
 		args = append(args, "-o", o)
 	}
-	Run(t, "qemu-img", append(args, path, size)...)
+	RunIn(t, filepath.Dir(path), "qemu-img", append(args, path, size)...)
 }
 
 // IO runs qemu-io commands (such as "write -P 0x11 0 64k") on a qcow2 image.
@@ -66,7 +76,7 @@ func IOFormat(t testing.TB, path, format string, cmds ...string) {
 	for _, c := range cmds {
 		args = append(args, "-c", c)
 	}
-	Run(t, "qemu-io", append(args, path)...)
+	RunIn(t, filepath.Dir(path), "qemu-io", append(args, path)...)
 }
 
 // Raw converts an image to a raw file with qemu-img convert and returns its
@@ -74,9 +84,13 @@ func IOFormat(t testing.TB, path, format string, cmds ...string) {
 // source name.
 func Raw(t testing.TB, image string, extra ...string) string {
 	t.Helper()
-	out := filepath.Join(t.TempDir(), filepath.Base(image)+".raw")
+	out := filepath.Join(t.TempDir(), "qemu.raw")
 	args := append([]string{"convert", "-O", "raw"}, extra...)
-	Run(t, "qemu-img", append(args, image, out)...)
+	dir := "" // image may be a json: description rather than a file
+	if _, err := os.Stat(image); err == nil {
+		dir = filepath.Dir(image)
+	}
+	RunIn(t, dir, "qemu-img", append(args, image, out)...)
 	return out
 }
 
@@ -134,4 +148,25 @@ func FirstDiff(a, b []byte) int {
 		return n
 	}
 	return -1
+}
+
+// ThreeLevelChain builds raw base <- qcow2 middle (compressed clusters) <-
+// qcow2 top with extended L2 (subcluster writes and zeros), the top larger
+// than the rest.
+func ThreeLevelChain(t testing.TB, dir string) (top, middle, base string) {
+	t.Helper()
+	base = filepath.Join(dir, "base.raw")
+	WriteFile(t, base, 0, Pattern(1, 3<<20))
+	middle = filepath.Join(dir, "middle.qcow2")
+	Create(t, middle, "qcow2", "4M", "backing_file=base.raw", "backing_fmt=raw")
+	IO(t, middle,
+		"write -c -P 0x21 0 64k", "write -c -P 0x22 192k 128k",
+		"write -P 0x23 1000 3000", "write -z 2M 128k")
+	top = filepath.Join(dir, "top.qcow2")
+	Create(t, top, "qcow2", "6M", "backing_file=middle.qcow2", "backing_fmt=qcow2", "extended_l2=on", "cluster_size=64k")
+	IO(t, top,
+		"write -P 0x31 2048 2048", "write -P 0x32 70000 5000",
+		"write -z 8192 4096", "write -z 512k 64k", "write -P 0x33 3M 1M",
+		"write -P 0x34 5M 1000")
+	return top, middle, base
 }

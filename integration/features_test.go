@@ -1,0 +1,178 @@
+package integration
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/qcowmount/qcowmount/qcow2/qemutest"
+)
+
+// TestMountedFeaturesMatchQEMU mounts images with backing chains,
+// subclusters, external data files, snapshots and the qcow v1 format, and
+// compares disk.raw with QEMU's view of the same.
+func TestMountedFeaturesMatchQEMU(t *testing.T) {
+	requireFUSE(t)
+	qemutest.Require(t, "qemu-img", "qemu-io", "cmp")
+	tests := []struct {
+		name  string
+		build func(t *testing.T, dir string) (image string, args []string, want string)
+	}{
+		{"three-level chain", func(t *testing.T, dir string) (string, []string, string) {
+			top, _, _ := qemutest.ThreeLevelChain(t, dir)
+			return top, nil, qemutest.Raw(t, top)
+		}},
+		{"no-backing", func(t *testing.T, dir string) (string, []string, string) {
+			top, _, _ := qemutest.ThreeLevelChain(t, dir)
+			alone := fmt.Sprintf(`json:{"driver":"qcow2","backing":null,"file":{"driver":"file","filename":%q}}`, top)
+			return top, []string{"--no-backing"}, qemutest.Raw(t, alone)
+		}},
+		{"backing-dir", func(t *testing.T, dir string) (string, []string, string) {
+			top, _, _ := qemutest.ThreeLevelChain(t, dir)
+			return top, []string{"--backing-dir", dir}, qemutest.Raw(t, top)
+		}},
+		{"external data file", func(t *testing.T, dir string) (string, []string, string) {
+			img := filepath.Join(dir, "meta.qcow2")
+			qemutest.Create(t, img, "qcow2", "3M", "data_file=data.bin")
+			qemutest.IO(t, img, "write -P 0x51 0 100k", "write -z 40k 8k", "write -P 0x53 3000k 72k")
+			return img, nil, qemutest.Raw(t, img)
+		}},
+		{"snapshot", func(t *testing.T, dir string) (string, []string, string) {
+			img := filepath.Join(dir, "snap.qcow2")
+			qemutest.Create(t, img, "qcow2", "2M")
+			qemutest.IO(t, img, "write -P 0x71 0 300k")
+			qemutest.Run(t, "qemu-img", "snapshot", "-c", "before", img)
+			qemutest.IO(t, img, "write -P 0x72 100k 300k")
+			return img, []string{"--snapshot", "before"}, qemutest.Raw(t, img, "-l", "snapshot.name=before")
+		}},
+		{"qcow v1", func(t *testing.T, dir string) (string, []string, string) {
+			img := filepath.Join(dir, "old.qcow")
+			qemutest.Create(t, img, "qcow", "2M")
+			qemutest.IOFormat(t, img, "qcow", "write -c -P 0x81 0 4k", "write -P 0x82 100k 50k")
+			return img, nil, qemutest.Raw(t, img)
+		}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			image, args, want := tc.build(t, t.TempDir())
+			mnt := mountImage(t, image, args...)
+			cmpFiles(t, filepath.Join(mnt, "disk.raw"), want)
+		})
+	}
+}
+
+func TestMountRefusesUnsafeChains(t *testing.T) {
+	requireFUSE(t)
+	qemutest.Require(t, "qemu-img", "qemu-io")
+	dir := t.TempDir()
+	top, _, _ := qemutest.ThreeLevelChain(t, dir)
+	os.Remove(filepath.Join(dir, "base.raw"))
+	mnt := t.TempDir()
+	out, code := run(t, top, mnt)
+	if code == 0 || !strings.Contains(out, "middle.qcow2") || !strings.Contains(out, `backing file "base.raw"`) {
+		t.Fatalf("exit %d, output %q: want a failure naming both files", code, out)
+	}
+	if isMounted(mnt) {
+		t.Fatal("mounted anyway")
+	}
+}
+
+// TestInfoMatchesQemuImg compares `qcowmount info --json --backing-chain`
+// with `qemu-img info --output=json --backing-chain` on every key the two
+// share.
+func TestInfoMatchesQemuImg(t *testing.T) {
+	qemutest.Require(t, "qemu-img", "qemu-io")
+	dir := t.TempDir()
+	top, _, _ := qemutest.ThreeLevelChain(t, dir)
+	qemutest.Run(t, "qemu-img", "snapshot", "-c", "snap1", top)
+	zstd := filepath.Join(dir, "z.qcow2")
+	qemutest.Run(t, "qemu-img", "convert", "-c", "-O", "qcow2", "-o", "compat=0.10,cluster_size=4k", top, zstd)
+	zstd3 := filepath.Join(dir, "z3.qcow2")
+	qemutest.Run(t, "qemu-img", "convert", "-c", "-O", "qcow2", "-o", "compression_type=zstd,lazy_refcounts=on", top, zstd3)
+	data := filepath.Join(dir, "meta.qcow2")
+	qemutest.Create(t, data, "qcow2", "1M", "data_file=data.bin", "data_file_raw=on")
+	shared := []string{"filename", "format", "virtual-size", "cluster-size", "dirty-flag", "encrypted",
+		"backing-filename", "full-backing-filename", "backing-filename-format"}
+	sharedQcow2 := []string{"compat", "compression-type", "lazy-refcounts", "refcount-bits", "corrupt", "extended-l2", "data-file", "data-file-raw"}
+	sharedSnapshot := []string{"id", "name", "vm-state-size", "date-sec", "date-nsec", "vm-clock-sec", "vm-clock-nsec", "icount"}
+	for _, image := range []string{top, zstd, zstd3, data} {
+		t.Run(filepath.Base(image), func(t *testing.T) {
+			ours, code := run(t, "info", "--json", "--backing-chain", image)
+			if code != 0 {
+				t.Fatalf("info: exit %d: %s", code, ours)
+			}
+			var got, want []map[string]any
+			if err := json.Unmarshal([]byte(ours), &got); err != nil {
+				t.Fatalf("%v: %s", err, ours)
+			}
+			theirs := qemutest.Run(t, "qemu-img", "info", "--output=json", "--backing-chain", image)
+			if err := json.Unmarshal([]byte(theirs), &want); err != nil {
+				t.Fatal(err)
+			}
+			if len(got) != len(want) {
+				t.Fatalf("chain of %d images, qemu-img says %d", len(got), len(want))
+			}
+			for i := range want {
+				same(t, fmt.Sprint("image ", i), got[i], want[i], shared)
+				g, _ := got[i]["format-specific"].(map[string]any)
+				w, _ := want[i]["format-specific"].(map[string]any)
+				if w != nil {
+					gd, _ := g["data"].(map[string]any)
+					wd, _ := w["data"].(map[string]any)
+					same(t, fmt.Sprint("image ", i, " format-specific"), gd, wd, sharedQcow2)
+				}
+				gs, _ := got[i]["snapshots"].([]any)
+				ws, _ := want[i]["snapshots"].([]any)
+				if len(gs) != len(ws) {
+					t.Fatalf("image %d: %d snapshots, qemu-img says %d", i, len(gs), len(ws))
+				}
+				for j := range ws {
+					same(t, fmt.Sprint("snapshot ", j), gs[j].(map[string]any), ws[j].(map[string]any), sharedSnapshot)
+				}
+			}
+		})
+	}
+}
+
+func same(t *testing.T, what string, got, want map[string]any, keys []string) {
+	t.Helper()
+	for _, k := range keys {
+		if !reflect.DeepEqual(got[k], want[k]) {
+			t.Errorf("%s: %q is %v, qemu-img says %v", what, k, got[k], want[k])
+		}
+	}
+}
+
+func TestInfoText(t *testing.T) {
+	qemutest.Require(t, "qemu-img", "qemu-io")
+	dir := t.TempDir()
+	top, _, _ := qemutest.ThreeLevelChain(t, dir)
+	qemutest.Run(t, "qemu-img", "snapshot", "-c", "snap1", top)
+	out, code := run(t, "info", top)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, out)
+	}
+	for _, want := range []string{
+		"image: " + top, "file format: qcow2", "virtual size: 6 MiB (6291456 bytes)", "cluster_size: 65536",
+		"backing file: middle.qcow2", "backing file format: qcow2", "Snapshot list:", "snap1",
+		"compat: 1.1 (version 3)", "extended l2: true", "L1 size: 1",
+		"image: " + filepath.Join(dir, "middle.qcow2"), "image: " + filepath.Join(dir, "base.raw"), "file format: raw",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("info does not say %q:\n%s", want, out)
+		}
+	}
+	os.Remove(filepath.Join(dir, "base.raw"))
+	out, code = run(t, "info", top)
+	if code != 0 || !strings.Contains(out, "warning:") || !strings.Contains(out, "image: "+top) {
+		t.Fatalf("with a broken chain: exit %d: %s", code, out)
+	}
+	out, code = run(t, "info", filepath.Join(dir, "nothing.qcow2"))
+	if code == 0 || !strings.Contains(out, "no such file") {
+		t.Fatalf("missing image: exit %d: %s", code, out)
+	}
+}

@@ -1,0 +1,107 @@
+package qcow2
+
+import (
+	"encoding/binary"
+	"fmt"
+	"math"
+	"os"
+)
+
+// The old qcow format (version 1), which QEMU still reads: a 48-byte
+// header, an L1 table of plain L2 offsets, L2 tables of 2^l2_bits entries,
+// and deflate-compressed clusters whose descriptor holds an exact length.
+const (
+	qcow1HeaderLength     = 48
+	qcow1MinClusterBits   = 9
+	qcow1MaxClusterBits   = 16
+	qcow1CompressedFlag   = 1 << 63
+	qcow1MaxL1Entries     = math.MaxInt32 / 8
+	qcow1BackingNameLimit = 1023
+)
+
+// openQcow1 opens a qcow version 1 image whose first bytes are in first.
+// QEMU's checks on open are mirrored, plus: the L1 table lies in the file.
+func (c *chain) openQcow1(f *os.File, path string, first []byte, depth int, snapshot string) (*Image, error) {
+	fail := func(err error) (*Image, error) { return nil, fmt.Errorf("%s: %w", path, err) }
+	if len(first) < qcow1HeaderLength {
+		return fail(formatErr("header", 0, "file is %d bytes, shorter than a qcow header (48)", len(first)))
+	}
+	if snapshot != "" {
+		return fail(fmt.Errorf("no snapshot %q: qcow version 1 images have no snapshots", snapshot))
+	}
+	be := binary.BigEndian
+	backingOff, backingLen := be.Uint64(first[8:]), be.Uint32(first[16:])
+	size := be.Uint64(first[24:])
+	clusterBits, l2Bits := uint32(first[32]), uint32(first[33])
+	cryptMethod := be.Uint32(first[36:])
+	l1Off := be.Uint64(first[40:])
+	if size <= 1 || size > math.MaxInt64 {
+		return fail(formatErr("size", 24, "virtual size %d is out of range", size))
+	}
+	if clusterBits < qcow1MinClusterBits || clusterBits > qcow1MaxClusterBits {
+		return fail(formatErr("cluster_bits", 32, "%d is outside %d..%d", clusterBits, qcow1MinClusterBits, qcow1MaxClusterBits))
+	}
+	if l2Bits < qcow1MinClusterBits-3 || l2Bits > qcow1MaxClusterBits-3 {
+		return fail(formatErr("l2_bits", 33, "%d is outside %d..%d", l2Bits, qcow1MinClusterBits-3, qcow1MaxClusterBits-3))
+	}
+	switch cryptMethod {
+	case CryptNone:
+	case CryptAES:
+		return fail(&UnsupportedError{Feature: "encryption (legacy AES, crypt_method 1)"})
+	default:
+		return fail(formatErr("crypt_method", 36, "%d is not an encryption method (0 or 1)", cryptMethod))
+	}
+	shift := clusterBits + l2Bits
+	l1Entries := (size + (1<<shift - 1)) >> shift
+	if l1Entries > qcow1MaxL1Entries {
+		return fail(formatErr("size", 24, "virtual size %d is too big", size))
+	}
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if l1Off > math.MaxInt64-l1Entries*8 || l1Off+l1Entries*8 > uint64(st.Size()) {
+		return fail(formatErr("l1_table_offset", 40, "table [%#x, +%d) lies beyond the end of the file (%d bytes)", l1Off, l1Entries*8, st.Size()))
+	}
+	img := &Image{
+		path:        path,
+		file:        f,
+		data:        f,
+		id:          c.nextID.Add(1),
+		chain:       c,
+		v1:          true,
+		hdr:         Header{Version: 1, ClusterBits: clusterBits, Size: size, L1Size: uint32(l1Entries), L1TableOffset: l1Off},
+		ext:         extensions{featureNames: map[featureKey]string{}},
+		clusterBits: clusterBits,
+		l2Bits:      l2Bits,
+		decompress:  inflate,
+		size:        int64(size &^ 511),
+		l1Offset:    l1Off,
+	}
+	if backingOff != 0 {
+		if backingLen > qcow1BackingNameLimit || backingOff > uint64(len(first)) || uint64(backingLen) > uint64(len(first))-backingOff {
+			return fail(formatErr("backing_file_size", 16, "backing file name at %#x, %d bytes, is too long or past the end of the file", backingOff, backingLen))
+		}
+		img.backingName = string(first[backingOff : backingOff+uint64(backingLen)])
+	}
+	if img.l1, err = readL1(f, l1Off, l1Entries); err != nil {
+		return fail(err)
+	}
+	if err := c.openDependencies(img, depth); err != nil {
+		return nil, err
+	}
+	return img, nil
+}
+
+// qcow1Extent classifies n bytes of a qcow version 1 cluster from its L2
+// entry; in is the offset inside the cluster.
+func qcow1Extent(entry uint64, n, in int64) extent {
+	switch {
+	case entry&qcow1CompressedFlag != 0:
+		return extent{kind: extentCompressed, n: n, host: entry}
+	case entry == 0:
+		return extent{kind: extentBacking, n: n}
+	default:
+		return extent{kind: extentData, n: n, host: entry + uint64(in)}
+	}
+}

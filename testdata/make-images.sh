@@ -36,7 +36,7 @@ qemu-img convert -q -c -f raw -O qcow2 -o compression_type=zstd "$disk" demo.qco
 
 # --- images/ ---------------------------------------------------------------
 mkdir -p images
-rm -f images/*.qcow2 images/*.raw
+rm -f images/*.qcow2 images/*.qcow images/*.raw
 pattern() { # pattern SEED BYTES: bytes that differ from offset to offset
 	head -c "$2" /dev/zero | openssl enc -aes-128-ctr -nosalt -pass "pass:$1" -pbkdf2
 }
@@ -59,7 +59,10 @@ qemu-io -f qcow2 -c 'write -P 0x44 0 8192' images/v3-snapshot.qcow2 >/dev/null
 qemu-img snapshot -c first images/v3-snapshot.qcow2
 qemu-io -f qcow2 -c 'write -P 0x55 4096 8192' images/v3-snapshot.qcow2 >/dev/null
 
-(cd images && for f in *.qcow2; do
+qemu-img create -q -f qcow images/v1.qcow 256K
+qemu-io -f qcow -c 'write -c -P 0x66 0 4k' -c 'write -P 0x67 8192 10000' images/v1.qcow >/dev/null
+
+(cd images && for f in *.qcow2 *.qcow; do
 	qemu-img convert -O raw "$f" "$work/$f.raw"
 	echo "$(sha256sum < "$work/$f.raw" | cut -d' ' -f1)  $f"
 done) > images/SHA256SUMS

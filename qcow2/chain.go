@@ -36,9 +36,10 @@ func (c *chain) remember(f *os.File, path string) error {
 	return nil
 }
 
-// openImageFile opens path read-only and checks that it is a file we may
-// read as an image: a regular file, or a block device where allowed.
-func openImageFile(path string, allowDevices bool) (*os.File, error) {
+// openImageFile opens path read-only, checks that it is a file we may read
+// as an image (a regular file, or a block device where allowed), and takes
+// QEMU's read locks on it.
+func (c *chain) openImageFile(path string, allowDevices bool) (*os.File, error) {
 	// O_NONBLOCK: opening a FIFO must not wait for a writer before we can
 	// refuse it. It changes nothing for reads of files and block devices.
 	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
@@ -59,6 +60,10 @@ func openImageFile(path string, allowDevices bool) (*os.File, error) {
 	default:
 		f.Close()
 		return nil, fmt.Errorf("%s is not a regular file (%s)", path, mode.Type())
+	}
+	if err := lockFile(f, c.opts.ForceShare); err != nil {
+		f.Close()
+		return nil, err
 	}
 	return f, nil
 }
@@ -136,7 +141,7 @@ func (c *chain) openDependencies(img *Image, depth int) (err error) {
 		if err != nil {
 			return err
 		}
-		f, err := openImageFile(p, c.opts.AllowDevices)
+		f, err := c.openImageFile(p, c.opts.AllowDevices)
 		if err != nil {
 			return fmt.Errorf("%s: external data file: %w", img.path, err)
 		}
@@ -164,7 +169,7 @@ func (c *chain) openDependencies(img *Image, depth int) (err error) {
 // contents show when the referring image names none (qcow2 magic: qcow2;
 // anything else: raw).
 func (c *chain) openBacking(path, format string, depth int) (Disk, error) {
-	f, err := openImageFile(path, c.opts.AllowDevices)
+	f, err := c.openImageFile(path, c.opts.AllowDevices)
 	if err != nil {
 		return nil, err
 	}

@@ -6,12 +6,12 @@ import (
 	"testing"
 )
 
-// seedImages adds the committed images (testdata/make-images.sh made them
-// with qemu-img: v1, v2, v3, compressed, zero clusters, subclusters,
-// snapshots) to a fuzz target's corpus.
+// seedImages adds the tiny committed images (testdata/make-images.sh made
+// them with qemu-img: v1, v2, v3, compressed, zero clusters, subclusters,
+// snapshots) to a fuzz target's corpus. Small seeds keep fuzzing fast.
 func seedImages(f *testing.F, add func(b []byte)) {
 	f.Helper()
-	files, err := filepath.Glob("../testdata/images/*.qcow*")
+	files, err := filepath.Glob("../testdata/images/tiny/*.qcow*")
 	if err != nil || len(files) == 0 {
 		f.Fatalf("no seed images: %v", err)
 	}

@@ -43,6 +43,9 @@ type Options struct {
 	BackingDir string
 	// AllowDevices lets backing and data files be block devices.
 	AllowDevices bool
+	// ForceShare reads images that another process may be writing (QEMU's
+	// --force-share): only the "consistent read" lock is taken and checked.
+	ForceShare bool
 	// L2CacheSize and ClusterCacheSize are budgets in bytes for the whole
 	// chain; 0 means the default.
 	L2CacheSize      int64
@@ -111,7 +114,7 @@ func Open(path string, opts Options) (*Image, error) {
 	if err != nil {
 		return nil, err
 	}
-	f, err := openImageFile(abs, true)
+	f, err := c.openImageFile(abs, true)
 	if err != nil {
 		return nil, err
 	}
@@ -119,6 +122,9 @@ func Open(path string, opts Options) (*Image, error) {
 	if err != nil {
 		f.Close()
 		return nil, err
+	}
+	if opts.ForceShare {
+		img.warnings = append(img.warnings, "opened with --force-share: another process may change the image while it is mounted, and reads may then be inconsistent")
 	}
 	return img, nil
 }
@@ -233,6 +239,7 @@ func (img *Image) checkFeatures() error {
 	if h.IncompatibleFeatures&IncompatCorrupt != 0 {
 		img.warnings = append(img.warnings, "image is marked corrupt: QEMU allows reading it, but data may be wrong")
 	}
+
 	return nil
 }
 

@@ -62,6 +62,27 @@ qemu-io -f qcow2 -c 'write -P 0x55 4096 8192' images/v3-snapshot.qcow2 >/dev/nul
 qemu-img create -q -f qcow images/v1.qcow 256K
 qemu-io -f qcow -c 'write -c -P 0x66 0 4k' -c 'write -P 0x67 8192 10000' images/v1.qcow >/dev/null
 
+# Tiny images of every kind, a few KiB each: the fuzz targets' seeds.
+tiny=images/tiny
+mkdir -p "$tiny"
+rm -f "$tiny"/*
+head -c 2000 "$src" > "$work/tiny.raw"
+truncate -s 64K "$work/tiny.raw"
+pattern d 1500 | dd of="$work/tiny.raw" bs=1 seek=40000 conv=notrunc status=none
+qemu-img convert -q -f raw -O qcow2 -o cluster_size=512,compat=0.10 "$work/tiny.raw" "$tiny/v2.qcow2"
+qemu-img convert -q -f raw -O qcow2 -o cluster_size=512 "$work/tiny.raw" "$tiny/v3-zero.qcow2"
+qemu-io -f qcow2 -c 'write -z 1024 1024' "$tiny/v3-zero.qcow2" >/dev/null
+qemu-img convert -q -c -f raw -O qcow2 -o cluster_size=512 "$work/tiny.raw" "$tiny/v3-zlib.qcow2"
+qemu-img convert -q -c -f raw -O qcow2 -o cluster_size=512,compression_type=zstd "$work/tiny.raw" "$tiny/v3-zstd.qcow2"
+qemu-img create -q -f qcow2 -o cluster_size=16k,extended_l2=on "$tiny/v3-extl2.qcow2" 64K
+qemu-io -f qcow2 -c 'write -P 0x11 512 1024' -c 'write -z 4096 512' "$tiny/v3-extl2.qcow2" >/dev/null
+qemu-img create -q -f qcow2 -o cluster_size=512 "$tiny/v3-snapshot.qcow2" 64K
+qemu-io -f qcow2 -c 'write -P 0x44 0 1024' "$tiny/v3-snapshot.qcow2" >/dev/null
+qemu-img snapshot -c first "$tiny/v3-snapshot.qcow2"
+qemu-io -f qcow2 -c 'write -P 0x55 512 1024' "$tiny/v3-snapshot.qcow2" >/dev/null
+qemu-img create -q -f qcow -o cluster_size=512 "$tiny/v1.qcow" 64K 2>/dev/null || qemu-img create -q -f qcow "$tiny/v1.qcow" 64K
+qemu-io -f qcow -c 'write -c -P 0x66 0 4k' -c 'write -P 0x67 8192 1000' "$tiny/v1.qcow" >/dev/null
+
 (cd images && for f in *.qcow2 *.qcow; do
 	qemu-img convert -O raw "$f" "$work/$f.raw"
 	echo "$(sha256sum < "$work/$f.raw" | cut -d' ' -f1)  $f"

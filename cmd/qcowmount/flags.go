@@ -13,6 +13,7 @@ func imageFlags() []cli.Flag {
 		&cli.BoolFlag{Name: "no-backing", Usage: "read the top image alone: unallocated clusters read as zeros"},
 		&cli.StringFlag{Name: "backing-dir", Usage: "refuse backing and data files outside directory `DIR`"},
 		&cli.BoolFlag{Name: "allow-devices", Usage: "allow backing and data files that are block devices"},
+		&cli.BoolFlag{Name: "force-share", Aliases: []string{"U"}, Usage: "open images that another process (a running VM) may be writing; reads may be inconsistent"},
 	}
 }
 
@@ -22,6 +23,7 @@ func imageOptions(c *cli.Context) qcow2.Options {
 		NoBacking:        c.Bool("no-backing"),
 		BackingDir:       c.String("backing-dir"),
 		AllowDevices:     c.Bool("allow-devices"),
+		ForceShare:       c.Bool("force-share"),
 		L2CacheSize:      c.Int64("l2-cache-size"),
 		ClusterCacheSize: c.Int64("cluster-cache-size"),
 	}

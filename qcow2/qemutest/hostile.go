@@ -123,10 +123,16 @@ func HostileCorpus(t testing.TB, dir string) []Hostile {
 		return func(b []byte) []byte { binary.BigEndian.PutUint64(b[off:], v); return b }
 	}
 	or64 := func(off int64, v uint64) func([]byte) []byte {
-		return func(b []byte) []byte { binary.BigEndian.PutUint64(b[off:], binary.BigEndian.Uint64(b[off:])|v); return b }
+		return func(b []byte) []byte {
+			binary.BigEndian.PutUint64(b[off:], binary.BigEndian.Uint64(b[off:])|v)
+			return b
+		}
 	}
 	add64 := func(off int64, v uint64) func([]byte) []byte {
-		return func(b []byte) []byte { binary.BigEndian.PutUint64(b[off:], binary.BigEndian.Uint64(b[off:])+v); return b }
+		return func(b []byte) []byte {
+			binary.BigEndian.PutUint64(b[off:], binary.BigEndian.Uint64(b[off:])+v)
+			return b
+		}
 	}
 	both := func(fs ...func([]byte) []byte) func([]byte) []byte {
 		return func(b []byte) []byte {

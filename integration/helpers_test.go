@@ -116,7 +116,10 @@ func isMounted(dir string) bool {
 }
 
 // serverPID finds the qcowmount process serving mnt.
-func serverPID(mnt string) int {
+func serverPID(mnt string) int { return serverPIDOf(bin, mnt) }
+
+// serverPIDOf finds the process of binary that serves mnt.
+func serverPIDOf(binary, mnt string) int {
 	dirs, _ := filepath.Glob("/proc/[0-9]*")
 	for _, d := range dirs {
 		cmdline, err := os.ReadFile(filepath.Join(d, "cmdline"))
@@ -124,7 +127,7 @@ func serverPID(mnt string) int {
 			continue
 		}
 		args := bytes.Split(bytes.TrimRight(cmdline, "\x00"), []byte{0})
-		if len(args) > 1 && string(args[0]) == bin && string(args[len(args)-1]) == mnt {
+		if len(args) > 1 && string(args[0]) == binary && string(args[len(args)-1]) == mnt {
 			pid, _ := strconv.Atoi(filepath.Base(d))
 			return pid
 		}

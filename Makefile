@@ -5,7 +5,9 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 
 # Debian packages the tests need: QEMU as the oracle, FUSE, tools to make
 # and read guest disks.
-TEST_PACKAGES := qemu-utils fuse3 e2fsprogs fdisk dosfstools mtools util-linux
+TEST_PACKAGES := qemu-utils fuse3 e2fsprogs fdisk dosfstools mtools util-linux fio
+# ... and the peers the benchmark measures us against.
+BENCH_PACKAGES := qemu-system-common libqcow-utils
 
 .PHONY: all build test deps vet lint unit integration demo install bench clean
 
@@ -48,6 +50,14 @@ integration: build
 
 demo: deps build
 	@bash testdata/demo.sh
+
+# bench: the reader alone (go test -bench), then every tool side by side on
+# a 2 GiB guest disk built once in /var/tmp/qcowmount-bench. BENCH_ARGS
+# passes flags, e.g. BENCH_ARGS="-image my.qcow2 -seconds 20".
+bench: build
+	@$(MAKE) --no-print-directory deps EXTRA_PACKAGES="$(BENCH_PACKAGES)"
+	$(GO) test -run '^$$' -bench . -benchmem ./qcow2
+	$(GO) run ./integration/bench -out integration/bench/RESULTS.md $(BENCH_ARGS)
 
 install: build
 	install -D -m 0755 bin/qcowmount $(DESTDIR)$(PREFIX)/bin/qcowmount

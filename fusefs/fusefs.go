@@ -5,6 +5,7 @@ package fusefs
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"strconv"
@@ -15,6 +16,7 @@ import (
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
 )
 
 // DiskName is the name of the one file in the mount.
@@ -89,13 +91,32 @@ func Mount(mountpoint string, disk Disk, opts Options) (*fuse.Server, error) {
 	root := &rootDir{file: &diskFile{disk: disk, log: log, mtime: opts.ModTime, owner: owner}}
 	// The tree never changes: let the kernel cache names and attributes.
 	forever := time.Hour * 24 * 365
-	return fs.Mount(mountpoint, root, &fs.Options{
+	server, err := fs.Mount(mountpoint, root, &fs.Options{
 		MountOptions: mo,
 		EntryTimeout: &forever,
 		AttrTimeout:  &forever,
 		UID:          owner.Uid,
 		GID:          owner.Gid,
 	})
+	if err != nil {
+		return nil, err
+	}
+	if err := raiseReadahead(mountpoint, mo.MaxReadAhead); err != nil {
+		log.Debug("kernel readahead left at its default", zap.Error(err))
+	}
+	return server, nil
+}
+
+// raiseReadahead sets the mount's readahead to n bytes, so that buffered
+// sequential reads arrive as 1 MiB requests; the kernel starts FUSE mounts
+// at 128 KiB whatever the file system asks. Only root may change it.
+func raiseReadahead(mountpoint string, n int) error {
+	var st syscall.Stat_t
+	if err := syscall.Stat(mountpoint, &st); err != nil {
+		return err
+	}
+	bdi := fmt.Sprintf("/sys/class/bdi/%d:%d/read_ahead_kb", unix.Major(st.Dev), unix.Minor(st.Dev))
+	return os.WriteFile(bdi, []byte(strconv.Itoa(n>>10)), 0)
 }
 
 // rootDir is the mount's root: a read-only directory holding disk.raw.

@@ -259,6 +259,11 @@ func readL1(f *os.File, off, entries uint64) ([]uint64, error) {
 // Size returns the size of the guest disk in bytes.
 func (img *Image) Size() int64 { return img.size }
 
+// CacheBudget is the most the chain's caches hold, in bytes.
+func (img *Image) CacheBudget() int64 {
+	return img.chain.opts.L2CacheSize + img.chain.opts.ClusterCacheSize
+}
+
 // Path returns the absolute path of the image file.
 func (img *Image) Path() string { return img.path }
 

@@ -7,6 +7,7 @@ import (
 	"io"
 	"runtime"
 	"sync"
+	"unsafe"
 )
 
 // Bits of L1 and L2 entries.
@@ -188,16 +189,24 @@ func (img *Image) runCompressed(jobs []compressedJob) error {
 	return errors.Join(errs...)
 }
 
-// compressedBufs holds input buffers for compressed clusters: at most two
-// clusters of compressed bytes each.
-var compressedBufs = sync.Pool{New: func() any { b := make([]byte, 2<<maxClusterBits); return &b }}
+// compressedBufs holds input buffers for compressed clusters, by cluster
+// bits: a compressed cluster takes at most two clusters' worth of bytes.
+var compressedBufs [maxClusterBits + 1]sync.Pool
+
+func getCompressedBuf(clusterBits uint32) *[]byte {
+	if bp, ok := compressedBufs[clusterBits].Get().(*[]byte); ok {
+		return bp
+	}
+	b := make([]byte, 2<<clusterBits)
+	return &b
+}
 
 // decompressCluster reads the compressed cluster that desc describes and
 // decompresses it into dst, one cluster long.
 func (img *Image) decompressCluster(dst []byte, desc uint64) error {
 	host, length := img.compressedRange(desc)
-	bp := compressedBufs.Get().(*[]byte)
-	defer compressedBufs.Put(bp)
+	bp := getCompressedBuf(img.clusterBits)
+	defer compressedBufs[img.clusterBits].Put(bp)
 	src := (*bp)[:length]
 	// The last sector may run past the end of the file: use what is there.
 	n, err := img.file.ReadAt(src, int64(host))
@@ -256,11 +265,13 @@ func (img *Image) loadL2(off uint64, at int64) ([]uint64, uint64, error) {
 	if t, ok := img.chain.l2.Get(key); ok {
 		return t, off, nil
 	}
-	buf := make([]byte, img.l2TableBytes())
+	// Read the table straight into its entries and decode them in place:
+	// one allocation per table, no garbage.
+	t := make([]uint64, img.l2TableBytes()/8)
+	buf := unsafe.Slice((*byte)(unsafe.Pointer(&t[0])), len(t)*8)
 	if n, err := img.file.ReadAt(buf, int64(off)); n < len(buf) {
 		return nil, 0, formatErr("L1 entry", at, "L2 table at %#x cannot be read (%d of %d bytes: %v)", off, n, len(buf), err)
 	}
-	t := make([]uint64, len(buf)/8)
 	for i := range t {
 		t[i] = binary.BigEndian.Uint64(buf[i*8:])
 	}

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"syscall"
 	"time"
@@ -77,6 +78,9 @@ func mount(c *cli.Context, image, mountpoint string, log *zap.Logger) (*fuse.Ser
 	if err != nil {
 		return nil, nil, err
 	}
+	// The caches are most of our memory: keep the heap near them instead
+	// of letting the garbage collector double it.
+	debug.SetMemoryLimit(img.CacheBudget() + memoryHeadroom)
 	for _, w := range img.Warnings() {
 		log.Warn(w, zap.String("image", img.Path()))
 	}
@@ -213,5 +217,9 @@ func holders(mountpoint string) []string {
 	}
 	return out
 }
+
+// memoryHeadroom is what the process needs beside its caches: FUSE request
+// buffers, decompression buffers, the runtime.
+const memoryHeadroom = 48 << 20
 
 var errNotReady = errors.New("background process exited before the mount was ready")

@@ -1,0 +1,40 @@
+package main
+
+import (
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/qcowmount/qcowmount/fusefs"
+)
+
+// rawFile is a raw disk file as a fusefs.Disk.
+type rawFile struct {
+	*os.File
+	size int64
+}
+
+func (r rawFile) Size() int64 { return r.size }
+
+// serveRawFile serves a raw file with our FUSE layer until unmounted: the
+// ceiling, what FUSE allows when there is no image format to read.
+func serveRawFile(path, mountpoint string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	server, err := fusefs.Mount(mountpoint, rawFile{f, st.Size()}, fusefs.Options{Source: path, ModTime: st.ModTime()})
+	if err != nil {
+		return err
+	}
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	go func() { <-sigs; server.Unmount() }()
+	server.Wait()
+	return nil
+}

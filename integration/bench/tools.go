@@ -1,0 +1,159 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"time"
+)
+
+// tool is a way to expose an image's guest disk as a file.
+type tool struct {
+	name  string
+	peer  bool // a tool people use today, as opposed to ours or the ceiling
+	reads func(benchImage) bool
+	// mount exposes img under dir and returns once the file is readable.
+	mount func(img benchImage, dir string) (*mounted, error)
+}
+
+// mounted is a running mount: the file to read and its serving process.
+type mounted struct {
+	file string
+	pid  int
+	stop func() error
+}
+
+func tools(ours, raw string) []tool {
+	all := func(benchImage) bool { return true }
+	return []tool{
+		{name: "qcowmount (ours)", reads: all, mount: func(img benchImage, dir string) (*mounted, error) {
+			if err := sh(ours, img.path, dir); err != nil {
+				return nil, err
+			}
+			return fuseDirMount(dir, filepath.Join(dir, "disk.raw"), ours)
+		}},
+		{name: "qemu-storage-daemon", peer: true, reads: all, mount: func(img benchImage, dir string) (*mounted, error) {
+			file := filepath.Join(dir, "export")
+			if err := os.WriteFile(file, nil, 0o644); err != nil {
+				return nil, err
+			}
+			cmd := exec.Command("qemu-storage-daemon",
+				"--blockdev", "driver=file,node-name=file,read-only=on,filename="+img.path,
+				"--blockdev", "driver=qcow2,node-name=disk,read-only=on,file=file",
+				"--export", "type=fuse,id=exp,node-name=disk,writable=off,mountpoint="+file)
+			return processMount(cmd, file, func() error { return cmd.Process.Signal(syscall.SIGTERM) })
+		}},
+		{name: "libqcow qcowmount", peer: true, reads: func(img benchImage) bool { return img.compression != "zstd" },
+			mount: func(img benchImage, dir string) (*mounted, error) {
+				if err := sh("/usr/bin/qcowmount", img.path, dir); err != nil {
+					return nil, err
+				}
+				return fuseDirMount(dir, filepath.Join(dir, "qcow1"), "/usr/bin/qcowmount")
+			}},
+		{name: "raw disk, our FUSE layer (ceiling)", reads: all, mount: func(img benchImage, dir string) (*mounted, error) {
+			self, err := os.Executable()
+			if err != nil {
+				return nil, err
+			}
+			cmd := exec.Command(self, "-serve-raw", raw, dir)
+			return processMount(cmd, filepath.Join(dir, "disk.raw"), func() error { return sh("fusermount3", "-u", dir) })
+		}},
+	}
+}
+
+// fuseDirMount waits for a daemonized mount's file and finds its server.
+func fuseDirMount(dir, file, binary string) (*mounted, error) {
+	if err := waitReadable(file); err != nil {
+		return nil, err
+	}
+	pid := findProcess(binary, dir)
+	if pid == 0 {
+		return nil, fmt.Errorf("no %s process serves %s", binary, dir)
+	}
+	return &mounted{file: file, pid: pid, stop: func() error {
+		if err := sh("fusermount3", "-u", dir); err != nil {
+			return err
+		}
+		return waitExit(pid)
+	}}, nil
+}
+
+// processMount starts a server that stays in the foreground.
+func processMount(cmd *exec.Cmd, file string, stop func() error) (*mounted, error) {
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	if err := waitReadable(file); err != nil {
+		cmd.Process.Kill()
+		<-exited
+		return nil, fmt.Errorf("%v: %s", err, out.String())
+	}
+	return &mounted{file: file, pid: cmd.Process.Pid, stop: func() error {
+		if err := stop(); err != nil {
+			return err
+		}
+		select {
+		case <-exited:
+			return nil
+		case <-time.After(20 * time.Second):
+			cmd.Process.Kill()
+			return fmt.Errorf("%s did not exit", cmd.Path)
+		}
+	}}, nil
+}
+
+// waitReadable waits until the first 4 KiB of file can be read through a
+// FUSE mount (the file's device differs from its directory's).
+func waitReadable(file string) error {
+	deadline := time.Now().Add(30 * time.Second)
+	buf := make([]byte, 4096)
+	for time.Now().Before(deadline) {
+		var st, dst syscall.Stat_t
+		if syscall.Stat(file, &st) == nil && syscall.Stat(filepath.Dir(file), &dst) == nil && (st.Dev != dst.Dev || st.Size > 0) {
+			if f, err := os.Open(file); err == nil {
+				_, err := f.ReadAt(buf, 0)
+				f.Close()
+				if err == nil {
+					return nil
+				}
+			}
+		}
+		time.Sleep(time.Millisecond)
+	}
+	return fmt.Errorf("%s did not become readable", file)
+}
+
+// findProcess returns the process running binary whose last argument is dir.
+func findProcess(binary, dir string) int {
+	dirs, _ := filepath.Glob("/proc/[0-9]*")
+	for _, d := range dirs {
+		cmdline, err := os.ReadFile(filepath.Join(d, "cmdline"))
+		if err != nil {
+			continue
+		}
+		args := bytes.Split(bytes.TrimRight(cmdline, "\x00"), []byte{0})
+		if len(args) > 1 && string(args[0]) == binary && string(args[len(args)-1]) == dir {
+			pid, _ := strconv.Atoi(filepath.Base(d))
+			return pid
+		}
+	}
+	return 0
+}
+
+func waitExit(pid int) error {
+	for range 2000 {
+		if syscall.Kill(pid, 0) != nil {
+			return nil
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return fmt.Errorf("process %d did not exit", pid)
+}

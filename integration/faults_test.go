@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/qcowmount/qcowmount/integration/proc"
 	"github.com/qcowmount/qcowmount/qcow2/qemutest"
 )
 
@@ -33,9 +34,33 @@ func compressibleImage(t *testing.T, dir string, size int64) (string, []byte) {
 	return image, qemutest.RawBytes(t, image)
 }
 
+// checkingReaders starts n goroutines that read disk at random and check
+// every read against want; the returned function stops them, fails the
+// test on any error, and returns how many reads were checked.
+func checkingReaders(t *testing.T, n int, disk string, want []byte, seed uint64) func() int64 {
+	stop := make(chan struct{})
+	var reads atomic.Int64
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for i := range n {
+		wg.Go(func() { errs <- directReads(disk, want, seed+uint64(i), stop, &reads) })
+	}
+	return func() int64 {
+		close(stop)
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			if err != nil {
+				t.Error(err)
+			}
+		}
+		return reads.Load()
+	}
+}
+
 // directReads reads disk.raw with O_DIRECT, so every read reaches the
 // server, and checks each against want.
-func directReads(t *testing.T, disk string, want []byte, seed uint64, stop <-chan struct{}, reads *atomic.Int64) error {
+func directReads(disk string, want []byte, seed uint64, stop <-chan struct{}, reads *atomic.Int64) error {
 	f, err := os.OpenFile(disk, os.O_RDONLY|syscall.O_DIRECT, 0)
 	if err != nil {
 		return err
@@ -77,26 +102,13 @@ func TestReadStormWithTinyCaches(t *testing.T) {
 	if err := fio.Start(); err != nil {
 		t.Fatal(err)
 	}
-	stop := make(chan struct{})
-	var reads atomic.Int64
-	var wg sync.WaitGroup
-	errs := make(chan error, 8)
-	for i := range 8 {
-		wg.Go(func() { errs <- directReads(t, disk, want, uint64(i), stop, &reads) })
-	}
+	stop := checkingReaders(t, 8, disk, want, 0)
 	fioErr := fio.Wait()
-	close(stop)
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		if err != nil {
-			t.Error(err)
-		}
-	}
+	reads := stop()
 	if fioErr != nil || !strings.Contains(fioOut.String(), "err= 0") {
 		t.Fatalf("fio: %v\n%s", fioErr, fioOut.String())
 	}
-	t.Logf("8 fio jobs and 8 checking readers for 4s: %d checked reads, all equal to QEMU's", reads.Load())
+	t.Logf("8 fio jobs and 8 checking readers for 4s: %d checked reads, all equal to QEMU's", reads)
 }
 
 // TestImageTruncatedWhileMounted: the clusters that are gone read as EIO,
@@ -205,42 +217,13 @@ func TestSIGTERMDuringReadStorm(t *testing.T) {
 	image, want := compressibleImage(t, t.TempDir(), 16<<20)
 	mnt := mountImage(t, image)
 	pid := serverPID(mnt)
-	stop := make(chan struct{})
-	var reads atomic.Int64
-	var wg sync.WaitGroup
-	errs := make(chan error, 8)
-	for i := range 8 {
-		wg.Go(func() { errs <- directReads(t, filepath.Join(mnt, "disk.raw"), want, uint64(100+i), stop, &reads) })
-	}
+	stop := checkingReaders(t, 8, filepath.Join(mnt, "disk.raw"), want, 100)
 	time.Sleep(500 * time.Millisecond)
 	syscall.Kill(pid, syscall.SIGTERM)
 	time.Sleep(1500 * time.Millisecond)
-	close(stop)
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		if err != nil {
-			t.Error(err)
-		}
-	}
+	reads := stop()
 	waitFor(t, "the unmount after the readers closed", 10*time.Second, func() bool { return !isMounted(mnt) && !alive(pid) })
-	t.Logf("%d reads answered, all correct, around SIGTERM", reads.Load())
-}
-
-// vmHWM returns a process's peak resident memory in KiB.
-func vmHWM(t *testing.T, pid int) int64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
-			n, _ := strconv.ParseInt(strings.Fields(v)[0], 10, 64)
-			return n
-		}
-	}
-	t.Fatal("no VmHWM")
-	return 0
+	t.Logf("%d reads answered, all correct, around SIGTERM", reads)
 }
 
 // TestMemoryBoundedOn1TiB reads a 1 TiB sparse image, whose L2 tables
@@ -278,7 +261,7 @@ func TestMemoryBoundedOn1TiB(t *testing.T) {
 	t.Cleanup(func() { unmount(t, mnt) })
 	var pid int
 	waitFor(t, "the server", 5*time.Second, func() bool {
-		pid = serverPIDOf(plain, mnt)
+		pid = proc.Find(plain, mnt)
 		return pid != 0
 	})
 	f, err := os.OpenFile(filepath.Join(mnt, "disk.raw"), os.O_RDONLY|syscall.O_DIRECT, 0)
@@ -317,7 +300,7 @@ func TestMemoryBoundedOn1TiB(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	peak := vmHWM(t, pid)
+	peak := proc.PeakRSS(pid)
 	t.Logf("1 TiB image: mount ready in %v; %d random 4 KiB reads in %ds; server peak RSS %d MiB", ready, reads.Load(), seconds, peak>>10)
 	if peak > 128<<10 {
 		t.Fatalf("peak RSS %d MiB exceeds 128 MiB", peak>>10)

@@ -3,17 +3,15 @@
 package integration
 
 import (
-	"bytes"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
+	"github.com/qcowmount/qcowmount/integration/proc"
 	"github.com/qcowmount/qcowmount/qcow2/qemutest"
 )
 
@@ -116,33 +114,9 @@ func isMounted(dir string) bool {
 }
 
 // serverPID finds the qcowmount process serving mnt.
-func serverPID(mnt string) int { return serverPIDOf(bin, mnt) }
+func serverPID(mnt string) int { return proc.Find(bin, mnt) }
 
-// serverPIDOf finds the process of binary that serves mnt.
-func serverPIDOf(binary, mnt string) int {
-	dirs, _ := filepath.Glob("/proc/[0-9]*")
-	for _, d := range dirs {
-		cmdline, err := os.ReadFile(filepath.Join(d, "cmdline"))
-		if err != nil {
-			continue
-		}
-		args := bytes.Split(bytes.TrimRight(cmdline, "\x00"), []byte{0})
-		if len(args) > 1 && string(args[0]) == binary && string(args[len(args)-1]) == mnt {
-			pid, _ := strconv.Atoi(filepath.Base(d))
-			return pid
-		}
-	}
-	return 0
-}
-
-func alive(pid int) bool {
-	if syscall.Kill(pid, 0) != nil {
-		return false
-	}
-	// A zombie has exited; it only waits for its parent.
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	return err == nil && !strings.Contains(string(b), ") Z ")
-}
+func alive(pid int) bool { return proc.Alive(pid) }
 
 func waitFor(t *testing.T, what string, limit time.Duration, cond func() bool) {
 	t.Helper()

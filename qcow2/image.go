@@ -165,22 +165,8 @@ func (c *chain) openQcow2(f *os.File, path string, depth int, snapshot string) (
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
-	img := &Image{
-		path:        path,
-		file:        f,
-		data:        f,
-		id:          c.nextID.Add(1),
-		chain:       c,
-		hdr:         *h,
-		ext:         *ext,
-		clusterBits: h.ClusterBits,
-		l2Bits:      uint32(bitsOf(h.l2Entries())),
-		extendedL2:  h.IncompatibleFeatures&IncompatExtendedL2 != 0,
-		decompress:  decompressorFor(h.CompressionType),
-		// QEMU exposes whole 512-byte sectors only.
-		size:     int64(h.Size &^ 511),
-		l1Offset: h.L1TableOffset,
-	}
+	img := c.newImage(f, path, h, uint32(bitsOf(h.l2Entries())))
+	img.ext = *ext
 	if err := img.checkFeatures(); err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
@@ -215,6 +201,26 @@ func (c *chain) openQcow2(f *os.File, path string, depth int, snapshot string) (
 		return nil, err
 	}
 	return img, nil
+}
+
+// newImage makes the Image for file f with header h, whose L2 tables hold
+// 2^l2Bits entries.
+func (c *chain) newImage(f *os.File, path string, h *Header, l2Bits uint32) *Image {
+	return &Image{
+		path:        path,
+		file:        f,
+		data:        f,
+		id:          c.nextID.Add(1),
+		chain:       c,
+		hdr:         *h,
+		clusterBits: h.ClusterBits,
+		l2Bits:      l2Bits,
+		extendedL2:  h.IncompatibleFeatures&IncompatExtendedL2 != 0,
+		decompress:  decompressorFor(h.CompressionType),
+		// QEMU exposes whole 512-byte sectors only.
+		size:     int64(h.Size &^ 511),
+		l1Offset: h.L1TableOffset,
+	}
 }
 
 // checkFeatures refuses what this reader cannot read correctly and notes

@@ -63,21 +63,8 @@ func (c *chain) openQcow1(f *os.File, path string, first []byte, depth int, snap
 	if l1Off > math.MaxInt64-l1Entries*8 || l1Off+l1Entries*8 > uint64(st.Size()) {
 		return fail(formatErr("l1_table_offset", 40, "table [%#x, +%d) lies beyond the end of the file (%d bytes)", l1Off, l1Entries*8, st.Size()))
 	}
-	img := &Image{
-		path:        path,
-		file:        f,
-		data:        f,
-		id:          c.nextID.Add(1),
-		chain:       c,
-		v1:          true,
-		hdr:         Header{Version: 1, ClusterBits: clusterBits, Size: size, L1Size: uint32(l1Entries), L1TableOffset: l1Off},
-		ext:         extensions{featureNames: map[featureKey]string{}},
-		clusterBits: clusterBits,
-		l2Bits:      l2Bits,
-		decompress:  inflate,
-		size:        int64(size &^ 511),
-		l1Offset:    l1Off,
-	}
+	img := c.newImage(f, path, &Header{Version: 1, ClusterBits: clusterBits, Size: size, L1Size: uint32(l1Entries), L1TableOffset: l1Off}, l2Bits)
+	img.v1 = true
 	if backingOff != 0 {
 		if backingLen > qcow1BackingNameLimit || backingOff > uint64(len(first)) || uint64(backingLen) > uint64(len(first))-backingOff {
 			return fail(formatErr("backing_file_size", 16, "backing file name at %#x, %d bytes, is too long or past the end of the file", backingOff, backingLen))

@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/qcowmount/qcowmount/integration/proc"
 )
 
 // result is one tool's figures on one image.
@@ -46,7 +48,7 @@ func measure(t tool, img benchImage, work string, seconds int) (result, error) {
 	start = time.Now()
 	err = sh("dd", "if="+m.file, "of=/dev/null", "bs=1M")
 	elapsed := time.Since(start)
-	rss := peakRSS(m.pid)
+	rss := proc.PeakRSS(m.pid)
 	if stopErr := m.stop(); err == nil {
 		err = stopErr
 	}
@@ -66,7 +68,7 @@ func measure(t tool, img benchImage, work string, seconds int) (result, error) {
 	out, err := exec.Command("fio", "--name=random", "--filename="+m.file, "--readonly", "--rw=randread",
 		"--bs=4k", "--ioengine=psync", "--direct=1", "--numjobs=4", "--time_based",
 		"--runtime="+strconv.Itoa(seconds), "--group_reporting", "--output-format=json").Output()
-	rss = max(rss, peakRSS(m.pid))
+	rss = max(rss, proc.PeakRSS(m.pid))
 	if stopErr := m.stop(); err == nil {
 		err = stopErr
 	}
@@ -98,18 +100,6 @@ func warm(path string) error {
 	defer f.Close()
 	_, err = io.Copy(io.Discard, f)
 	return err
-}
-
-// peakRSS is a process's VmHWM in KiB.
-func peakRSS(pid int) int64 {
-	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
-			n, _ := strconv.ParseInt(strings.Fields(v)[0], 10, 64)
-			return n
-		}
-	}
-	return 0
 }
 
 // formatTable prints the figures as a Markdown table, with our ratio to the

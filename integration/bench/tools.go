@@ -6,9 +6,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"syscall"
 	"time"
+
+	"github.com/qcowmount/qcowmount/integration/proc"
 )
 
 // tool is a way to expose an image's guest disk as a file.
@@ -70,7 +71,7 @@ func fuseDirMount(dir, file, binary string) (*mounted, error) {
 	if err := waitReadable(file); err != nil {
 		return nil, err
 	}
-	pid := findProcess(binary, dir)
+	pid := proc.Find(binary, dir)
 	if pid == 0 {
 		return nil, fmt.Errorf("no %s process serves %s", binary, dir)
 	}
@@ -131,26 +132,9 @@ func waitReadable(file string) error {
 	return fmt.Errorf("%s did not become readable", file)
 }
 
-// findProcess returns the process running binary whose last argument is dir.
-func findProcess(binary, dir string) int {
-	dirs, _ := filepath.Glob("/proc/[0-9]*")
-	for _, d := range dirs {
-		cmdline, err := os.ReadFile(filepath.Join(d, "cmdline"))
-		if err != nil {
-			continue
-		}
-		args := bytes.Split(bytes.TrimRight(cmdline, "\x00"), []byte{0})
-		if len(args) > 1 && string(args[0]) == binary && string(args[len(args)-1]) == dir {
-			pid, _ := strconv.Atoi(filepath.Base(d))
-			return pid
-		}
-	}
-	return 0
-}
-
 func waitExit(pid int) error {
 	for range 2000 {
-		if syscall.Kill(pid, 0) != nil {
+		if !proc.Alive(pid) {
 			return nil
 		}
 		time.Sleep(10 * time.Millisecond)

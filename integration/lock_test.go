@@ -39,8 +39,8 @@ func TestQEMULocks(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		var out strings.Builder
-		writer.Stdout = &out
+		out := &lockedBuffer{}
+		writer.Stdout = out
 		if err := writer.Start(); err != nil {
 			t.Fatal(err)
 		}

@@ -166,8 +166,8 @@ func startForeground(t *testing.T, image string) (*exec.Cmd, string) {
 	t.Helper()
 	mnt := t.TempDir()
 	cmd := exec.Command(bin, "-f", image, mnt)
-	var out strings.Builder
-	cmd.Stdout, cmd.Stderr = &out, &out
+	out := &lockedBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"runtime"
 	"sync"
 	"unsafe"
@@ -59,6 +60,27 @@ func (img *Image) ReadAt(p []byte, off int64) (int, error) {
 		return 0, fmt.Errorf("%s: guest offset %#x: %w", img.path, off, err)
 	}
 	return len(p), eof
+}
+
+// HostRange reports where the guest range [off, off+n) lies when all of it
+// is one run of data in one host file, as it is for most reads of an
+// uncompressed image: the file and the offset in it. A caller can then
+// move the bytes without copying them through user space (splice). It
+// answers false for anything else, and for a range that reaches past the
+// end of the file as it is now, which ReadAt reports as an error.
+func (img *Image) HostRange(off int64, n int) (*os.File, int64, bool) {
+	if off < 0 || n <= 0 || off+int64(n) > img.size {
+		return nil, 0, false
+	}
+	e, err := img.lookup(off, int64(n))
+	if err != nil || e.kind != extentData || e.n < int64(n) {
+		return nil, 0, false
+	}
+	st, err := img.data.Stat()
+	if err != nil || int64(e.host)+int64(n) > st.Size() {
+		return nil, 0, false
+	}
+	return img.data, int64(e.host), true
 }
 
 // compressedJob is a compressed cluster to decompress into a whole cluster

@@ -81,22 +81,39 @@ func unzstd(dst, src []byte) error {
 			return fmt.Errorf("zstd: after %d of %d bytes: %w", produced, len(dst), err)
 		}
 		if !skippable {
-			room := dst[produced:produced:len(dst)]
+			// Decode into a buffer with slack past the cluster: with room
+			// to overrun, the decoder takes its fast copy loops.
+			bp := getZstdScratch(len(dst))
+			room := (*bp)[:0 : len(dst)-produced+zstdSlack]
 			out, err := zstdDecoder.DecodeAll(src[:n], room)
+			if err == nil && len(out) > len(dst)-produced {
+				err = fmt.Errorf("zstd data decompresses to more than a cluster (%d bytes)", len(dst))
+			} else if err != nil {
+				err = fmt.Errorf("zstd data is corrupt: %w", err)
+			}
+			copy(dst[produced:], out)
+			zstdScratch.Put(bp)
 			if err != nil {
-				return fmt.Errorf("zstd data is corrupt: %w", err)
-			}
-			if len(out) > cap(room) {
-				return fmt.Errorf("zstd data decompresses to more than a cluster (%d bytes)", len(dst))
-			}
-			if len(out) > 0 && &out[0] != &dst[produced] {
-				copy(dst[produced:], out)
+				return err
 			}
 			produced += len(out)
 		}
 		src = src[n:]
 	}
 	return nil
+}
+
+// zstdSlack is the room the decoder's fast path wants past its output.
+const zstdSlack = 64
+
+var zstdScratch sync.Pool
+
+func getZstdScratch(clusterSize int) *[]byte {
+	if bp, ok := zstdScratch.Get().(*[]byte); ok && cap(*bp) >= clusterSize+zstdSlack {
+		return bp
+	}
+	b := make([]byte, 0, clusterSize+zstdSlack)
+	return &b
 }
 
 const (

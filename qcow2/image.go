@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"sync"
 	"sync/atomic"
 
 	"github.com/qcowmount/qcowmount/qcow2/internal/lru"
@@ -62,10 +63,21 @@ type cacheKey struct {
 type chain struct {
 	opts     Options
 	l2       *lru.Cache[cacheKey, []uint64]
-	clusters *lru.Cache[cacheKey, []byte]
+	clusters *lru.Cache[cacheKey, []byte] // decompressed; read with Read only
+	spare    sync.Pool                    // cluster buffers the cache let go
 	nextID   atomic.Uint32
 	seen     map[fileID]string // files already in the chain, to catch loops
 }
+
+// clusterBuf returns a buffer of n bytes for a decompressed cluster.
+func (c *chain) clusterBuf(n int64) []byte {
+	if b, ok := c.spare.Get().(*[]byte); ok && int64(cap(*b)) >= n {
+		return (*b)[:n]
+	}
+	return make([]byte, n)
+}
+
+func (c *chain) recycleCluster(b []byte) { c.spare.Put(&b) }
 
 // Image is an opened qcow2 (or qcow) image, read as its guest disk. It is
 // safe for concurrent use.
@@ -105,11 +117,11 @@ func Open(path string, opts Options) (*Image, error) {
 		opts.ClusterCacheSize = DefaultClusterCacheSize
 	}
 	c := &chain{
-		opts:     opts,
-		l2:       lru.New[cacheKey, []uint64](opts.L2CacheSize),
-		clusters: lru.New[cacheKey, []byte](opts.ClusterCacheSize),
-		seen:     map[fileID]string{},
+		opts: opts,
+		l2:   lru.New[cacheKey, []uint64](opts.L2CacheSize),
+		seen: map[fileID]string{},
 	}
+	c.clusters = lru.NewRecycling[cacheKey, []byte](opts.ClusterCacheSize, c.recycleCluster)
 	abs, err := filepath.Abs(path)
 	if err != nil {
 		return nil, err

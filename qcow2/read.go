@@ -168,15 +168,18 @@ func (img *Image) readData(p []byte, host uint64) error {
 // it once.
 func (img *Image) readCompressedPart(p []byte, desc uint64, inCluster int64) error {
 	key := cacheKey{img.id, desc}
-	cl, ok := img.chain.clusters.Get(key)
-	if !ok {
-		cl = make([]byte, img.clusterSize())
-		if err := img.decompressCluster(cl, desc); err != nil {
-			return err
-		}
-		img.chain.clusters.Add(key, cl, int64(len(cl)))
+	if img.chain.clusters.Read(key, func(cl []byte) { copy(p, cl[inCluster:]) }) {
+		return nil
+	}
+	// Buffers come back from the cache as it evicts them: random reads,
+	// which miss, then allocate nothing.
+	cl := img.chain.clusterBuf(img.clusterSize())
+	if err := img.decompressCluster(cl, desc); err != nil {
+		img.chain.recycleCluster(cl)
+		return err
 	}
 	copy(p, cl[inCluster:])
+	img.chain.clusters.Add(key, cl, int64(len(cl)))
 	return nil
 }
 

@@ -20,7 +20,7 @@ func fakeImage(t *testing.T, version uint32, extended bool, entries map[int][2]u
 	t.Cleanup(func() { f.Close() })
 	img := &Image{
 		path: f.Name(), file: f, data: f, id: 1,
-		chain:       &chain{l2: lru.New[cacheKey, []uint64](1 << 20), clusters: lru.New[cacheKey, []byte](1 << 20)},
+		chain:       &chain{l2: lru.New[cacheKey, []uint64](1 << 20), clusters: lru.NewRecycling[cacheKey, []byte](1<<20, nil)},
 		hdr:         Header{Version: version},
 		clusterBits: 16, l2Bits: 13, extendedL2: extended,
 		size: 1 << 30, l1: []uint64{0x10000, 0}, l1Offset: 0x30000,

@@ -36,6 +36,7 @@ func mountFlags() []cli.Flag {
 		&cli.BoolFlag{Name: "debug", Usage: "log debug messages"},
 		&cli.BoolFlag{Name: "fuse-debug", Usage: "log every FUSE request"},
 		&cli.StringFlag{Name: "log-file", Usage: "background process logs to `FILE` (default: syslog)"},
+		&cli.StringFlag{Name: "cpu-profile", Usage: "write a Go CPU profile of the serving process to `FILE` until unmount"},
 		&cli.Int64Flag{Name: "l2-cache-size", Value: qcow2.DefaultL2CacheSize, Usage: "`BYTES` of L2 tables cached for the whole chain"},
 		&cli.Int64Flag{Name: "cluster-cache-size", Value: qcow2.DefaultClusterCacheSize, Usage: "`BYTES` of decompressed clusters cached"},
 	)

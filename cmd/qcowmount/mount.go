@@ -8,6 +8,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime/debug"
+	"runtime/pprof"
 	"strings"
 	"syscall"
 	"time"
@@ -50,6 +51,13 @@ func serve(c *cli.Context, ready *os.File) (err error) {
 	}
 	defer log.Sync() //nolint:errcheck
 
+	if path := c.String("cpu-profile"); path != "" {
+		stop, err := startCPUProfile(path)
+		if err != nil {
+			return reportReady(ready, err)
+		}
+		defer stop()
+	}
 	server, img, err := mount(c, image, mountpoint, log)
 	if err != nil {
 		return reportReady(ready, err)
@@ -101,6 +109,19 @@ func mount(c *cli.Context, image, mountpoint string, log *zap.Logger) (*fuse.Ser
 		return nil, nil, fmt.Errorf("mounting on %s: %w", mountpoint, err)
 	}
 	return server, img, nil
+}
+
+// startCPUProfile profiles the process until the returned function runs.
+func startCPUProfile(path string) (func(), error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, fmt.Errorf("cpu profile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("cpu profile: %w", err)
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }, nil
 }
 
 // splitOptions accepts both -o a,b and -o a -o b.

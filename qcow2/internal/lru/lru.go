@@ -1,6 +1,7 @@
 // Package lru is a size-bounded least-recently-used cache, safe for
 // concurrent use. Values are treated as immutable once added, so a caller
-// may keep using a value after it has been evicted.
+// may keep using a value from Get after it has been evicted; a cache with
+// an eviction callback (which may recycle values) must be read with Read.
 package lru
 
 import (
@@ -16,6 +17,7 @@ type Cache[K comparable, V any] struct {
 	used   int64
 	order  *list.List // front = most recently used
 	items  map[K]*list.Element
+	evict  func(V) // called, under the lock, with each value that leaves
 }
 
 type entry[K comparable, V any] struct {
@@ -27,6 +29,27 @@ type entry[K comparable, V any] struct {
 // New returns a cache holding at most budget worth of values.
 func New[K comparable, V any](budget int64) *Cache[K, V] {
 	return &Cache[K, V]{budget: budget, order: list.New(), items: map[K]*list.Element{}}
+}
+
+// NewRecycling is New with a callback for each value evicted or replaced,
+// so that its memory can be reused. Values must then be read with Read.
+func NewRecycling[K comparable, V any](budget int64, evict func(V)) *Cache[K, V] {
+	c := New[K, V](budget)
+	c.evict = evict
+	return c
+}
+
+// Read calls fn with the value for key, under the lock, and marks it
+// recently used; it reports whether key was there.
+func (c *Cache[K, V]) Read(key K, fn func(V)) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	el, ok := c.items[key]
+	if ok {
+		c.order.MoveToFront(el)
+		fn(el.Value.(*entry[K, V]).val)
+	}
+	return ok
 }
 
 // Get returns the value for key and marks it recently used.
@@ -52,6 +75,9 @@ func (c *Cache[K, V]) Add(key K, val V, cost int64) {
 	if el, ok := c.items[key]; ok {
 		e := el.Value.(*entry[K, V])
 		c.used += cost - e.cost
+		if c.evict != nil {
+			c.evict(e.val)
+		}
 		e.val, e.cost = val, cost
 		c.order.MoveToFront(el)
 	} else {
@@ -64,6 +90,9 @@ func (c *Cache[K, V]) Add(key K, val V, cost int64) {
 		c.order.Remove(el)
 		delete(c.items, e.key)
 		c.used -= e.cost
+		if c.evict != nil {
+			c.evict(e.val)
+		}
 	}
 }
 

@@ -74,3 +74,22 @@ func TestConcurrentUseStaysInBudget(t *testing.T) {
 		t.Fatalf("used %d > 1000", c.Used())
 	}
 }
+
+func TestRecyclingHandsBackWhatLeaves(t *testing.T) {
+	var evicted []int
+	c := NewRecycling[string, int](2, func(v int) { evicted = append(evicted, v) })
+	c.Add("a", 1, 1)
+	c.Add("b", 2, 1)
+	c.Add("a", 3, 1) // replaces 1
+	c.Add("c", 4, 1) // evicts b (2)
+	var got int
+	if !c.Read("a", func(v int) { got = v }) || got != 3 {
+		t.Fatalf("Read(a) = %d", got)
+	}
+	if c.Read("b", func(int) {}) {
+		t.Fatal("b still there")
+	}
+	if len(evicted) != 2 || evicted[0] != 1 || evicted[1] != 2 {
+		t.Fatalf("evicted %v, want [1 2]", evicted)
+	}
+}

@@ -84,7 +84,7 @@ func unzstd(dst, src []byte) error {
 			// Decode into a buffer with slack past the cluster: with room
 			// to overrun, the decoder takes its fast copy loops.
 			bp := getZstdScratch(len(dst))
-			room := (*bp)[:0 : len(dst)-produced+zstdSlack]
+			room := (*bp)[: 0 : len(dst)-produced+zstdSlack]
 			out, err := zstdDecoder.DecodeAll(src[:n], room)
 			if err == nil && len(out) > len(dst)-produced {
 				err = fmt.Errorf("zstd data decompresses to more than a cluster (%d bytes)", len(dst))

@@ -20,6 +20,7 @@ func main() {
 	image := flag.String("image", "", "measure this qcow2 image instead of the built ones")
 	fill := flag.Int64("fill", 1500, "MiB of files copied from /usr into the guest's ext4 partition")
 	seconds := flag.Int("seconds", 10, "duration of each random-read run")
+	runs := flag.Int("runs", 3, "runs of each measure; the best one counts, since shared machines are noisy")
 	out := flag.String("out", "", "also write the results as Markdown to this file")
 	ours := flag.String("qcowmount", "bin/qcowmount", "the qcowmount binary to measure")
 	serveRaw := flag.String("serve-raw", "", "internal: serve this raw file at the mountpoint given as argument")
@@ -31,13 +32,13 @@ func main() {
 		}
 		return
 	}
-	if err := run(*work, *image, *fill<<20, *seconds, *out, *ours); err != nil {
+	if err := run(*work, *image, *fill<<20, *seconds, *runs, *out, *ours); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
 }
 
-func run(work, image string, fill int64, seconds int, out, ours string) error {
+func run(work, image string, fill int64, seconds, runs int, out, ours string) error {
 	ours, err := filepath.Abs(ours)
 	if err != nil {
 		return err
@@ -57,20 +58,27 @@ func run(work, image string, fill int64, seconds int, out, ours string) error {
 	}
 	var report strings.Builder
 	fmt.Fprintf(&report, "Measured %s on %d cores (%s), `%s`.\n\n", time.Now().UTC().Format("2006-01-02"), runtime.NumCPU(), cpuModel(), strings.Join(os.Args, " "))
-	fmt.Fprintf(&report, "Sequential: dd of the whole disk, 1 MiB blocks. Random: fio, 4 KiB, psync, O_DIRECT, 4 jobs, %d s. Images in the page cache; a fresh mount for each run.\n", seconds)
+	fmt.Fprintf(&report, "Sequential: dd of the whole disk, 1 MiB blocks. Random: fio, 4 KiB, psync, O_DIRECT, 4 jobs, %d s. Images in the page cache; a fresh mount for each run; the best of %d runs, tools taking turns.\n", seconds, runs)
 	for _, img := range images {
-		var results []result
-		for _, tool := range tools(ours, img.raw) {
-			if !tool.reads(img) {
-				continue
+		var candidates []tool
+		for _, t := range tools(ours, img.raw) {
+			if t.reads(img) {
+				candidates = append(candidates, t)
 			}
-			fmt.Fprintf(os.Stderr, "%s: %s ...\n", img.name, tool.name)
-			r, err := measure(tool, img, work, seconds)
-			if err != nil {
-				r = result{tool: tool.name, err: err}
-				fmt.Fprintf(os.Stderr, "  %v\n", err)
+		}
+		// Tools take turns within each run, so that a noisy spell on the
+		// machine does not fall on one tool only.
+		results := make([]result, len(candidates))
+		for run := 1; run <= runs; run++ {
+			for i, t := range candidates {
+				fmt.Fprintf(os.Stderr, "%s: %s, run %d of %d ...\n", img.name, t.name, run, runs)
+				r, err := measure(t, img, work, seconds)
+				if err != nil {
+					r = result{tool: t.name, err: err}
+					fmt.Fprintf(os.Stderr, "  %v\n", err)
+				}
+				results[i] = best(results[i], r, run == 1)
 			}
-			results = append(results, r)
 		}
 		table := formatTable(img, results)
 		fmt.Print("\n" + table)

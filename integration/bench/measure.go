@@ -24,6 +24,22 @@ type result struct {
 	err     error
 }
 
+// best merges two runs of one tool: the best speed and mount time, the
+// highest peak memory. A failed run counts only if every run failed.
+func best(a, b result, first bool) result {
+	switch {
+	case first || a.err != nil:
+		return b
+	case b.err != nil:
+		return a
+	}
+	a.ready = min(a.ready, b.ready)
+	a.seqMiBs = max(a.seqMiBs, b.seqMiBs)
+	a.iops = max(a.iops, b.iops)
+	a.rssMiB = max(a.rssMiB, b.rssMiB)
+	return a
+}
+
 // measure runs the sequential and the random test on fresh mounts.
 func measure(t tool, img benchImage, work string, seconds int) (result, error) {
 	r := result{tool: t.name, peer: t.peer}

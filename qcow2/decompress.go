@@ -1,14 +1,11 @@
 package qcow2
 
 import (
-	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"sync"
 
-	"github.com/klauspost/compress/flate"
 	"github.com/klauspost/compress/zstd"
 )
 
@@ -23,36 +20,15 @@ func decompressorFor(compressionType uint8) decompressFunc {
 	return inflate
 }
 
-// An inflater is a reusable raw-deflate reader over an in-memory buffer.
-type inflater struct {
-	src bytes.Reader
-	r   io.ReadCloser
-}
-
-var inflaters = sync.Pool{New: func() any {
-	f := &inflater{}
-	f.r = flate.NewReader(&f.src)
-	return f
-}}
+var deflateDecoders = sync.Pool{New: func() any { return new(deflateDecoder) }}
 
 // inflate decodes raw deflate (QEMU writes it without a zlib header) until
 // dst is full. Like QEMU, more data than a cluster is not an error: the
 // stream just stops being read; less is.
 func inflate(dst, src []byte) error {
-	f := inflaters.Get().(*inflater)
-	defer inflaters.Put(f)
-	f.src.Reset(src)
-	if err := f.r.(flate.Resetter).Reset(&f.src, nil); err != nil {
-		return fmt.Errorf("deflate: %w", err)
-	}
-	n, err := io.ReadFull(f.r, dst)
-	if err != nil {
-		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-			return fmt.Errorf("deflate data ends after %d of %d bytes", n, len(dst))
-		}
-		return fmt.Errorf("deflate data is corrupt: %w", err)
-	}
-	return nil
+	d := deflateDecoders.Get().(*deflateDecoder)
+	defer deflateDecoders.Put(d)
+	return d.decode(dst, src)
 }
 
 // zstdMaxWindow bounds the memory a hostile frame can make the decoder take;

@@ -4,8 +4,8 @@ import (
 	"bytes"
 	"fmt"
 	"io"
-	"os/exec"
 	"math/rand/v2"
+	"os/exec"
 	"testing"
 
 	"github.com/klauspost/compress/flate"

@@ -57,7 +57,7 @@ func run(work, image string, fill int64, seconds, runs int, out, ours string) er
 		return err
 	}
 	var report strings.Builder
-	fmt.Fprintf(&report, "Measured %s on %d cores (%s), `%s`.\n\n", time.Now().UTC().Format("2006-01-02"), runtime.NumCPU(), cpuModel(), strings.Join(os.Args, " "))
+	fmt.Fprintf(&report, "Measured %s on %d cores (%s), `make bench` (%s).\n\n", time.Now().UTC().Format("2006-01-02"), runtime.NumCPU(), cpuModel(), strings.TrimSpace("go run ./integration/bench "+strings.Join(os.Args[1:], " ")))
 	fmt.Fprintf(&report, "Sequential: dd of the whole disk, 1 MiB blocks. Random: fio, 4 KiB, psync, O_DIRECT, 4 jobs, %d s. Images in the page cache; a fresh mount for each run; the best of %d runs, tools taking turns.\n", seconds, runs)
 	for _, img := range images {
 		var candidates []tool

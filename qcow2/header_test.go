@@ -176,3 +176,22 @@ func TestUnknownIncompatibleBitNamedFromTable(t *testing.T) {
 		t.Fatalf("got %q, want %q", got, want)
 	}
 }
+
+func TestSnapshotDiskSizeOutOfRange(t *testing.T) {
+	b, err := os.ReadFile("../testdata/images/v3-snapshot.qcow2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	table := binary.BigEndian.Uint64(b[64:])
+	binary.BigEndian.PutUint64(b[table+48:], 1<<64-1) // the first entry's disk_size
+	path := filepath.Join(t.TempDir(), "snap.qcow2")
+	os.WriteFile(path, b, 0o644)
+	if _, err := Open(path, Options{Snapshot: "first"}); err == nil || !strings.Contains(err.Error(), "snapshot disk_size") {
+		t.Fatalf("error %v, want one naming snapshot disk_size", err)
+	}
+	img, err := Open(path, Options{}) // the current state still reads
+	if err != nil {
+		t.Fatal(err)
+	}
+	img.Close()
+}

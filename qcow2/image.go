@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
 	"sync"
@@ -100,7 +101,6 @@ type Image struct {
 	l1Offset    uint64
 	decompress  decompressFunc
 	snapshots   []Snapshot
-	snapshot    *Snapshot // the snapshot being read, or nil
 
 	backing     Disk // nil without a backing file or with NoBacking
 	backingName string
@@ -142,8 +142,8 @@ func Open(path string, opts Options) (*Image, error) {
 }
 
 // openQcow2 reads the header and tables of the image in f (qcow2, or qcow
-// version 1) and opens what it refers to. On error the caller closes f; what openQcow2 opened itself
-// is closed already.
+// version 1) and opens what it refers to. On error the caller closes f;
+// what openQcow2 opened itself is closed already.
 func (c *chain) openQcow2(f *os.File, path string, depth int, snapshot string) (*Image, error) {
 	if err := c.remember(f, path); err != nil {
 		return nil, err
@@ -202,7 +202,9 @@ func (c *chain) openQcow2(f *os.File, path string, depth int, snapshot string) (
 		if err := checkTable("snapshot L1 table", sn.entryOffset, sn.L1Offset, uint64(sn.L1Size), 8, maxL1Bytes, h.ClusterBits, fileSize); err != nil {
 			return nil, fmt.Errorf("%s: snapshot %s: %w", path, sn.ID, err)
 		}
-		img.snapshot = sn
+		if sn.DiskSize > math.MaxInt64 {
+			return nil, fmt.Errorf("%s: %w", path, formatErr("snapshot disk_size", sn.entryOffset+48, "%d exceeds 2^63-1", sn.DiskSize))
+		}
 		img.l1Offset, l1Size = sn.L1Offset, uint64(sn.L1Size)
 		img.size = int64(sn.DiskSize &^ 511)
 	}

@@ -167,9 +167,6 @@ func (img *Image) Chain() []Info {
 	return out
 }
 
-// Snapshots returns the image's internal snapshots.
-func (img *Image) Snapshots() []Snapshot { return append([]Snapshot(nil), img.snapshots...) }
-
 // allocatedBytes is what the file takes on disk, as qemu-img's actual-size.
 func allocatedBytes(f *os.File) int64 {
 	st, err := f.Stat()

@@ -33,6 +33,23 @@ func zstdFrame(t *testing.T, data []byte, opts ...zstd.EOption) []byte {
 
 func join(parts ...[]byte) []byte { return bytes.Join(parts, nil) }
 
+// expectError checks err against a table case's expected error: none when
+// want is empty, else one that says want. It reports whether the case
+// expected an error, and so is done.
+func expectError(t *testing.T, err error, want string) bool {
+	t.Helper()
+	if want == "" {
+		if err != nil {
+			t.Fatal(err)
+		}
+		return false
+	}
+	if err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("error %v, want one saying %q", err, want)
+	}
+	return true
+}
+
 func TestDecompressors(t *testing.T) {
 	const cluster = 4096
 	data := bytes.Repeat([]byte("0123456789abcdefghijklmnopqrstuvwxyz"), 200)[:cluster]
@@ -66,14 +83,8 @@ func TestDecompressors(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			dst := make([]byte, cluster)
 			err := tc.fn(dst, tc.src)
-			if tc.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
-					t.Fatalf("error %v, want %q", err, tc.wantErr)
-				}
+			if expectError(t, err, tc.wantErr) {
 				return
-			}
-			if err != nil {
-				t.Fatal(err)
 			}
 			if !bytes.Equal(dst, data) {
 				t.Fatal("wrong bytes")

@@ -32,6 +32,16 @@ type huffman struct {
 
 var errBadCodes = errors.New("invalid Huffman code lengths")
 
+// entry looks up the code at the bottom of the bit buffer buf: a length
+// of 0 means no code has those bits.
+func (h *huffman) entry(buf uint64) uint32 {
+	e := h.primary[buf&(1<<primaryBits-1)]
+	if e&entrySub != 0 {
+		e = h.sub[int(e>>16)+int(buf>>primaryBits&(1<<(e>>8&0xf)-1))]
+	}
+	return e
+}
+
 // build makes the table for the code lengths of symbols 0..len(lengths)-1.
 // Like zlib, it refuses over-subscribed sets, and incomplete ones unless
 // there is a single code of length 1.
@@ -134,10 +144,7 @@ func (br *bitReader) decode(h *huffman) (int, error) {
 	if br.nbits < maxCodeBits {
 		br.refill()
 	}
-	e := h.primary[br.buf&(1<<primaryBits-1)]
-	if e&entrySub != 0 {
-		e = h.sub[int(e>>16)+int(br.buf>>primaryBits&(1<<(e>>8&0xf)-1))]
-	}
+	e := h.entry(br.buf)
 	n := uint(e & entryLenMask)
 	if n == 0 {
 		return 0, errors.New("invalid Huffman code")
@@ -255,10 +262,7 @@ func decodeBlock(br *bitReader, lit, dist *huffman, dst []byte, out int) (int, e
 				buf, nbits, pos = br.buf, br.nbits, br.pos
 			}
 		}
-		e := lit.primary[buf&(1<<primaryBits-1)]
-		if e&entrySub != 0 {
-			e = lit.sub[int(e>>16)+int(buf>>primaryBits&(1<<(e>>8&0xf)-1))]
-		}
+		e := lit.entry(buf)
 		n := uint(e & entryLenMask)
 		if n == 0 {
 			err = errors.New("deflate data is corrupt: invalid literal/length code")
@@ -285,10 +289,7 @@ func decodeBlock(br *bitReader, lit, dist *huffman, dst []byte, out int) (int, e
 		length := int(lengthBase[sym]) + int(buf&(1<<lengthExtra[sym]-1))
 		buf >>= lengthExtra[sym]
 		nbits -= uint(lengthExtra[sym])
-		e = dist.primary[buf&(1<<primaryBits-1)]
-		if e&entrySub != 0 {
-			e = dist.sub[int(e>>16)+int(buf>>primaryBits&(1<<(e>>8&0xf)-1))]
-		}
+		e = dist.entry(buf)
 		n = uint(e & entryLenMask)
 		if n == 0 {
 			err = errors.New("deflate data is corrupt: invalid distance code")

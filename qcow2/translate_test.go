@@ -75,14 +75,8 @@ func TestLookup(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			img := fakeImage(t, tc.version, tc.extended, tc.entries)
 			got, err := img.lookup(tc.off, tc.max)
-			if tc.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
-					t.Fatalf("error %v, want %q", err, tc.wantErr)
-				}
+			if expectError(t, err, tc.wantErr) {
 				return
-			}
-			if err != nil {
-				t.Fatal(err)
 			}
 			if got != tc.want {
 				t.Fatalf("lookup(%#x, %d) = %+v, want %+v", tc.off, tc.max, got, tc.want)

@@ -96,13 +96,6 @@ func (c *Cache[K, V]) Add(key K, val V, cost int64) {
 	}
 }
 
-// Len returns the number of values held.
-func (c *Cache[K, V]) Len() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return len(c.items)
-}
-
 // Used returns the total cost of the values held.
 func (c *Cache[K, V]) Used() int64 {
 	c.mu.Lock()

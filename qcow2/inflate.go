@@ -310,9 +310,17 @@ func decodeBlock(br *bitReader, lit, dist *huffman, dst []byte, out int) (int, e
 			break
 		}
 		end := min(out+length, len(dst))
-		if d >= end-out {
+		switch {
+		case d >= 8 && out+length+8 <= len(dst):
+			// Eight bytes at a time, perhaps past end but inside dst, where
+			// what follows overwrites it: cheaper than memmove for the
+			// short matches that dominate.
+			for p := out; p < end; p += 8 {
+				binary.LittleEndian.PutUint64(dst[p:], binary.LittleEndian.Uint64(dst[p-d:]))
+			}
+		case d >= end-out:
 			copy(dst[out:end], dst[out-d:])
-		} else {
+		default:
 			// Overlapping: the pattern doubles with each copy.
 			for p := out; p < end; {
 				p += copy(dst[p:end], dst[out-d:p])

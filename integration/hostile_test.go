@@ -65,10 +65,7 @@ func checkMountedHostile(t *testing.T, disk string, h qemutest.Hostile) {
 	buf := alignedBuffer(4096)
 	for off := int64(0); off < int64(len(want)); off += 4096 {
 		_, err := f.ReadAt(buf, off)
-		bad := false
-		for _, r := range h.Bad {
-			bad = bad || (off >= r[0] && off < r[1])
-		}
+		bad := h.IsBad(off)
 		switch {
 		case bad && !errors.Is(err, syscall.EIO):
 			t.Fatalf("read at %#x: %v, want EIO", off, err)

@@ -78,7 +78,7 @@ func checkHostile(t *testing.T, h qemutest.Hostile) {
 	buf := make([]byte, 4096)
 	for off := int64(0); off < img.Size(); off += int64(len(buf)) {
 		_, err := img.ReadAt(buf, off)
-		bad := inRanges(off, h.Bad)
+		bad := h.IsBad(off)
 		switch {
 		case bad && err == nil:
 			t.Errorf("read at %#x succeeded inside a damaged range", off)
@@ -94,13 +94,4 @@ func checkHostile(t *testing.T, h qemutest.Hostile) {
 			return
 		}
 	}
-}
-
-func inRanges(off int64, ranges [][2]int64) bool {
-	for _, r := range ranges {
-		if off >= r[0] && off < r[1] {
-			return true
-		}
-	}
-	return false
 }

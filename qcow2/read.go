@@ -305,22 +305,22 @@ func (img *Image) loadL2(off uint64, at int64) ([]uint64, uint64, error) {
 }
 
 // lookup returns the longest run of one kind that starts at guest offset
-// off, up to max bytes, within one L2 table. Runs of data clusters that are
+// off, up to limit bytes, within one L2 table. Runs of data clusters that are
 // contiguous on the host come back as one extent, so they take one read.
-func (img *Image) lookup(off, max int64) (extent, error) {
+func (img *Image) lookup(off, limit int64) (extent, error) {
 	if img.rawData {
-		return extent{kind: extentData, n: max, host: uint64(off)}, nil
+		return extent{kind: extentData, n: limit, host: uint64(off)}, nil
 	}
 	cs := img.clusterSize()
 	span := cs << img.l2Bits // guest bytes one L2 table covers
 	tableEnd := (off/span + 1) * span
-	max = min(max, tableEnd-off)
+	limit = min(limit, tableEnd-off)
 	table, tableOff, err := img.l2Table(off / span)
 	if err != nil {
 		return extent{}, err
 	}
 	if table == nil {
-		return extent{kind: extentBacking, n: max}, nil
+		return extent{kind: extentBacking, n: limit}, nil
 	}
 	var run extent
 	for first := true; ; first = false {
@@ -340,11 +340,11 @@ func (img *Image) lookup(off, max int64) (extent, error) {
 			run.n += e.n
 		}
 		off += e.n
-		if run.n >= max || off&(cs-1) != 0 {
+		if run.n >= limit || off&(cs-1) != 0 {
 			break // the run ended inside a cluster
 		}
 	}
-	run.n = min(run.n, max)
+	run.n = min(run.n, limit)
 	return run, nil
 }
 

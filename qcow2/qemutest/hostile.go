@@ -28,6 +28,16 @@ type Hostile struct {
 	Want string
 }
 
+// IsBad reports whether guest offset off lies in a damaged range.
+func (h Hostile) IsBad(off int64) bool {
+	for _, r := range h.Bad {
+		if off >= r[0] && off < r[1] {
+			return true
+		}
+	}
+	return false
+}
+
 // hostileBase is an undamaged image and where its tables lie.
 type hostileBase struct {
 	path     string

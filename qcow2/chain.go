@@ -36,42 +36,52 @@ func (c *chain) remember(f *os.File, path string) error {
 	return nil
 }
 
-// openImageFile opens path read-only, checks that it is a file we may read
-// as an image (a regular file, or a block device where allowed), and takes
-// QEMU's read locks on it.
-func (c *chain) openImageFile(path string, allowDevices bool) (*os.File, error) {
-	// O_NONBLOCK: opening a FIFO must not wait for a writer before we can
-	// refuse it. It changes nothing for reads of files and block devices.
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+// openImageFile opens an image file read-only: the top image as the user
+// named it, a backing or data file as the path policy allows. It checks
+// that the file is one we may read as an image (a regular file, or a block
+// device where allowed) and takes QEMU's read locks on it.
+func (c *chain) openImageFile(path string, top bool) (*os.File, error) {
+	var f *os.File
+	var err error
+	if top {
+		f, err = os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	} else {
+		f, err = c.paths.open(path)
+	}
 	if err != nil {
 		return nil, err
 	}
-	st, err := f.Stat()
-	if err != nil {
-		f.Close()
-		return nil, err
-	}
-	switch mode := st.Mode(); {
-	case mode.IsRegular():
-	case mode&os.ModeDevice != 0 && mode&os.ModeCharDevice == 0 && allowDevices:
-	case mode&os.ModeDevice != 0 && mode&os.ModeCharDevice == 0:
-		f.Close()
-		return nil, fmt.Errorf("%s is a block device: refused without --allow-devices", path)
-	default:
-		f.Close()
-		return nil, fmt.Errorf("%s is not a regular file (%s)", path, mode.Type())
-	}
-	if err := lockFile(f, c.opts.ForceShare); err != nil {
+	if err := c.checkImageFile(f, top || c.opts.AllowDevices); err != nil {
 		f.Close()
 		return nil, err
 	}
 	return f, nil
 }
 
+func (c *chain) checkImageFile(f *os.File, allowDevices bool) error {
+	st, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	switch mode := st.Mode(); {
+	case mode.IsRegular():
+	case mode&os.ModeDevice != 0 && mode&os.ModeCharDevice == 0 && allowDevices:
+	case mode&os.ModeDevice != 0 && mode&os.ModeCharDevice == 0:
+		return fmt.Errorf("%s is a block device: refused without --allow-devices", f.Name())
+	default:
+		return fmt.Errorf("%s is not a regular file (%s)", f.Name(), mode.Type())
+	}
+	if err := checkFileSystem(f); err != nil {
+		return err
+	}
+	return lockFile(f, c.opts.ForceShare)
+}
+
 // resolveReference turns a backing or data file name found in the image at
 // from into a path, refusing what QEMU would open as a protocol (json:,
-// nbd:, URLs) and, with BackingDir set, anything outside that tree.
-func (c *chain) resolveReference(from, name, what string) (string, error) {
+// nbd:, URLs). Where the path may lead is the path policy's to check, when
+// the file is opened.
+func resolveReference(from, name, what string) (string, error) {
 	if name == "" {
 		return "", fmt.Errorf("%s: empty %s name", from, what)
 	}
@@ -88,37 +98,7 @@ func (c *chain) resolveReference(from, name, what string) (string, error) {
 	if !filepath.IsAbs(p) {
 		p = filepath.Join(filepath.Dir(from), p)
 	}
-	if dir := c.opts.BackingDir; dir != "" {
-		if err := within(dir, p); err != nil {
-			return "", fmt.Errorf("%s: %s %q: %w", from, what, name, err)
-		}
-	}
 	return p, nil
-}
-
-// within fails unless p, with symlinks resolved, lies inside dir.
-func within(dir, p string) error {
-	root, err := filepath.EvalSymlinks(dir)
-	if err != nil {
-		return err
-	}
-	root, err = filepath.Abs(root)
-	if err != nil {
-		return err
-	}
-	real, err := filepath.EvalSymlinks(p)
-	if err != nil {
-		return err
-	}
-	real, err = filepath.Abs(real)
-	if err != nil {
-		return err
-	}
-	rel, err := filepath.Rel(root, real)
-	if err != nil || rel == ".." || strings.HasPrefix(rel, "../") {
-		return fmt.Errorf("%s lies outside %s: %w", real, dir, ErrUnsafePath)
-	}
-	return nil
 }
 
 // openDependencies opens the external data file and the backing chain of
@@ -137,13 +117,13 @@ func (c *chain) openDependencies(img *Image, depth int) (err error) {
 		}
 	}()
 	if img.hdr.IncompatibleFeatures&IncompatExternalData != 0 {
-		p, err := c.resolveReference(img.path, img.ext.dataFile, "data file")
+		p, err := resolveReference(img.path, img.ext.dataFile, "data file")
 		if err != nil {
 			return err
 		}
-		f, err := c.openImageFile(p, c.opts.AllowDevices)
+		f, err := c.openImageFile(p, false)
 		if err != nil {
-			return fmt.Errorf("%s: external data file: %w", img.path, err)
+			return fmt.Errorf("%s: external data file %q: %w", img.path, img.ext.dataFile, err)
 		}
 		img.data = f
 		img.rawData = img.hdr.AutoclearFeatures&AutoclearDataFileIsRaw != 0 && img.backingName == ""
@@ -154,7 +134,7 @@ func (c *chain) openDependencies(img *Image, depth int) (err error) {
 	if depth+1 >= maxChainDepth {
 		return fmt.Errorf("%s: backing chain is deeper than %d images", img.path, maxChainDepth)
 	}
-	p, err := c.resolveReference(img.path, img.backingName, "backing file")
+	p, err := resolveReference(img.path, img.backingName, "backing file")
 	if err != nil {
 		return err
 	}
@@ -169,7 +149,7 @@ func (c *chain) openDependencies(img *Image, depth int) (err error) {
 // contents show when the referring image names none (qcow2 magic: qcow2;
 // anything else: raw).
 func (c *chain) openBacking(path, format string, depth int) (Disk, error) {
-	f, err := c.openImageFile(path, c.opts.AllowDevices)
+	f, err := c.openImageFile(path, false)
 	if err != nil {
 		return nil, err
 	}

@@ -40,9 +40,12 @@ type Options struct {
 	Snapshot string
 	// NoBacking reads the top image alone: unallocated clusters read as zeros.
 	NoBacking bool
-	// BackingDir, if set, confines backing and external data files to this
-	// directory tree.
-	BackingDir string
+	// Backing and external data files must lie beneath the directory of
+	// the image opened, or beneath BackingDir where it is set, symlinks
+	// resolved; AllowAnyPath lifts that rule. Files on pseudo file systems
+	// (proc, sysfs, ...) are refused whatever the options.
+	BackingDir   string
+	AllowAnyPath bool
 	// AllowDevices lets backing and data files be block devices.
 	AllowDevices bool
 	// ForceShare reads images that another process may be writing (QEMU's
@@ -54,20 +57,23 @@ type Options struct {
 	ClusterCacheSize int64
 }
 
-// cacheKey names a table or cluster: which image of the chain, which offset.
+// cacheKey names a table slice or a cluster: which image of the chain,
+// what kind of thing, which offset (or compressed cluster descriptor).
 type cacheKey struct {
 	image uint32
+	kind  uint8
 	off   uint64
 }
 
 // chain is what the images of one chain share.
 type chain struct {
 	opts     Options
-	l2       *lru.Cache[cacheKey, []uint64]
-	clusters *lru.Cache[cacheKey, []byte] // decompressed; read with Read only
-	spare    sync.Pool                    // cluster buffers the cache let go
+	tables   *lru.Cache[cacheKey, []uint64] // L1 and L2 table slices
+	clusters *lru.Cache[cacheKey, []byte]   // decompressed; read with Read only
+	spare    sync.Pool                      // cluster buffers the cache let go
 	nextID   atomic.Uint32
 	seen     map[fileID]string // files already in the chain, to catch loops
+	paths    *pathPolicy       // while opening: where backing and data files may lie
 }
 
 // clusterBuf returns a buffer of n bytes for a decompressed cluster.
@@ -97,7 +103,7 @@ type Image struct {
 	clusterBits uint32
 	l2Bits      uint32 // log2 of the entries in one L2 table
 	extendedL2  bool
-	l1          []uint64
+	l1Entries   int64 // of the L1 table, those that cover the view
 	l1Offset    uint64
 	decompress  decompressFunc
 	snapshots   []Snapshot
@@ -117,15 +123,19 @@ func Open(path string, opts Options) (*Image, error) {
 		opts.ClusterCacheSize = DefaultClusterCacheSize
 	}
 	c := &chain{
-		opts: opts,
-		l2:   lru.New[cacheKey, []uint64](opts.L2CacheSize),
-		seen: map[fileID]string{},
+		opts:   opts,
+		tables: lru.New[cacheKey, []uint64](opts.L2CacheSize),
+		seen:   map[fileID]string{},
 	}
 	c.clusters = lru.NewRecycling[cacheKey, []byte](opts.ClusterCacheSize, c.recycleCluster)
 	abs, err := filepath.Abs(path)
 	if err != nil {
 		return nil, err
 	}
+	if c.paths, err = newPathPolicy(abs, opts); err != nil {
+		return nil, err
+	}
+	defer c.paths.close()
 	f, err := c.openImageFile(abs, true)
 	if err != nil {
 		return nil, err
@@ -208,9 +218,7 @@ func (c *chain) openQcow2(f *os.File, path string, depth int, snapshot string) (
 		img.l1Offset, l1Size = sn.L1Offset, uint64(sn.L1Size)
 		img.size = int64(sn.DiskSize &^ 511)
 	}
-	if img.l1, err = readL1(f, img.l1Offset, l1Size); err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
+	img.l1Entries = int64(min(l1Size, h.l1EntriesFor(uint64(img.size))))
 	if err := c.openDependencies(img, depth); err != nil {
 		return nil, err
 	}
@@ -261,19 +269,6 @@ func (img *Image) checkFeatures() error {
 	}
 
 	return nil
-}
-
-// readL1 loads an L1 table whose bounds checkTable has accepted.
-func readL1(f *os.File, off, entries uint64) ([]uint64, error) {
-	buf := make([]byte, entries*8)
-	if _, err := f.ReadAt(buf, int64(off)); err != nil {
-		return nil, formatErr("L1 table", int64(off), "cannot read %d bytes: %v", len(buf), err)
-	}
-	l1 := make([]uint64, entries)
-	for i := range l1 {
-		l1[i] = binary.BigEndian.Uint64(buf[i*8:])
-	}
-	return l1, nil
 }
 
 // Size returns the size of the guest disk in bytes.

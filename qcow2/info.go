@@ -107,7 +107,7 @@ func (img *Image) Info() Info {
 		BackingFilenameFormat: img.backingFmt,
 	}
 	if img.backingName != "" {
-		if p, err := img.chain.resolveReference(img.path, img.backingName, "backing file"); err == nil {
+		if p, err := resolveReference(img.path, img.backingName, "backing file"); err == nil {
 			in.FullBackingFilename = p
 		}
 	}

@@ -71,9 +71,7 @@ func (c *chain) openQcow1(f *os.File, path string, first []byte, depth int, snap
 		}
 		img.backingName = string(first[backingOff : backingOff+uint64(backingLen)])
 	}
-	if img.l1, err = readL1(f, l1Off, l1Entries); err != nil {
-		return fail(err)
-	}
+	img.l1Entries = int64(l1Entries)
 	if err := c.openDependencies(img, depth); err != nil {
 		return nil, err
 	}

@@ -167,7 +167,7 @@ func (img *Image) readData(p []byte, host uint64) error {
 // of decompressed clusters, so that small reads of one cluster decompress
 // it once.
 func (img *Image) readCompressedPart(p []byte, desc uint64, inCluster int64) error {
-	key := cacheKey{img.id, desc}
+	key := cacheKey{img.id, kindCluster, desc}
 	if img.chain.clusters.Read(key, func(cl []byte) { copy(p, cl[inCluster:]) }) {
 		return nil
 	}
@@ -259,63 +259,105 @@ func (img *Image) compressedRange(desc uint64) (host uint64, length int64) {
 	return host, int64((sectors+1)*512 - host&511)
 }
 
-// l2Table returns the L2 table that L1 entry l1Index points at, from the
-// cache or the file; nil when the entry is unallocated.
-func (img *Image) l2Table(l1Index int64) ([]uint64, uint64, error) {
-	if l1Index >= int64(len(img.l1)) {
-		return nil, 0, nil
-	}
-	entry := img.l1[l1Index]
-	at := int64(img.l1Offset) + l1Index*8
-	if img.v1 {
-		return img.loadL2(entry, at)
-	}
-	if entry&l1ReservedMask != 0 {
-		return nil, 0, formatErr("L1 entry", at, "%#016x has reserved bits %#x set", entry, entry&l1ReservedMask)
-	}
-	off := entry & entryOffsetMask
-	if off&uint64(img.clusterSize()-1) != 0 {
-		return nil, 0, formatErr("L1 entry", at, "L2 table offset %#x is not cluster aligned", off)
-	}
-	return img.loadL2(off, at)
+// Tables are read and cached in slices of at most tableSliceBytes, as QEMU
+// caches L2 slices: a lookup costs one small read however large the table,
+// a deep chain of 2 MiB tables cannot thrash the cache, and an L1 table
+// that a sparse file declares at 32 MiB costs only the slices read.
+const tableSliceBytes = 4096
+
+// Kinds of cached table slices.
+const (
+	kindCluster uint8 = iota // the decompressed-cluster cache's keys
+	kindL1
+	kindL2
+)
+
+// l2SliceEntries is the number of L2 entries in one cached slice.
+func (img *Image) l2SliceEntries() int64 {
+	return min(tableSliceBytes, img.l2TableBytes()) / (8 * img.l2EntryWords())
 }
 
-// loadL2 returns the L2 table at host offset off, that the L1 entry at
-// file offset at points to; nil for offset 0.
-func (img *Image) loadL2(off uint64, at int64) ([]uint64, uint64, error) {
-	if off == 0 {
-		return nil, 0, nil
+// l1Entry returns entry i of the L1 table and where it lies in the file;
+// 0 for an index past the entries that cover the disk.
+func (img *Image) l1Entry(i int64) (uint64, int64, error) {
+	if i >= img.l1Entries {
+		return 0, 0, nil
 	}
-	key := cacheKey{img.id, off}
-	if t, ok := img.chain.l2.Get(key); ok {
-		return t, off, nil
+	const perSlice = tableSliceBytes / 8
+	first := i / perSlice * perSlice
+	sliceOff := img.l1Offset + uint64(first)*8
+	t, err := img.tableSlice(kindL1, sliceOff, min(perSlice, img.l1Entries-first), "L1 table", int64(sliceOff))
+	if err != nil {
+		return 0, 0, err
 	}
-	// Read the table straight into its entries and decode them in place:
-	// one allocation per table, no garbage.
-	t := make([]uint64, img.l2TableBytes()/8)
+	return t[i-first], int64(sliceOff) + (i-first)*8, nil
+}
+
+// l2Slice returns the slice of an L2 table that holds the entry of guest
+// cluster number cluster, with the slice's host offset; nil when the L1
+// entry is unallocated.
+func (img *Image) l2Slice(cluster int64) ([]uint64, uint64, error) {
+	entry, at, err := img.l1Entry(cluster >> img.l2Bits)
+	if err != nil || entry == 0 {
+		return nil, 0, err
+	}
+	tableOff := entry // qcow version 1: a plain offset
+	if !img.v1 {
+		if entry&l1ReservedMask != 0 {
+			return nil, 0, formatErr("L1 entry", at, "%#016x has reserved bits %#x set", entry, entry&l1ReservedMask)
+		}
+		tableOff = entry & entryOffsetMask
+		if tableOff&uint64(img.clusterSize()-1) != 0 {
+			return nil, 0, formatErr("L1 entry", at, "L2 table offset %#x is not cluster aligned", tableOff)
+		}
+		if tableOff == 0 {
+			return nil, 0, nil
+		}
+	}
+	perSlice := img.l2SliceEntries()
+	words := perSlice * img.l2EntryWords()
+	first := cluster & (1<<img.l2Bits - 1) / perSlice * perSlice
+	sliceOff := tableOff + uint64(first*img.l2EntryWords()*8)
+	t, err := img.tableSlice(kindL2, sliceOff, words, "L1 entry", at)
+	return t, sliceOff, err
+}
+
+// tableSlice returns n big-endian 64-bit entries at host offset off, from
+// the cache or the file. field and at name the metadata that pointed
+// there, for a table that lies past the end of the file.
+func (img *Image) tableSlice(kind uint8, off uint64, n int64, field string, at int64) ([]uint64, error) {
+	key := cacheKey{img.id, kind, off}
+	if t, ok := img.chain.tables.Get(key); ok {
+		return t, nil
+	}
+	// Read the entries straight into place and decode them there: one
+	// allocation per slice, no garbage.
+	t := make([]uint64, n)
 	buf := unsafe.Slice((*byte)(unsafe.Pointer(&t[0])), len(t)*8)
-	if n, err := img.file.ReadAt(buf, int64(off)); n < len(buf) {
-		return nil, 0, formatErr("L1 entry", at, "L2 table at %#x cannot be read (%d of %d bytes: %v)", off, n, len(buf), err)
+	if got, err := img.file.ReadAt(buf, int64(off)); got < len(buf) {
+		if err == nil || errors.Is(err, io.EOF) {
+			return nil, formatErr(field, at, "table at %#x lies past the end of the file (%d of %d bytes there)", off, got, len(buf))
+		}
+		return nil, fmt.Errorf("reading %s at host offset %#x: %w", img.file.Name(), off, err)
 	}
 	for i := range t {
 		t[i] = binary.BigEndian.Uint64(buf[i*8:])
 	}
-	img.chain.l2.Add(key, t, int64(len(buf)))
-	return t, off, nil
+	img.chain.tables.Add(key, t, int64(len(buf)))
+	return t, nil
 }
 
 // lookup returns the longest run of one kind that starts at guest offset
-// off, up to limit bytes, within one L2 table. Runs of data clusters that are
-// contiguous on the host come back as one extent, so they take one read.
+// off, up to limit bytes, within one L2 slice. Runs of data clusters that
+// are contiguous on the host come back as one extent, so they take one read.
 func (img *Image) lookup(off, limit int64) (extent, error) {
 	if img.rawData {
 		return extent{kind: extentData, n: limit, host: uint64(off)}, nil
 	}
 	cs := img.clusterSize()
-	span := cs << img.l2Bits // guest bytes one L2 table covers
-	tableEnd := (off/span + 1) * span
-	limit = min(limit, tableEnd-off)
-	table, tableOff, err := img.l2Table(off / span)
+	span := cs * img.l2SliceEntries() // guest bytes one slice covers
+	limit = min(limit, (off/span+1)*span-off)
+	table, tableOff, err := img.l2Slice(off >> img.clusterBits)
 	if err != nil {
 		return extent{}, err
 	}
@@ -349,11 +391,11 @@ func (img *Image) lookup(off, limit int64) (extent, error) {
 }
 
 // clusterExtent classifies the bytes from guest offset off to the end of
-// their run inside off's cluster.
+// their run inside off's cluster, from the L2 slice at host offset tableOff.
 func (img *Image) clusterExtent(table []uint64, tableOff uint64, off int64) (extent, error) {
 	cs := img.clusterSize()
 	in := off & (cs - 1)
-	index := (off >> img.clusterBits) & (1<<img.l2Bits - 1)
+	index := (off >> img.clusterBits) & (img.l2SliceEntries() - 1)
 	stride := img.l2EntryWords()
 	entry := table[index*stride]
 	at := int64(tableOff) + index*stride*8

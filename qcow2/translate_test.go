@@ -9,8 +9,9 @@ import (
 )
 
 // fakeImage is an image with 64 KiB clusters whose only L2 table (at host
-// offset 64 KiB, covering the first 512 MiB) holds entries; the table is
-// put in the cache so no file is read.
+// offset 64 KiB, covering the first 512 MiB) holds entries; the L1 table
+// (at 0x30000, two entries) and the L2 table's slices are put in the cache
+// so no file is read.
 func fakeImage(t *testing.T, version uint32, extended bool, entries map[int][2]uint64) *Image {
 	t.Helper()
 	f, err := os.CreateTemp(t.TempDir(), "img")
@@ -20,11 +21,12 @@ func fakeImage(t *testing.T, version uint32, extended bool, entries map[int][2]u
 	t.Cleanup(func() { f.Close() })
 	img := &Image{
 		path: f.Name(), file: f, data: f, id: 1,
-		chain:       &chain{l2: lru.New[cacheKey, []uint64](1 << 20), clusters: lru.NewRecycling[cacheKey, []byte](1<<20, nil)},
+		chain:       &chain{tables: lru.New[cacheKey, []uint64](1 << 20), clusters: lru.NewRecycling[cacheKey, []byte](1<<20, nil)},
 		hdr:         Header{Version: version},
 		clusterBits: 16, l2Bits: 13, extendedL2: extended,
-		size: 1 << 30, l1: []uint64{0x10000, 0}, l1Offset: 0x30000,
+		size: 1 << 30, l1Entries: 2, l1Offset: 0x30000,
 	}
+	img.chain.tables.Add(cacheKey{1, kindL1, 0x30000}, []uint64{0x10000, 0}, 16)
 	stride := 1
 	if extended {
 		img.l2Bits, stride = 12, 2
@@ -36,7 +38,9 @@ func fakeImage(t *testing.T, version uint32, extended bool, entries map[int][2]u
 			table[i*stride+1] = e[1]
 		}
 	}
-	img.chain.l2.Add(cacheKey{1, 0x10000}, table, 1)
+	for off := 0; off < len(table); off += tableSliceBytes / 8 {
+		img.chain.tables.Add(cacheKey{1, kindL2, 0x10000 + uint64(off)*8}, table[off:off+tableSliceBytes/8], 1)
+	}
 	return img
 }
 
@@ -93,12 +97,12 @@ func TestL1EntryErrors(t *testing.T) {
 	}{
 		{"reserved bits", 0x10000 | 1<<60, "reserved bits"},
 		{"unaligned L2 table", 0x10200, "not cluster aligned"},
-		{"L2 table past the end of the file", 0x7000000, "cannot be read"},
+		{"L2 table past the end of the file", 0x7000000, "past the end of the file"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			img := fakeImage(t, 3, false, nil)
-			img.l1[1] = tc.l1
+			img.chain.tables.Add(cacheKey{1, kindL1, 0x30000}, []uint64{0x10000, tc.l1}, 16)
 			_, err := img.lookup(512<<20, 10)
 			if err == nil || !strings.Contains(err.Error(), tc.wantErr) || !strings.Contains(err.Error(), "L1 entry at offset 0x30008") {
 				t.Fatalf("error %v, want %q at the L1 entry's offset", err, tc.wantErr)

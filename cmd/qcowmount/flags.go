@@ -11,7 +11,8 @@ func imageFlags() []cli.Flag {
 	return []cli.Flag{
 		&cli.StringFlag{Name: "snapshot", Aliases: []string{"s"}, Usage: "read internal snapshot `ID|NAME` instead of the current state"},
 		&cli.BoolFlag{Name: "no-backing", Usage: "read the top image alone: unallocated clusters read as zeros"},
-		&cli.StringFlag{Name: "backing-dir", Usage: "refuse backing and data files outside directory `DIR`"},
+		&cli.StringFlag{Name: "backing-dir", Usage: "also allow backing and data files beneath `DIR` (by default only beneath the image's own directory)"},
+		&cli.BoolFlag{Name: "allow-any-backing-path", Usage: "trust the image: open backing and data files wherever it says they are"},
 		&cli.BoolFlag{Name: "allow-devices", Usage: "allow backing and data files that are block devices"},
 		&cli.BoolFlag{Name: "force-share", Aliases: []string{"U"}, Usage: "open images that another process (a running VM) may be writing; reads may be inconsistent"},
 	}
@@ -22,6 +23,7 @@ func imageOptions(c *cli.Context) qcow2.Options {
 		Snapshot:         c.String("snapshot"),
 		NoBacking:        c.Bool("no-backing"),
 		BackingDir:       c.String("backing-dir"),
+		AllowAnyPath:     c.Bool("allow-any-backing-path"),
 		AllowDevices:     c.Bool("allow-devices"),
 		ForceShare:       c.Bool("force-share"),
 		L2CacheSize:      c.Int64("l2-cache-size"),

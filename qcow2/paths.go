@@ -1,0 +1,163 @@
+package qcow2
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// A stranger's image names its backing and data files, and could name any
+// file the serving user can read (/etc/shadow as a raw backing file). So a
+// chain opens those files only beneath its roots: the directory of the
+// image it was opened for, and Options.BackingDir. The check holds for the
+// file actually opened, not for its name: each open goes through an
+// os.Root, which refuses any path, symlinks included, that leaves the
+// root, whatever changes between our look at the name and the open.
+type pathPolicy struct {
+	any   bool       // Options.AllowAnyPath: no roots
+	roots []confined // tried in order
+}
+
+type confined struct {
+	dir  string // with symlinks resolved
+	root *os.Root
+}
+
+// flagAnyPath is the command-line flag that lifts the confinement; errors
+// name it so that a user who trusts the image knows what to pass.
+const flagAnyPath = "--allow-any-backing-path"
+
+func newPathPolicy(topImage string, opts Options) (*pathPolicy, error) {
+	p := &pathPolicy{any: opts.AllowAnyPath}
+	if p.any {
+		return p, nil
+	}
+	dirs := []string{filepath.Dir(topImage)}
+	if opts.BackingDir != "" {
+		dirs = append(dirs, opts.BackingDir)
+	}
+	for _, d := range dirs {
+		real, err := filepath.EvalSymlinks(d)
+		if err == nil {
+			real, err = filepath.Abs(real)
+		}
+		if err != nil {
+			p.close()
+			return nil, fmt.Errorf("backing directory: %w", err)
+		}
+		root, err := os.OpenRoot(real)
+		if err != nil {
+			p.close()
+			return nil, fmt.Errorf("backing directory: %w", err)
+		}
+		p.roots = append(p.roots, confined{real, root})
+	}
+	return p, nil
+}
+
+func (p *pathPolicy) close() {
+	for _, r := range p.roots {
+		r.root.Close()
+	}
+	p.roots = nil
+}
+
+// describe names the directories files may come from, for errors.
+func (p *pathPolicy) describe() string {
+	dirs := make([]string, len(p.roots))
+	for i, r := range p.roots {
+		dirs[i] = r.dir
+	}
+	return strings.Join(dirs, " or ")
+}
+
+// open opens path, a backing or data file, read-only if the policy allows
+// it. O_NONBLOCK: opening a FIFO must not wait for a writer before we can
+// refuse it; it changes nothing for files and block devices.
+func (p *pathPolicy) open(path string) (*os.File, error) {
+	const flags = os.O_RDONLY | syscall.O_NONBLOCK
+	if p.any {
+		return os.OpenFile(path, flags, 0)
+	}
+	real, err := filepath.EvalSymlinks(path)
+	if err != nil {
+		return nil, err
+	}
+	for _, r := range p.roots {
+		rel, ok := inside(r.dir, real)
+		if !ok {
+			continue
+		}
+		// The name may have changed since EvalSymlinks (a symlink that
+		// flips): the root still refuses whatever leads out of it.
+		f, err := r.root.OpenFile(rel, flags, 0)
+		if err != nil {
+			if errIsEscape(err) {
+				return nil, fmt.Errorf("%s leads outside %s: %w", path, r.dir, ErrUnsafePath)
+			}
+			return nil, err
+		}
+		return f, nil
+	}
+	return nil, fmt.Errorf("%s lies outside %s (pass --backing-dir DIR for a directory of shared base images, or %s to trust the image's paths): %w",
+		real, p.describe(), flagAnyPath, ErrUnsafePath)
+}
+
+// inside reports whether path lies in dir (both absolute, clean), and the
+// path relative to dir.
+func inside(dir, path string) (string, bool) {
+	rel, err := filepath.Rel(dir, path)
+	if err != nil || rel == ".." || strings.HasPrefix(rel, "../") || filepath.IsAbs(rel) {
+		return "", false
+	}
+	return rel, true
+}
+
+// pseudoFileSystems are kernel file systems whose files describe the host
+// (processes, devices, kernel state): never an image, whatever the flags.
+var pseudoFileSystems = map[int64]string{
+	unix.PROC_SUPER_MAGIC:     "proc",
+	unix.SYSFS_MAGIC:          "sysfs",
+	unix.DEBUGFS_MAGIC:        "debugfs",
+	unix.TRACEFS_MAGIC:        "tracefs",
+	unix.SECURITYFS_MAGIC:     "securityfs",
+	unix.CGROUP_SUPER_MAGIC:   "cgroup",
+	unix.CGROUP2_SUPER_MAGIC:  "cgroup2",
+	unix.EFIVARFS_MAGIC:       "efivarfs",
+	unix.BPF_FS_MAGIC:         "bpf",
+	unix.PSTOREFS_MAGIC:       "pstore",
+	unix.DEVPTS_SUPER_MAGIC:   "devpts",
+	unix.SELINUX_MAGIC:        "selinuxfs",
+	unix.SMACK_MAGIC:          "smackfs",
+	unix.BINFMTFS_MAGIC:       "binfmt_misc",
+	unix.NSFS_MAGIC:           "nsfs",
+	unix.RDTGROUP_SUPER_MAGIC: "resctrl",
+	unix.PID_FS_MAGIC:         "pidfs",
+	unix.SECRETMEM_MAGIC:      "secretmem",
+	0x62656570:                "configfs", // CONFIGFS_MAGIC, not in x/sys
+	0x65735543:                "fusectl",  // FUSECTL_SUPER_MAGIC, not in x/sys
+}
+
+// checkFileSystem refuses a file that lives on a pseudo file system.
+func checkFileSystem(f *os.File) error {
+	var st unix.Statfs_t
+	if err := unix.Fstatfs(int(f.Fd()), &st); err != nil {
+		return fmt.Errorf("%s: %w", f.Name(), err)
+	}
+	if name, ok := pseudoFileSystems[int64(st.Type)]; ok {
+		return fmt.Errorf("%s lies on the %s pseudo file system, which holds no images: %w", f.Name(), name, ErrUnsafePath)
+	}
+	return nil
+}
+
+// errIsEscape is true for os.Root's refusal of a path that leaves it (the
+// os package does not export that error).
+func errIsEscape(err error) bool {
+	var pe *os.PathError
+	return errors.As(err, &pe) && pe.Err.Error() == "path escapes from parent"
+}

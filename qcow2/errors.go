@@ -7,19 +7,28 @@ import (
 
 // FormatError reports a field of the image that breaks the format or one
 // of QEMU's limits. Offset is where the field lies in the image file, or -1
-// when the problem is not tied to one place.
+// when the problem is not tied to one place; Err is the cause, where there
+// is one (a decoder's error for a corrupt compressed cluster).
 type FormatError struct {
 	Field  string
 	Offset int64
 	Msg    string
+	Err    error
 }
 
 func (e *FormatError) Error() string {
-	if e.Offset < 0 {
-		return fmt.Sprintf("%s: %s", e.Field, e.Msg)
+	s := e.Field
+	if e.Offset >= 0 {
+		s += fmt.Sprintf(" at offset %#x", e.Offset)
 	}
-	return fmt.Sprintf("%s at offset %#x: %s", e.Field, e.Offset, e.Msg)
+	s += ": " + e.Msg
+	if e.Err != nil {
+		s += ": " + e.Err.Error()
+	}
+	return s
 }
+
+func (e *FormatError) Unwrap() error { return e.Err }
 
 func formatErr(field string, off int64, format string, args ...any) error {
 	return &FormatError{Field: field, Offset: off, Msg: fmt.Sprintf(format, args...)}

@@ -62,6 +62,15 @@ func dropBackingFormat(t *testing.T, path string) {
 	})
 }
 
+func mustInfo(t *testing.T, l qcow2.Layer) qcow2.Info {
+	t.Helper()
+	in, err := l.Info()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return in
+}
+
 func openAndCompare(t *testing.T, path string, opts qcow2.Options, qemuArgs ...string) *qcow2.Image {
 	t.Helper()
 	img, err := qcow2.Open(path, opts)
@@ -78,7 +87,10 @@ func TestBackingChains(t *testing.T) {
 	t.Run("three levels with subclusters", func(t *testing.T) {
 		top, _, _ := qemutest.ThreeLevelChain(t, t.TempDir())
 		img := openAndCompare(t, top, qcow2.Options{})
-		chain := img.Chain()
+		var chain []qcow2.Info
+		for _, l := range img.Chain() {
+			chain = append(chain, mustInfo(t, l))
+		}
 		if len(chain) != 3 || chain[0].Format != "qcow2" || chain[1].Format != "qcow2" || chain[2].Format != "raw" {
 			t.Fatalf("chain %+v", chain)
 		}
@@ -107,7 +119,7 @@ func TestBackingChains(t *testing.T) {
 		qemutest.IO(t, top, "write -P 0x42 50k 10k")
 		// The test runs in the package directory, not dir.
 		img := openAndCompare(t, top, qcow2.Options{})
-		if got := img.Info().FullBackingFilename; got != base {
+		if got := mustInfo(t, img).FullBackingFilename; got != base {
 			t.Fatalf("full backing filename %q, want %q", got, base)
 		}
 	})
@@ -248,7 +260,7 @@ func TestExternalDataFile(t *testing.T) {
 			qemutest.Create(t, img, "qcow2", "3M", "data_file=data.bin", "data_file_raw="+raw)
 			qemutest.IO(t, img, "write -P 0x51 0 100k", "write -P 0x52 1M 64k", "write -z 1040k 8k", "write -P 0x53 3000k 72k")
 			opened := openAndCompare(t, img, qcow2.Options{})
-			d := opened.Info().FormatSpecific.Data
+			d := mustInfo(t, opened).FormatSpecific.Data
 			if d.DataFile != "data.bin" || d.DataFileRaw != (raw == "on") {
 				t.Fatalf("info: data file %q raw %v", d.DataFile, d.DataFileRaw)
 			}
@@ -352,7 +364,7 @@ func TestSnapshots(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer opened.Close()
-		sn := opened.Info().Snapshots
+		sn := mustInfo(t, opened).Snapshots
 		if len(sn) != 2 || sn[0].Name != "first" || sn[1].ID != "2" || sn[0].DiskSize != 2<<20 || sn[1].DiskSize != 3<<20 {
 			t.Fatalf("snapshots %+v", sn)
 		}
@@ -403,8 +415,8 @@ func TestQcowVersion1(t *testing.T) {
 	for _, path := range []string{plain, compressed, overlay, over2} {
 		t.Run(filepath.Base(path), func(t *testing.T) {
 			img := openAndCompare(t, path, qcow2.Options{})
-			if filepath.Ext(path) == ".qcow" && img.Info().Format != "qcow" {
-				t.Fatalf("format %q", img.Info().Format)
+			if filepath.Ext(path) == ".qcow" && mustInfo(t, img).Format != "qcow" {
+				t.Fatalf("format %q", mustInfo(t, img).Format)
 			}
 		})
 	}

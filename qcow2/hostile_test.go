@@ -63,7 +63,9 @@ func checkHostile(t *testing.T, h qemutest.Hostile) {
 		return
 	}
 	defer img.Close()
-	img.Info()
+	if _, err := img.Info(); err != nil {
+		t.Errorf("info: %v", err)
+	}
 	want, err := os.ReadFile(h.Want)
 	if err != nil {
 		t.Error(err)

@@ -32,6 +32,10 @@ const (
 	DefaultClusterCacheSize = 16 << 20
 )
 
+// maxFailedClusters bounds how many failed compressed clusters a chain
+// remembers (each costs a key and an error).
+const maxFailedClusters = 4096
+
 // Options control how an image and its chain are opened. The zero value
 // opens the active state with its backing chain and default caches.
 type Options struct {
@@ -70,6 +74,7 @@ type chain struct {
 	opts     Options
 	tables   *lru.Cache[cacheKey, []uint64] // L1 and L2 table slices
 	clusters *lru.Cache[cacheKey, []byte]   // decompressed; read with Read only
+	failed   *lru.Cache[cacheKey, error]    // compressed clusters that did not decompress
 	spare    sync.Pool                      // cluster buffers the cache let go
 	nextID   atomic.Uint32
 	seen     map[fileID]string // files already in the chain, to catch loops
@@ -106,7 +111,7 @@ type Image struct {
 	l1Entries   int64 // of the L1 table, those that cover the view
 	l1Offset    uint64
 	decompress  decompressFunc
-	snapshots   []Snapshot
+	fileSize    int64 // when opened
 
 	backing     Disk // nil without a backing file or with NoBacking
 	backingName string
@@ -127,6 +132,7 @@ func Open(path string, opts Options) (*Image, error) {
 		tables: lru.New[cacheKey, []uint64](opts.L2CacheSize),
 		seen:   map[fileID]string{},
 	}
+	c.failed = lru.New[cacheKey, error](maxFailedClusters)
 	c.clusters = lru.NewRecycling[cacheKey, []byte](opts.ClusterCacheSize, c.recycleCluster)
 	abs, err := filepath.Abs(path)
 	if err != nil {
@@ -200,15 +206,13 @@ func (c *chain) openQcow2(f *os.File, path string, depth int, snapshot string) (
 		img.backingName = string(first[h.BackingFileOffset:end])
 		img.backingFmt = ext.backingFormat
 	}
-	if img.snapshots, err = readSnapshots(f, h, fileSize); err != nil {
+	img.fileSize = fileSize
+	sn, err := img.checkSnapshots(snapshot)
+	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	l1Size := uint64(h.L1Size)
-	if snapshot != "" {
-		sn, err := findSnapshot(img.snapshots, snapshot)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", path, err)
-		}
+	if sn != nil {
 		if err := checkTable("snapshot L1 table", sn.entryOffset, sn.L1Offset, uint64(sn.L1Size), 8, maxL1Bytes, h.ClusterBits, fileSize); err != nil {
 			return nil, fmt.Errorf("%s: snapshot %s: %w", path, sn.ID, err)
 		}

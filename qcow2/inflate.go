@@ -212,10 +212,20 @@ func (f *deflateDecoder) decode(dst, src []byte) error {
 	return err
 }
 
+// Each dynamic block costs a table build whatever it decodes. QEMU's
+// zlib writes one per 16K symbols at the most (16 KiB of output or more),
+// so a stream with more than one dynamic block per KiB of output, beyond a
+// few, is a decompression bomb (millions of tiny blocks in a 4 MiB
+// cluster would cost a second per read): it is refused.
+const (
+	freeDynamicBlocks    = 64
+	dynamicBlockMinBytes = 1024
+)
+
 // blocks decodes blocks until dst is full or the final block ends, and
 // returns how much it wrote.
 func (f *deflateDecoder) blocks(br *bitReader, dst []byte) (int, error) {
-	out := 0
+	out, dynamic := 0, 0
 	for out < len(dst) {
 		final := br.bits(1) == 1
 		var lit, dist *huffman
@@ -229,6 +239,9 @@ func (f *deflateDecoder) blocks(br *bitReader, dst []byte) (int, error) {
 		case 1:
 			lit, dist = fixedLit, fixedDist
 		case 2:
+			if dynamic++; dynamic > freeDynamicBlocks+out/dynamicBlockMinBytes {
+				return out, fmt.Errorf("deflate data has %d dynamic blocks for the first %d bytes of output: refused as a decompression bomb", dynamic, out)
+			}
 			if err := f.readDynamic(br); err != nil {
 				return out, err
 			}

@@ -9,18 +9,21 @@ import (
 // Info describes one image of a chain. The JSON keys are those of
 // `qemu-img info --output=json` where the two overlap.
 type Info struct {
-	Filename              string          `json:"filename"`
-	Format                string          `json:"format"`
-	VirtualSize           int64           `json:"virtual-size"`
-	ActualSize            int64           `json:"actual-size"`
-	ClusterSize           int64           `json:"cluster-size,omitempty"`
-	DirtyFlag             bool            `json:"dirty-flag"`
-	Encrypted             bool            `json:"encrypted,omitempty"`
-	BackingFilename       string          `json:"backing-filename,omitempty"`
-	FullBackingFilename   string          `json:"full-backing-filename,omitempty"`
-	BackingFilenameFormat string          `json:"backing-filename-format,omitempty"`
-	Snapshots             []SnapshotInfo  `json:"snapshots,omitempty"`
-	FormatSpecific        *FormatSpecific `json:"format-specific,omitempty"`
+	Filename              string `json:"filename"`
+	Format                string `json:"format"`
+	VirtualSize           int64  `json:"virtual-size"`
+	ActualSize            int64  `json:"actual-size"`
+	ClusterSize           int64  `json:"cluster-size,omitempty"`
+	DirtyFlag             bool   `json:"dirty-flag"`
+	Encrypted             bool   `json:"encrypted,omitempty"`
+	BackingFilename       string `json:"backing-filename,omitempty"`
+	FullBackingFilename   string `json:"full-backing-filename,omitempty"`
+	BackingFilenameFormat string `json:"backing-filename-format,omitempty"`
+	// BackingError says why the backing chain was not opened, for a
+	// caller that describes the image alone after its chain failed.
+	BackingError   string          `json:"backing-error,omitempty"`
+	Snapshots      []SnapshotInfo  `json:"snapshots,omitempty"`
+	FormatSpecific *FormatSpecific `json:"format-specific,omitempty"`
 }
 
 // FormatSpecific is qemu-img's "format-specific" object.
@@ -92,8 +95,9 @@ func (img *Image) featureNames(kind uint8, mask uint64) []string {
 	return names
 }
 
-// Info describes the image (not its backing files: see Chain).
-func (img *Image) Info() Info {
+// Info describes the image (not its backing files: see Chain). It reads
+// the snapshot table again, so it can fail with an I/O error.
+func (img *Image) Info() (Info, error) {
 	h := &img.hdr
 	in := Info{
 		Filename:              img.path,
@@ -111,7 +115,11 @@ func (img *Image) Info() Info {
 			in.FullBackingFilename = p
 		}
 	}
-	for _, sn := range img.snapshots {
+	snaps, err := img.Snapshots()
+	if err != nil {
+		return Info{}, err
+	}
+	for _, sn := range snaps {
 		si := SnapshotInfo{
 			ID: sn.ID, Name: sn.Name, VMStateSize: sn.VMStateSize,
 			DateSec: sn.Date.Unix(), DateNsec: int64(sn.Date.Nanosecond()),
@@ -126,7 +134,7 @@ func (img *Image) Info() Info {
 	}
 	if img.v1 {
 		in.Format = "qcow"
-		return in
+		return in, nil
 	}
 	extra := &Qcow2Extra{
 		Compat:               map[uint32]string{2: "0.10", 3: "1.1"}[h.Version],
@@ -147,24 +155,36 @@ func (img *Image) Info() Info {
 		extra.DataFileRaw = h.AutoclearFeatures&AutoclearDataFileIsRaw != 0
 	}
 	in.FormatSpecific = &FormatSpecific{Type: "qcow2", Data: extra}
-	return in
+	return in, nil
 }
 
-// Chain describes the image and each backing file below it, top first.
-func (img *Image) Chain() []Info {
-	out := []Info{img.Info()}
+// Layer is one image of a chain, able to describe itself.
+type Layer interface {
+	Info() (Info, error)
+}
+
+// Chain returns the image and each backing file below it, top first. A
+// caller describes them one at a time, so that only one image's snapshot
+// list is in memory at once.
+func (img *Image) Chain() []Layer {
+	out := []Layer{img}
 	switch b := img.backing.(type) {
 	case *Image:
 		out = append(out, b.Chain()...)
 	case *rawDisk:
-		out = append(out, Info{
-			Filename:    b.f.Name(),
-			Format:      "raw",
-			VirtualSize: b.size,
-			ActualSize:  allocatedBytes(b.f),
-		})
+		out = append(out, b)
 	}
 	return out
+}
+
+// Info describes a raw backing file.
+func (r *rawDisk) Info() (Info, error) {
+	return Info{
+		Filename:    r.f.Name(),
+		Format:      "raw",
+		VirtualSize: r.size,
+		ActualSize:  allocatedBytes(r.f),
+	}, nil
 }
 
 // allocatedBytes is what the file takes on disk, as qemu-img's actual-size.

@@ -228,7 +228,13 @@ func getCompressedBuf(clusterBits uint32) *[]byte {
 
 // decompressCluster reads the compressed cluster that desc describes and
 // decompresses it into dst, one cluster long.
+// A cluster that fails to decompress is remembered, so that reading it
+// again fails at once instead of paying for the bad stream every time.
 func (img *Image) decompressCluster(dst []byte, desc uint64) error {
+	key := cacheKey{img.id, kindCluster, desc}
+	if err, ok := img.chain.failed.Get(key); ok {
+		return err
+	}
 	host, length := img.compressedRange(desc)
 	bp := getCompressedBuf(img.clusterBits)
 	defer compressedBufs[img.clusterBits].Put(bp)
@@ -239,7 +245,9 @@ func (img *Image) decompressCluster(dst []byte, desc uint64) error {
 		return fmt.Errorf("reading compressed cluster at host offset %#x: %w", host, err)
 	}
 	if err := img.decompress(dst, src[:n]); err != nil {
-		return fmt.Errorf("compressed cluster at host offset %#x (%d bytes): %w", host, length, err)
+		err = &FormatError{Field: "compressed cluster", Offset: int64(host), Msg: fmt.Sprintf("%d bytes do not decompress", length), Err: err}
+		img.chain.failed.Add(key, err, 1)
+		return err
 	}
 	return nil
 }

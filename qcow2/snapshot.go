@@ -3,6 +3,7 @@ package qcow2
 import (
 	"bufio"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -25,32 +26,50 @@ type Snapshot struct {
 	entryOffset int64 // where the entry lies in the file, for errors
 }
 
-// readSnapshots reads the snapshot table, whose position parseHeader has
-// checked. Each entry is bounded (extra data 1 KiB, names 64 KiB), and so
-// is the whole table.
-func readSnapshots(f *os.File, h *Header, fileSize int64) ([]Snapshot, error) {
+// QEMU shows snapshot IDs and names through fixed buffers of 128 and 256
+// bytes (QEMUSnapshotInfo), cutting what is longer; so do we, which also
+// bounds what a table of 65536 entries with 64 KiB names can cost.
+const (
+	maxSnapshotIDLen   = 127
+	maxSnapshotNameLen = 255
+)
+
+// walkSnapshots reads the snapshot table, whose position parseHeader has
+// checked, entry by entry, calling fn for each: memory stays bounded
+// whatever the table declares. It returns how many IDs or names it cut.
+func walkSnapshots(f *os.File, h *Header, fileSize int64, fn func(Snapshot) error) (cut int, err error) {
 	if h.NbSnapshots == 0 {
-		return nil, nil
+		return 0, nil
 	}
 	limit := min(int64(maxSnapshotTable), fileSize-int64(h.SnapshotsOffset))
 	r := bufio.NewReaderSize(io.NewSectionReader(f, int64(h.SnapshotsOffset), limit), 64<<10)
 	be := binary.BigEndian
 	pos := int64(h.SnapshotsOffset)
-	snaps := make([]Snapshot, 0, min(h.NbSnapshots, 1024))
 	var fixed [snapshotHeaderBytes]byte
+	rest := make([]byte, 0, 4096)
+	short := func(at int64, i uint32, err error) error {
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			return formatErr("snapshot table", at, "entry %d is cut short: the table runs past the end of the file or %d MiB", i, maxSnapshotTable>>20)
+		}
+		return fmt.Errorf("reading the snapshot table of %s at %#x: %w", f.Name(), at, err)
+	}
 	for i := uint32(0); i < h.NbSnapshots; i++ {
 		at := pos
 		if _, err := io.ReadFull(r, fixed[:]); err != nil {
-			return nil, formatErr("snapshot table", at, "entry %d is cut short (%v): the table runs past the end of the file or %d MiB", i, err, maxSnapshotTable>>20)
+			return cut, short(at, i, err)
 		}
 		extraLen := be.Uint32(fixed[36:])
 		if extraLen > maxSnapshotExtra {
-			return nil, formatErr("snapshot extra_data_size", at+36, "%d exceeds %d", extraLen, maxSnapshotExtra)
+			return cut, formatErr("snapshot extra_data_size", at+36, "%d exceeds %d", extraLen, maxSnapshotExtra)
 		}
 		idLen, nameLen := int(be.Uint16(fixed[12:])), int(be.Uint16(fixed[14:]))
-		rest := make([]byte, int(extraLen)+idLen+nameLen)
+		n := int(extraLen) + idLen + nameLen
+		if cap(rest) < n {
+			rest = make([]byte, n)
+		}
+		rest = rest[:n]
 		if _, err := io.ReadFull(r, rest); err != nil {
-			return nil, formatErr("snapshot table", at, "entry %d is cut short (%v)", i, err)
+			return cut, short(at, i, err)
 		}
 		sn := Snapshot{
 			L1Offset:    be.Uint64(fixed[0:]),
@@ -72,37 +91,77 @@ func readSnapshots(f *os.File, h *Header, fileSize int64) ([]Snapshot, error) {
 		if len(extra) >= 24 {
 			sn.ICount = int64(be.Uint64(extra[16:]))
 		}
-		sn.ID = string(rest[extraLen : int(extraLen)+idLen])
-		sn.Name = string(rest[int(extraLen)+idLen:])
-		snaps = append(snaps, sn)
-		n := int64(snapshotHeaderBytes + len(rest))
-		pad := (8 - n%8) % 8
-		if _, err := r.Discard(int(pad)); err != nil && i+1 < h.NbSnapshots {
-			return nil, formatErr("snapshot table", at, "entry %d is cut short", i)
+		id, name := rest[extraLen:int(extraLen)+idLen], rest[int(extraLen)+idLen:]
+		if len(id) > maxSnapshotIDLen || len(name) > maxSnapshotNameLen {
+			cut++
 		}
-		pos += n + pad
+		sn.ID = string(id[:min(len(id), maxSnapshotIDLen)])
+		sn.Name = string(name[:min(len(name), maxSnapshotNameLen)])
+		if err := fn(sn); err != nil {
+			return cut, err
+		}
+		used := int64(snapshotHeaderBytes + n)
+		pad := (8 - used%8) % 8
+		if _, err := r.Discard(int(pad)); err != nil && i+1 < h.NbSnapshots {
+			return cut, short(at, i, err)
+		}
+		pos += used + pad
 	}
-	return snaps, nil
+	return cut, nil
 }
 
-// findSnapshot looks a snapshot up by ID, then by name, as QEMU does.
-func findSnapshot(snaps []Snapshot, key string) (*Snapshot, error) {
-	for i := range snaps {
-		if snaps[i].ID == key {
-			return &snaps[i], nil
+// Snapshots returns the image's internal snapshots, as the table holds
+// them now.
+func (img *Image) Snapshots() ([]Snapshot, error) {
+	if img.v1 {
+		return nil, nil
+	}
+	var snaps []Snapshot
+	_, err := walkSnapshots(img.file, &img.hdr, img.fileSize, func(sn Snapshot) error {
+		snaps = append(snaps, sn)
+		return nil
+	})
+	return snaps, err
+}
+
+// checkSnapshots reads the whole snapshot table once, as QEMU does on
+// open, and returns the snapshot that key names (by ID first, then by
+// name, as QEMU looks them up), unless key is empty.
+func (img *Image) checkSnapshots(key string) (*Snapshot, error) {
+	var byID, byName *Snapshot
+	var known []string
+	cut, err := walkSnapshots(img.file, &img.hdr, img.fileSize, func(sn Snapshot) error {
+		switch {
+		case key == "":
+		case byID == nil && sn.ID == key:
+			byID = &sn
+		case byName == nil && sn.Name == key:
+			byName = &sn
 		}
-	}
-	for i := range snaps {
-		if snaps[i].Name == key {
-			return &snaps[i], nil
+		if len(known) < 20 {
+			known = append(known, fmt.Sprintf("%s (%s)", sn.ID, sn.Name))
 		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
-	known := make([]string, len(snaps))
-	for i, sn := range snaps {
-		known[i] = fmt.Sprintf("%s (%s)", sn.ID, sn.Name)
+	if cut > 0 {
+		img.warnings = append(img.warnings, fmt.Sprintf("%d snapshot IDs or names are longer than QEMU shows (%d and %d bytes): cut to that length, as QEMU does", cut, maxSnapshotIDLen, maxSnapshotNameLen))
 	}
-	if len(known) == 0 {
+	switch {
+	case key == "":
+		return nil, nil
+	case byID != nil:
+		return byID, nil
+	case byName != nil:
+		return byName, nil
+	case len(known) == 0:
 		return nil, fmt.Errorf("no snapshot %q: the image has no snapshots", key)
 	}
-	return nil, fmt.Errorf("no snapshot %q; known snapshots: %s", key, strings.Join(known, ", "))
+	more := ""
+	if n := int(img.hdr.NbSnapshots) - len(known); n > 0 {
+		more = fmt.Sprintf(" and %d more", n)
+	}
+	return nil, fmt.Errorf("no snapshot %q; known snapshots: %s%s", key, strings.Join(known, ", "), more)
 }

@@ -21,7 +21,7 @@ func fakeImage(t *testing.T, version uint32, extended bool, entries map[int][2]u
 	t.Cleanup(func() { f.Close() })
 	img := &Image{
 		path: f.Name(), file: f, data: f, id: 1,
-		chain:       &chain{tables: lru.New[cacheKey, []uint64](1 << 20), clusters: lru.NewRecycling[cacheKey, []byte](1<<20, nil)},
+		chain:       &chain{tables: lru.New[cacheKey, []uint64](1 << 20), clusters: lru.NewRecycling[cacheKey, []byte](1<<20, nil), failed: lru.New[cacheKey, error](16)},
 		hdr:         Header{Version: version},
 		clusterBits: 16, l2Bits: 13, extendedL2: extended,
 		size: 1 << 30, l1Entries: 2, l1Offset: 0x30000,

@@ -1,12 +1,18 @@
 package main
 
 import (
+	"bufio"
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"os"
+	"strconv"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/qcowmount/qcowmount/qcow2"
 	"github.com/urfave/cli/v2"
@@ -31,40 +37,102 @@ func infoAction(c *cli.Context) error {
 	}
 	opts := imageOptions(c)
 	img, err := qcow2.Open(c.Args().First(), opts)
+	var chainErr error
 	if err != nil && !opts.NoBacking {
 		// Describe the image even when its chain cannot be opened, as
 		// qemu-img info does, and say what is wrong with the chain.
 		opts.NoBacking = true
 		if top, topErr := qcow2.Open(c.Args().First(), opts); topErr == nil {
 			fmt.Fprintln(os.Stderr, "qcowmount: warning:", err)
-			img, err = top, nil
+			img, err, chainErr = top, nil, err
 		}
 	}
 	if err != nil {
 		return err
 	}
 	defer img.Close()
-	chain := img.Chain()
-	if c.Bool("json") {
-		enc := json.NewEncoder(os.Stdout)
-		enc.SetIndent("", "    ")
-		if c.Bool("backing-chain") {
-			return enc.Encode(chain)
-		}
-		return enc.Encode(chain[0])
+	out := bufio.NewWriter(os.Stdout)
+	// One image at a time: only one snapshot list is in memory at once.
+	layers := img.Chain()
+	if c.Bool("json") && !c.Bool("backing-chain") {
+		layers = layers[:1]
 	}
-	for i, in := range chain {
-		if i > 0 {
-			fmt.Println()
+	for i, l := range layers {
+		in, err := l.Info()
+		if err != nil {
+			return err
 		}
-		writeInfo(os.Stdout, in)
+		if i == 0 && chainErr != nil {
+			in.BackingError = chainErr.Error()
+		}
+		switch {
+		case !c.Bool("json"):
+			if i > 0 {
+				fmt.Fprintln(out)
+			}
+			writeInfo(out, in)
+		case !c.Bool("backing-chain"):
+			err = writeInfoJSON(out, in, "")
+			fmt.Fprintln(out)
+		default:
+			sep := ",\n    "
+			if i == 0 {
+				sep = "[\n    "
+			}
+			fmt.Fprint(out, sep)
+			err = writeInfoJSON(out, in, "    ")
+		}
+		if err != nil {
+			return err
+		}
 	}
-	return nil
+	if c.Bool("json") && c.Bool("backing-chain") {
+		fmt.Fprintln(out, "\n]")
+	}
+	return out.Flush()
+}
+
+// writeInfoJSON writes in as indented JSON, each line after the first
+// starting with prefix. The snapshot list, which can hold 65536 entries,
+// is written one entry at a time rather than built whole in memory.
+func writeInfoJSON(w io.Writer, in qcow2.Info, prefix string) error {
+	snaps := in.Snapshots
+	in.Snapshots = nil
+	b, err := json.MarshalIndent(in, prefix, "    ")
+	if err != nil {
+		return err
+	}
+	if len(snaps) == 0 {
+		_, err = w.Write(b)
+		return err
+	}
+	// b ends with a newline, prefix and the closing brace: put the
+	// snapshots before them.
+	end := bytes.LastIndexByte(b, '\n')
+	if _, err := fmt.Fprintf(w, "%s,\n%s    \"snapshots\": [", b[:end], prefix); err != nil {
+		return err
+	}
+	inner := prefix + "        "
+	for i, sn := range snaps {
+		e, err := json.MarshalIndent(sn, inner, "    ")
+		if err != nil {
+			return err
+		}
+		sep := ","
+		if i == 0 {
+			sep = ""
+		}
+		if _, err := fmt.Fprintf(w, "%s\n%s%s", sep, inner, e); err != nil {
+			return err
+		}
+	}
+	_, err = fmt.Fprintf(w, "\n%s    ]%s", prefix, b[end:])
+	return err
 }
 
 // writeInfo prints one image's description in qemu-img info's style.
 func writeInfo(w io.Writer, in qcow2.Info) {
-	fmt.Fprintf(w, "image: %s\n", in.Filename)
+	fmt.Fprintf(w, "image: %s\n", printable(in.Filename))
 	fmt.Fprintf(w, "file format: %s\n", in.Format)
 	fmt.Fprintf(w, "virtual size: %s (%d bytes)\n", humanSize(in.VirtualSize), in.VirtualSize)
 	fmt.Fprintf(w, "disk size: %s\n", humanSize(in.ActualSize))
@@ -72,13 +140,16 @@ func writeInfo(w io.Writer, in qcow2.Info) {
 		fmt.Fprintf(w, "cluster_size: %d\n", in.ClusterSize)
 	}
 	if in.BackingFilename != "" {
-		fmt.Fprintf(w, "backing file: %s", in.BackingFilename)
+		fmt.Fprintf(w, "backing file: %s", printable(in.BackingFilename))
 		if in.FullBackingFilename != "" && in.FullBackingFilename != in.BackingFilename {
-			fmt.Fprintf(w, " (actual path: %s)", in.FullBackingFilename)
+			fmt.Fprintf(w, " (actual path: %s)", printable(in.FullBackingFilename))
 		}
 		fmt.Fprintln(w)
 		if in.BackingFilenameFormat != "" {
-			fmt.Fprintf(w, "backing file format: %s\n", in.BackingFilenameFormat)
+			fmt.Fprintf(w, "backing file format: %s\n", printable(in.BackingFilenameFormat))
+		}
+		if in.BackingError != "" {
+			fmt.Fprintf(w, "backing file not opened: %s\n", printable(in.BackingError))
 		}
 	}
 	if len(in.Snapshots) > 0 {
@@ -86,7 +157,7 @@ func writeInfo(w io.Writer, in qcow2.Info) {
 		fmt.Fprintf(w, "%-4s %-20s %10s %19s %15s %12s\n", "ID", "TAG", "VM SIZE", "DATE", "VM CLOCK", "DISK SIZE")
 		for _, sn := range in.Snapshots {
 			clock := time.Duration(sn.VMClockSec)*time.Second + time.Duration(sn.VMClockNsec)
-			fmt.Fprintf(w, "%-4s %-20s %10s %19s %15s %12s\n", sn.ID, sn.Name, humanSize(int64(sn.VMStateSize)),
+			fmt.Fprintf(w, "%-4s %-20s %10s %19s %15s %12s\n", printable(sn.ID), printable(sn.Name), humanSize(int64(sn.VMStateSize)),
 				time.Unix(sn.DateSec, sn.DateNsec).Format("2006-01-02 15:04:05"), vmClock(clock), humanSize(int64(sn.DiskSize)))
 		}
 	}
@@ -104,7 +175,7 @@ func writeInfo(w io.Writer, in qcow2.Info) {
 			fmt.Fprintf(w, "    extended l2: %t\n", *d.ExtendedL2)
 		}
 		if d.DataFile != "" {
-			fmt.Fprintf(w, "    data file: %s\n", d.DataFile)
+			fmt.Fprintf(w, "    data file: %s\n", printable(d.DataFile))
 			fmt.Fprintf(w, "    data file raw: %t\n", d.DataFileRaw)
 		}
 		fmt.Fprintf(w, "    L1 size: %d\n", d.L1Size)
@@ -121,20 +192,34 @@ func listOrNone(s []string) string {
 	return strings.Join(s, ", ")
 }
 
-// humanSize prints sizes the way qemu-img does: 1 GiB, 64 KiB, 512 B.
+// humanSize prints sizes as qemu-img does (size_to_str): three
+// significant digits, switching to the next unit once the number would
+// reach 1000, so 1000 MiB prints as 0.977 GiB.
 func humanSize(n int64) string {
 	units := []string{"B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"}
-	v := float64(n)
-	i := 0
-	for v >= 1024 && i < len(units)-1 {
-		v /= 1024
-		i++
+	_, exp := math.Frexp(float64(n) / (1000.0 / 1024.0))
+	i := max(0, (exp-1)/10)
+	return fmt.Sprintf("%.3g %s", float64(n)/float64(uint64(1)<<(10*i)), units[i])
+}
+
+// printable escapes what a terminal would act on (control characters,
+// escape sequences, bytes that are not UTF-8) in text from the image.
+func printable(s string) string {
+	var b strings.Builder
+	for i, r := range s {
+		switch {
+		case r == utf8.RuneError && !strings.HasPrefix(s[i:], "\uFFFD"):
+			fmt.Fprintf(&b, "\\x%02x", s[i])
+		case r == '\\':
+			b.WriteString("\\\\")
+		case unicode.IsControl(r) || r == 0x2028 || r == 0x2029:
+			q := strconv.QuoteRune(r)
+			b.WriteString(q[1 : len(q)-1])
+		default:
+			b.WriteRune(r)
+		}
 	}
-	if i == 0 {
-		return fmt.Sprintf("%d B", n)
-	}
-	s := fmt.Sprintf("%.3g", v)
-	return s + " " + units[i]
+	return b.String()
 }
 
 func vmClock(d time.Duration) string {

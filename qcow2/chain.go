@@ -125,8 +125,10 @@ func (c *chain) openDependencies(img *Image, depth int) (err error) {
 		if err != nil {
 			return fmt.Errorf("%s: external data file %q: %w", img.path, img.ext.dataFile, err)
 		}
+		// With data_file_raw the data file is a raw image of the disk, but
+		// QEMU still reads through the L2 table, which stays valid: a zero
+		// or unallocated entry reads as such, whatever the data file holds.
 		img.data = f
-		img.rawData = img.hdr.AutoclearFeatures&AutoclearDataFileIsRaw != 0 && img.backingName == ""
 	}
 	if img.backingName == "" || c.opts.NoBacking {
 		return nil

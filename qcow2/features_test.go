@@ -15,18 +15,15 @@ import (
 	"github.com/qcowmount/qcowmount/qcow2/qemutest"
 )
 
-// rewriteHeader patches an image file in place.
+// rewriteHeader patches an image file in place: fn gets the whole file.
 func rewriteHeader(t *testing.T, path string, fn func(b []byte)) {
 	t.Helper()
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	b, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
-	b := make([]byte, 64<<10)
-	n, _ := f.ReadAt(b, 0)
-	fn(b[:n])
-	if _, err := f.WriteAt(b[:n], 0); err != nil {
+	fn(b)
+	if err := os.WriteFile(path, b, 0o644); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -266,6 +263,35 @@ func TestExternalDataFile(t *testing.T) {
 			}
 		})
 	}
+	// QEMU reads through the L2 table even when the data file is raw: a
+	// cluster marked zero or unallocated reads as such, whatever the data
+	// file holds there.
+	t.Run("data_file_raw with L2 entries that disagree", func(t *testing.T) {
+		dir := t.TempDir()
+		img := filepath.Join(dir, "meta.qcow2")
+		qemutest.Create(t, img, "qcow2", "1M", "data_file=data.bin", "data_file_raw=on")
+		qemutest.IO(t, img, "write -P 0x51 0 256k")
+		l2 := func(b []byte) uint64 {
+			return binary.BigEndian.Uint64(b[binary.BigEndian.Uint64(b[40:]):]) & 0x00fffffffffffe00
+		}
+		rewriteHeader(t, img, func(b []byte) {
+			at := l2(b)
+			binary.BigEndian.PutUint64(b[at:], binary.BigEndian.Uint64(b[at:])|1) // cluster 0: zero flag
+			binary.BigEndian.PutUint64(b[at+8:], 0)                               // cluster 1: unallocated
+		})
+		openAndCompare(t, img, qcow2.Options{})
+		// A cluster whose host offset is not its guest offset is corrupt
+		// for QEMU too.
+		rewriteHeader(t, img, func(b []byte) { binary.BigEndian.PutUint64(b[l2(b)+3*8:], 1<<63) })
+		opened, err := qcow2.Open(img, qcow2.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer opened.Close()
+		if _, err := opened.ReadAt(make([]byte, 4096), 3<<16); err == nil || !strings.Contains(err.Error(), "differs from the guest offset") {
+			t.Fatalf("a raw data file cluster at the wrong host offset: %v", err)
+		}
+	})
 	t.Run("missing data file", func(t *testing.T) {
 		dir := t.TempDir()
 		img := filepath.Join(dir, "meta.qcow2")

@@ -61,8 +61,8 @@ func FuzzOpen(f *testing.F) {
 				continue
 			}
 			if _, err := img.Info(); err != nil {
-		t.Errorf("info: %v", err)
-	}
+				t.Errorf("info: %v", err)
+			}
 			readSome(t, img, 12345, 70000)
 			img.Close()
 		}

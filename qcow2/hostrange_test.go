@@ -17,7 +17,9 @@ func TestHostRange(t *testing.T) {
 	for off := int64(0); off < 1<<20; off += 64 << 10 {
 		qemutest.WriteFile(t, raw, off, qemutest.Pattern(byte(off>>16), 32<<10)) // compressible
 	}
-	os.Truncate(raw, 4<<20)
+	if err := os.Truncate(raw, 4<<20); err != nil {
+		t.Fatal(err)
+	}
 	plain := filepath.Join(dir, "plain.qcow2")
 	qemutest.Run(t, "qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", raw, plain)
 	qemutest.IO(t, plain, "write -z 256k 64k")
@@ -42,15 +44,22 @@ func TestHostRange(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "img.qcow2")
-			b, _ := os.ReadFile(tc.image)
-			os.WriteFile(path, b, 0o644)
+			b, err := os.ReadFile(tc.image)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(path, b, 0o644); err != nil {
+				t.Fatal(err)
+			}
 			img, err := qcow2.Open(path, qcow2.Options{})
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer img.Close()
 			if tc.truncate > 0 {
-				os.Truncate(path, tc.truncate)
+				if err := os.Truncate(path, tc.truncate); err != nil {
+					t.Fatal(err)
+				}
 			}
 			f, hostOff, ok := img.HostRange(tc.off, tc.n)
 			if ok != tc.want {
@@ -60,9 +69,13 @@ func TestHostRange(t *testing.T) {
 				return
 			}
 			got := make([]byte, tc.n)
-			f.ReadAt(got, hostOff)
+			if _, err := f.ReadAt(got, hostOff); err != nil {
+				t.Fatalf("reading the host range: %v", err)
+			}
 			want := make([]byte, tc.n)
-			img.ReadAt(want, tc.off)
+			if _, err := img.ReadAt(want, tc.off); err != nil {
+				t.Fatalf("ReadAt: %v", err)
+			}
 			if !bytes.Equal(got, want) {
 				t.Fatal("the host range holds other bytes than ReadAt returns")
 			}

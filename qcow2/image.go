@@ -94,12 +94,11 @@ func (c *chain) recycleCluster(b []byte) { c.spare.Put(&b) }
 // Image is an opened qcow2 (or qcow) image, read as its guest disk. It is
 // safe for concurrent use.
 type Image struct {
-	path    string
-	file    *os.File // the image file: metadata, and data unless external
-	data    *os.File // where guest data clusters live
-	rawData bool     // the external data file is a consistent raw image
-	id      uint32
-	chain   *chain
+	path  string
+	file  *os.File // the image file: metadata, and data unless external
+	data  *os.File // where guest data clusters live
+	id    uint32
+	chain *chain
 
 	v1          bool // the old qcow format: no flags in L1 entries, other descriptors
 	hdr         Header

@@ -6,6 +6,8 @@ import (
 	"io"
 	"os"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // QEMU's image locking: open file description (OFD) locks on single bytes
@@ -19,9 +21,6 @@ const (
 	permResize         = 3
 	lockHoldBase       = 100
 	lockUnshareBase    = 200
-
-	fOFDGetLK = 36 // F_OFD_GETLK
-	fOFDSetLK = 37 // F_OFD_SETLK
 )
 
 // ErrLocked is wrapped by the error for an image that another process
@@ -41,7 +40,7 @@ func lockFile(f *os.File, forceShare bool) error {
 	}
 	for _, b := range check {
 		lk := syscall.Flock_t{Type: syscall.F_WRLCK, Whence: io.SeekStart, Start: b, Len: 1}
-		if err := syscall.FcntlFlock(f.Fd(), fOFDGetLK, &lk); err != nil {
+		if err := syscall.FcntlFlock(f.Fd(), unix.F_OFD_GETLK, &lk); err != nil {
 			if errors.Is(err, syscall.EINVAL) {
 				return nil // no OFD locks here (old kernel or file system): QEMU skips locking too
 			}
@@ -53,7 +52,7 @@ func lockFile(f *os.File, forceShare bool) error {
 	}
 	for _, b := range take {
 		lk := syscall.Flock_t{Type: syscall.F_RDLCK, Whence: io.SeekStart, Start: b, Len: 1}
-		if err := syscall.FcntlFlock(f.Fd(), fOFDSetLK, &lk); err != nil {
+		if err := syscall.FcntlFlock(f.Fd(), unix.F_OFD_SETLK, &lk); err != nil {
 			if errors.Is(err, syscall.EAGAIN) || errors.Is(err, syscall.EACCES) {
 				return fmt.Errorf("%s: %w: %s", f.Name(), ErrLocked, lockMeaning(b))
 			}

@@ -359,9 +359,6 @@ func (img *Image) tableSlice(kind uint8, off uint64, n int64, field string, at i
 // off, up to limit bytes, within one L2 slice. Runs of data clusters that
 // are contiguous on the host come back as one extent, so they take one read.
 func (img *Image) lookup(off, limit int64) (extent, error) {
-	if img.rawData {
-		return extent{kind: extentData, n: limit, host: uint64(off)}, nil
-	}
 	cs := img.clusterSize()
 	span := cs * img.l2SliceEntries() // guest bytes one slice covers
 	limit = min(limit, (off/span+1)*span-off)

@@ -241,8 +241,7 @@ func TestMemoryBoundedOn1TiB(t *testing.T) {
 		seconds = s
 	}
 	dir := t.TempDir()
-	plain := filepath.Join(dir, "qcowmount")
-	sh(t, "go", "build", "-o", plain, "../cmd/qcowmount")
+	plain := plainBinary(t)
 	image := filepath.Join(dir, "huge.qcow2")
 	qemutest.Create(t, image, "qcow2", "1T")
 	// One 64 KiB write in each of 1600 L2 tables' ranges (512 MiB each).

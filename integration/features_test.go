@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -174,5 +175,78 @@ func TestInfoText(t *testing.T) {
 	out, code = run(t, "info", filepath.Join(dir, "nothing.qcow2"))
 	if code == 0 || !strings.Contains(out, "no such file") {
 		t.Fatalf("missing image: exit %d: %s", code, out)
+	}
+}
+
+// TestHostFilesNotExposed: an image that names a host file as its backing
+// file does not mount (one line naming the file, the image and the flag
+// that would allow it); info still describes it and says why the backing
+// file was not opened. The flag mounts the file; pseudo file systems never.
+func TestHostFilesNotExposed(t *testing.T) {
+	requireFUSE(t)
+	qemutest.Require(t, "qemu-img")
+	tests := []struct {
+		name    string
+		backing string
+		want    string // in the refusal
+	}{
+		{"absolute", "/etc/passwd", "/etc/passwd lies outside"},
+		{"climbing out", "../../../../../../../../../../etc/passwd", "/etc/passwd lies outside"},
+		{"proc", "/proc/self/environ", "lies outside"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			top := qemutest.ImageWithBacking(t, t.TempDir(), tc.backing, "raw")
+			mnt := t.TempDir()
+			out, code := run(t, top, mnt)
+			for _, w := range []string{tc.want, top, "--allow-any-backing-path"} {
+				if code == 0 || !strings.Contains(out, w) {
+					t.Errorf("mount: exit %d, output %q does not say %q", code, out, w)
+				}
+			}
+			if strings.Count(strings.TrimSpace(out), "\n") > 0 {
+				t.Errorf("mount: more than one line: %q", out)
+			}
+			if isMounted(mnt) {
+				unmount(t, mnt)
+				t.Fatal("mounted anyway")
+			}
+			out, code = run(t, "info", top)
+			if code != 0 || !strings.Contains(out, "backing file: "+tc.backing) || !strings.Contains(out, "backing file not opened:") {
+				t.Errorf("info: exit %d: %s", code, out)
+			}
+		})
+	}
+	t.Run("allowed by the flag", func(t *testing.T) {
+		top := qemutest.ImageWithBacking(t, t.TempDir(), "/etc/passwd", "raw")
+		mnt := mountImage(t, top, "--allow-any-backing-path")
+		want, err := os.ReadFile("/etc/passwd")
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := os.ReadFile(filepath.Join(mnt, "disk.raw"))
+		if err != nil || !bytes.HasPrefix(got, want[:len(want)&^511]) {
+			t.Fatalf("disk.raw does not start with /etc/passwd: %v", err)
+		}
+	})
+	t.Run("pseudo file system, even with the flag", func(t *testing.T) {
+		top := qemutest.ImageWithBacking(t, t.TempDir(), "/proc/self/environ", "raw")
+		out, code := run(t, "--allow-any-backing-path", top, t.TempDir())
+		if code == 0 || !strings.Contains(out, "proc pseudo file system") {
+			t.Fatalf("exit %d: %s", code, out)
+		}
+	})
+}
+
+// TestInfoEscapesNames: names from the image reach the terminal escaped.
+func TestInfoEscapesNames(t *testing.T) {
+	qemutest.Require(t, "qemu-img")
+	top := qemutest.ImageWithBacking(t, t.TempDir(), "evil\x1b]0;pwned\x07\x1b[2J.raw", "raw")
+	out, _ := run(t, "info", top)
+	if strings.ContainsAny(out, "\x1b\x07") {
+		t.Fatalf("info printed control characters: %q", out)
+	}
+	if !strings.Contains(out, `backing file: evil\x1b]0;pwned\a\x1b[2J.raw`) {
+		t.Fatalf("info does not show the escaped name: %s", out)
 	}
 }

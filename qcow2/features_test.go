@@ -28,19 +28,6 @@ func rewriteHeader(t *testing.T, path string, fn func(b []byte)) {
 	}
 }
 
-// setBackingName replaces the backing file name, which QEMU stores last in
-// the first cluster, so a longer name fits.
-func setBackingName(t *testing.T, path, name string) {
-	rewriteHeader(t, path, func(b []byte) {
-		off := binary.BigEndian.Uint64(b[8:])
-		if off == 0 {
-			t.Fatal("image has no backing file")
-		}
-		copy(b[off:], name)
-		binary.BigEndian.PutUint32(b[16:], uint32(len(name)))
-	})
-}
-
 // dropBackingFormat turns the backing-format extension into an unknown
 // one, as in images written before QEMU recorded the format.
 func dropBackingFormat(t *testing.T, path string) {
@@ -163,28 +150,28 @@ func TestBackingChainRefusals(t *testing.T) {
 		}, []string{"loops"}},
 		{"json name", func(t *testing.T, dir string) (string, qcow2.Options) {
 			top, _, _ := qemutest.ThreeLevelChain(t, dir)
-			setBackingName(t, top, `json:{"driver":"file","filename":"/etc/passwd"}`)
+			qemutest.SetBackingName(t, top, `json:{"driver":"file","filename":"/etc/passwd"}`)
 			return top, qcow2.Options{}
 		}, []string{"not a plain path", `protocol "json"`}},
 		{"nbd name", func(t *testing.T, dir string) (string, qcow2.Options) {
 			top, _, _ := qemutest.ThreeLevelChain(t, dir)
-			setBackingName(t, top, "nbd://127.0.0.1:10809/disk")
+			qemutest.SetBackingName(t, top, "nbd://127.0.0.1:10809/disk")
 			return top, qcow2.Options{}
 		}, []string{"not a plain path"}},
 		{"fifo", func(t *testing.T, dir string) (string, qcow2.Options) {
 			top, _, _ := qemutest.ThreeLevelChain(t, dir)
 			syscall.Mkfifo(filepath.Join(dir, "fifo"), 0o644)
-			setBackingName(t, top, "fifo")
+			qemutest.SetBackingName(t, top, "fifo")
 			return top, qcow2.Options{AllowDevices: true}
 		}, []string{"not a regular file"}},
 		{"character device", func(t *testing.T, dir string) (string, qcow2.Options) {
 			top, _, _ := qemutest.ThreeLevelChain(t, dir)
-			setBackingName(t, top, "/dev/null")
+			qemutest.SetBackingName(t, top, "/dev/null")
 			return top, qcow2.Options{AllowAnyPath: true}
 		}, []string{"/dev/null is not a regular file"}},
 		{"outside the backing dir", func(t *testing.T, dir string) (string, qcow2.Options) {
 			top, _, _ := qemutest.ThreeLevelChain(t, dir)
-			setBackingName(t, top, "../middle.qcow2")
+			qemutest.SetBackingName(t, top, "../middle.qcow2")
 			inner := filepath.Join(dir, "inner")
 			os.Mkdir(inner, 0o755)
 			os.Rename(top, filepath.Join(inner, "top.qcow2"))
@@ -380,7 +367,7 @@ func TestSnapshots(t *testing.T) {
 	}
 	t.Run("unknown snapshot", func(t *testing.T) {
 		_, err := qcow2.Open(img, qcow2.Options{Snapshot: "third"})
-		if err == nil || !strings.Contains(err.Error(), `no snapshot "third"; known snapshots: 1 (first), 2 (second)`) {
+		if err == nil || !strings.Contains(err.Error(), `no snapshot "third"; known snapshots: "1" ("first"), "2" ("second")`) {
 			t.Fatalf("error %v", err)
 		}
 	})

@@ -30,7 +30,10 @@ type huffman struct {
 	sub     []uint32
 }
 
-var errBadCodes = errors.New("invalid Huffman code lengths")
+var (
+	errBadCodes    = errors.New("invalid Huffman code lengths")
+	errDeflateBomb = errors.New("refused as a decompression bomb")
+)
 
 // entry looks up the code at the bottom of the bit buffer buf: a length
 // of 0 means no code has those bits.
@@ -240,7 +243,7 @@ func (f *deflateDecoder) blocks(br *bitReader, dst []byte) (int, error) {
 			lit, dist = fixedLit, fixedDist
 		case 2:
 			if dynamic++; dynamic > freeDynamicBlocks+out/dynamicBlockMinBytes {
-				return out, fmt.Errorf("deflate data has %d dynamic blocks for the first %d bytes of output: refused as a decompression bomb", dynamic, out)
+				return out, fmt.Errorf("deflate data has %d dynamic blocks for the first %d bytes of output: %w", dynamic, out, errDeflateBomb)
 			}
 			if err := f.readDynamic(br); err != nil {
 				return out, err

@@ -22,20 +22,6 @@ func secret(t *testing.T) string {
 	return p
 }
 
-// withBacking makes dir/top.qcow2 (1 MiB) whose backing file is name, in
-// format fmt; QEMU writes it against a placeholder that is then renamed.
-func withBacking(t *testing.T, dir, name, format string) string {
-	t.Helper()
-	top := filepath.Join(dir, "top.qcow2")
-	qemutest.WriteFile(t, filepath.Join(dir, "placeholder"), 0, make([]byte, 1<<20))
-	qemutest.Create(t, top, "qcow2", "1M", "backing_file=placeholder", "backing_fmt="+format)
-	setBackingName(t, top, name)
-	if err := os.Remove(filepath.Join(dir, "placeholder")); err != nil {
-		t.Fatal(err)
-	}
-	return top
-}
-
 func mustSymlink(t *testing.T, target, link string) {
 	t.Helper()
 	if err := os.Symlink(target, link); err != nil {
@@ -61,31 +47,31 @@ func TestPathPolicyRefuses(t *testing.T) {
 		msg   []string
 	}{
 		{"absolute path outside", func(t *testing.T, dir string) (string, qcow2.Options) {
-			return withBacking(t, dir, secret(t), "raw"), qcow2.Options{}
+			return qemutest.ImageWithBacking(t, dir, secret(t), "raw"), qcow2.Options{}
 		}, []string{"top.qcow2", "lies outside", "--allow-any-backing-path", "--backing-dir"}},
 		{"/etc/passwd", func(t *testing.T, dir string) (string, qcow2.Options) {
-			return withBacking(t, dir, "/etc/passwd", "raw"), qcow2.Options{}
+			return qemutest.ImageWithBacking(t, dir, "/etc/passwd", "raw"), qcow2.Options{}
 		}, []string{`backing file "/etc/passwd"`, "lies outside"}},
 		{"dot-dot climbing out", func(t *testing.T, dir string) (string, qcow2.Options) {
-			return withBacking(t, dir, "../../../../../../../../etc/passwd", "raw"), qcow2.Options{}
+			return qemutest.ImageWithBacking(t, dir, "../../../../../../../../etc/passwd", "raw"), qcow2.Options{}
 		}, []string{"/etc/passwd lies outside"}},
 		{"symlink inside pointing out", func(t *testing.T, dir string) (string, qcow2.Options) {
 			mustSymlink(t, secret(t), filepath.Join(dir, "base.raw"))
-			return withBacking(t, dir, "base.raw", "raw"), qcow2.Options{}
+			return qemutest.ImageWithBacking(t, dir, "base.raw", "raw"), qcow2.Options{}
 		}, []string{"lies outside"}},
 		{"symlinked directory pointing out", func(t *testing.T, dir string) (string, qcow2.Options) {
 			mustSymlink(t, filepath.Dir(secret(t)), filepath.Join(dir, "sub"))
-			return withBacking(t, dir, "sub/secret", "raw"), qcow2.Options{}
+			return qemutest.ImageWithBacking(t, dir, "sub/secret", "raw"), qcow2.Options{}
 		}, []string{"lies outside"}},
 		{"second level names a file outside", func(t *testing.T, dir string) (string, qcow2.Options) {
 			mustMkdir(t, filepath.Join(dir, "sub"))
-			withBacking(t, filepath.Join(dir, "sub"), secret(t), "raw") // sub/top.qcow2
+			qemutest.ImageWithBacking(t, filepath.Join(dir, "sub"), secret(t), "raw") // sub/top.qcow2
 			top := filepath.Join(dir, "top.qcow2")
 			qemutest.Create(t, top, "qcow2", "1M", "backing_file=sub/top.qcow2", "backing_fmt=qcow2")
 			return top, qcow2.Options{}
 		}, []string{"sub/top.qcow2", "lies outside"}},
 		{"outside both the image's dir and --backing-dir", func(t *testing.T, dir string) (string, qcow2.Options) {
-			return withBacking(t, dir, secret(t), "raw"), qcow2.Options{BackingDir: t.TempDir()}
+			return qemutest.ImageWithBacking(t, dir, secret(t), "raw"), qcow2.Options{BackingDir: t.TempDir()}
 		}, []string{"lies outside", " or "}},
 		{"data file outside", func(t *testing.T, dir string) (string, qcow2.Options) {
 			img := filepath.Join(dir, "meta.qcow2")
@@ -93,13 +79,13 @@ func TestPathPolicyRefuses(t *testing.T) {
 			return img, qcow2.Options{}
 		}, []string{"external data file", "lies outside"}},
 		{"proc, even with any path allowed", func(t *testing.T, dir string) (string, qcow2.Options) {
-			return withBacking(t, dir, "/proc/self/environ", "raw"), qcow2.Options{AllowAnyPath: true}
+			return qemutest.ImageWithBacking(t, dir, "/proc/self/environ", "raw"), qcow2.Options{AllowAnyPath: true}
 		}, []string{"proc pseudo file system"}},
 		{"sysfs, even with any path allowed", func(t *testing.T, dir string) (string, qcow2.Options) {
-			return withBacking(t, dir, "/sys/kernel/mm/transparent_hugepage/enabled", "raw"), qcow2.Options{AllowAnyPath: true}
+			return qemutest.ImageWithBacking(t, dir, "/sys/kernel/mm/transparent_hugepage/enabled", "raw"), qcow2.Options{AllowAnyPath: true}
 		}, []string{"sysfs pseudo file system"}},
 		{"proc through --backing-dir /proc", func(t *testing.T, dir string) (string, qcow2.Options) {
-			return withBacking(t, dir, "/proc/self/environ", "raw"), qcow2.Options{BackingDir: "/proc"}
+			return qemutest.ImageWithBacking(t, dir, "/proc/self/environ", "raw"), qcow2.Options{BackingDir: "/proc"}
 		}, []string{"refused by path policy"}},
 	}
 	for _, tc := range tests {
@@ -137,11 +123,11 @@ func TestPathPolicyAllows(t *testing.T) {
 	}{
 		{"relative name beside the image", func(t *testing.T, dir string) (string, qcow2.Options) {
 			base(t, filepath.Join(dir, "base.raw"))
-			return withBacking(t, dir, "base.raw", "raw"), qcow2.Options{}
+			return qemutest.ImageWithBacking(t, dir, "base.raw", "raw"), qcow2.Options{}
 		}},
 		{"absolute name beside the image", func(t *testing.T, dir string) (string, qcow2.Options) {
 			base(t, filepath.Join(dir, "base.raw"))
-			return withBacking(t, dir, filepath.Join(dir, "base.raw"), "raw"), qcow2.Options{}
+			return qemutest.ImageWithBacking(t, dir, filepath.Join(dir, "base.raw"), "raw"), qcow2.Options{}
 		}},
 		{"chain over subdirectories", func(t *testing.T, dir string) (string, qcow2.Options) {
 			base(t, filepath.Join(dir, "a", "base.raw"))
@@ -156,12 +142,12 @@ func TestPathPolicyAllows(t *testing.T) {
 		{"symlink that stays inside", func(t *testing.T, dir string) (string, qcow2.Options) {
 			base(t, filepath.Join(dir, "store", "base.raw"))
 			mustSymlink(t, "store/base.raw", filepath.Join(dir, "link.raw"))
-			return withBacking(t, dir, "link.raw", "raw"), qcow2.Options{}
+			return qemutest.ImageWithBacking(t, dir, "link.raw", "raw"), qcow2.Options{}
 		}},
 		{"image opened through a symlinked directory", func(t *testing.T, dir string) (string, qcow2.Options) {
 			real := filepath.Join(dir, "real")
 			base(t, filepath.Join(real, "base.raw"))
-			withBacking(t, real, filepath.Join(real, "base.raw"), "raw")
+			qemutest.ImageWithBacking(t, real, filepath.Join(real, "base.raw"), "raw")
 			mustSymlink(t, real, filepath.Join(dir, "alias"))
 			return filepath.Join(dir, "alias", "top.qcow2"), qcow2.Options{}
 		}},
@@ -170,12 +156,12 @@ func TestPathPolicyAllows(t *testing.T) {
 			base(t, filepath.Join(shared, "base.raw"))
 			inst := filepath.Join(dir, "instance")
 			mustMkdir(t, inst)
-			return withBacking(t, inst, "../_base/base.raw", "raw"), qcow2.Options{BackingDir: shared}
+			return qemutest.ImageWithBacking(t, inst, "../_base/base.raw", "raw"), qcow2.Options{BackingDir: shared}
 		}},
 		{"anywhere with AllowAnyPath", func(t *testing.T, dir string) (string, qcow2.Options) {
 			elsewhere := filepath.Join(t.TempDir(), "base.raw")
 			base(t, elsewhere)
-			return withBacking(t, dir, elsewhere, "raw"), qcow2.Options{AllowAnyPath: true}
+			return qemutest.ImageWithBacking(t, dir, elsewhere, "raw"), qcow2.Options{AllowAnyPath: true}
 		}},
 	}
 	for _, tc := range tests {
@@ -198,7 +184,7 @@ func TestPathPolicyRace(t *testing.T) {
 	if err := os.Truncate(filepath.Join(dir, "good.raw"), 1<<20); err != nil {
 		t.Fatal(err)
 	}
-	top := withBacking(t, dir, "link", "raw")
+	top := qemutest.ImageWithBacking(t, dir, "link", "raw")
 	outside := secret(t)
 	link := filepath.Join(dir, "link")
 	mustSymlink(t, "good.raw", link)

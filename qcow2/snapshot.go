@@ -139,7 +139,7 @@ func (img *Image) checkSnapshots(key string) (*Snapshot, error) {
 			byName = &sn
 		}
 		if len(known) < 20 {
-			known = append(known, fmt.Sprintf("%s (%s)", sn.ID, sn.Name))
+			known = append(known, fmt.Sprintf("%q (%q)", sn.ID, sn.Name))
 		}
 		return nil
 	})

@@ -43,7 +43,7 @@ func infoAction(c *cli.Context) error {
 		// qemu-img info does, and say what is wrong with the chain.
 		opts.NoBacking = true
 		if top, topErr := qcow2.Open(c.Args().First(), opts); topErr == nil {
-			fmt.Fprintln(os.Stderr, "qcowmount: warning:", err)
+			fmt.Fprintln(os.Stderr, "qcowmount: warning:", printable(err.Error()))
 			img, err, chainErr = top, nil, err
 		}
 	}
@@ -203,15 +203,15 @@ func humanSize(n int64) string {
 }
 
 // printable escapes what a terminal would act on (control characters,
-// escape sequences, bytes that are not UTF-8) in text from the image.
+// escape sequences, bytes that are not UTF-8) in text from the image. It
+// leaves backslashes alone, so that names already quoted with %q in an
+// error read the same.
 func printable(s string) string {
 	var b strings.Builder
 	for i, r := range s {
 		switch {
 		case r == utf8.RuneError && !strings.HasPrefix(s[i:], "\uFFFD"):
 			fmt.Fprintf(&b, "\\x%02x", s[i])
-		case r == '\\':
-			b.WriteString("\\\\")
 		case unicode.IsControl(r) || r == 0x2028 || r == 0x2029:
 			q := strconv.QuoteRune(r)
 			b.WriteString(q[1 : len(q)-1])

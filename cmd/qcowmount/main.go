@@ -15,7 +15,7 @@ var version = "dev"
 
 func main() {
 	if err := newApp().Run(os.Args); err != nil {
-		fmt.Fprintln(os.Stderr, "qcowmount:", err)
+		fmt.Fprintln(os.Stderr, "qcowmount:", printable(err.Error()))
 		os.Exit(1)
 	}
 }

@@ -82,7 +82,7 @@ func TestPrintable(t *testing.T) {
 		"csi\u009b31m":             `csi\u009b31m`,
 		"new\nline\ttab":           `new\nline\ttab`,
 		"bad\xffutf8":              `bad\xffutf8`,
-		`back\slash`:               `back\\slash`,
+		`back\slash`:               `back\slash`,
 		"real \ufffd replacement":  "real \ufffd replacement",
 	}
 	for in, want := range tests {

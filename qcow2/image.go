@@ -108,6 +108,7 @@ type Image struct {
 	l2Bits      uint32 // log2 of the entries in one L2 table
 	extendedL2  bool
 	l1Entries   int64 // of the L1 table, those that cover the view
+	lastL1      atomic.Pointer[l1Slice]
 	l1Offset    uint64
 	decompress  decompressFunc
 	fileSize    int64 // when opened

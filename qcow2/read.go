@@ -294,11 +294,23 @@ func (img *Image) l1Entry(i int64) (uint64, int64, error) {
 	const perSlice = tableSliceBytes / 8
 	first := i / perSlice * perSlice
 	sliceOff := img.l1Offset + uint64(first)*8
+	// Most images have one L1 slice, and most reads stay in one: keep the
+	// last one at hand, past the cache's lock.
+	if last := img.lastL1.Load(); last != nil && last.first == first {
+		return last.entries[i-first], int64(sliceOff) + (i-first)*8, nil
+	}
 	t, err := img.tableSlice(kindL1, sliceOff, min(perSlice, img.l1Entries-first), "L1 table", int64(sliceOff))
 	if err != nil {
 		return 0, 0, err
 	}
+	img.lastL1.Store(&l1Slice{first, t})
 	return t[i-first], int64(sliceOff) + (i-first)*8, nil
+}
+
+// l1Slice is a slice of the L1 table from entry first on.
+type l1Slice struct {
+	first   int64
+	entries []uint64
 }
 
 // l2Slice returns the slice of an L2 table that holds the entry of guest

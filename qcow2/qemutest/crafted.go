@@ -42,7 +42,7 @@ func WriteImage(t testing.TB, path string, h Header) {
 	be.PutUint32(b[56:], 1)
 	be.PutUint32(b[60:], h.NbSnapshots)
 	be.PutUint64(b[64:], h.SnapshotsOffset)
-	be.PutUint32(b[96:], 4)   // refcount_order
+	be.PutUint32(b[96:], 4)    // refcount_order
 	be.PutUint32(b[100:], 112) // header_length
 	ext := 112
 	if h.BackingFile != "" {

@@ -15,6 +15,7 @@ import (
 
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/hanwen/go-fuse/v2/splice"
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 )
@@ -200,7 +201,7 @@ func (f *diskFile) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint3
 }
 
 func (f *diskFile) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
-	if hr, ok := f.disk.(HostRanger); ok && len(dest) >= spliceMin {
+	if hr, ok := f.disk.(HostRanger); ok && len(dest) >= spliceMin && len(dest) <= spliceMax() {
 		n := int(max(0, min(int64(len(dest)), f.disk.Size()-off)))
 		if file, hostOff, ok := hr.HostRange(off, n); ok {
 			return fuse.ReadResultFd(file.Fd(), hostOff, n), 0
@@ -211,8 +212,17 @@ func (f *diskFile) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off 
 		f.log.Error("read failed", zap.Int64("guest_offset", off), zap.Int("length", len(dest)), zap.Error(err))
 		return nil, syscall.EIO
 	}
-	return fuse.ReadResultData(dest[:n]), 0
+	// A vector goes to the kernel with one writev. go-fuse would try to
+	// splice plain data first (take a pipe, grow it, write the header into
+	// it) before falling back to writev, on every reply.
+	return fuse.ReadResultVector([][]byte{dest[:n]}), 0
 }
+
+// spliceMax is the largest read go-fuse can splice: the reply, its header
+// and a page must fit in a pipe of the system's maximum size (1 MiB by
+// default, so the 1 MiB reads of sequential I/O cannot be spliced; trying
+// would cost a pipe and a failed resize before the fallback).
+func spliceMax() int { return splice.MaxPipeSize() - 2*os.Getpagesize() }
 
 func setTimes(a *fuse.Attr, t time.Time) {
 	a.SetTimes(&t, &t, &t)

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 )
 
@@ -15,7 +16,9 @@ type benchImage struct {
 	name        string
 	path        string
 	compression string // "", "zlib" or "zstd"
-	raw         string // its guest disk as a raw file, for the ceiling
+	raw         string // its guest disk as a raw file, for the ceilings
+	guest       bool   // a built guest disk: ext4 partition at 1 MiB
+	ceilings    bool   // measure the ceilings (once per raw file)
 }
 
 const guestSize = "2G"
@@ -31,23 +34,28 @@ func customImage(work, path string) (benchImage, error) {
 	if strings.Contains(string(out), "compression type: zstd") {
 		compression = "zstd"
 	}
-	return benchImage{name: filepath.Base(path), path: path, compression: compression, raw: raw}, nil
+	return benchImage{name: filepath.Base(path), path: path, compression: compression, raw: raw, ceilings: true}, nil
 }
 
 // buildImages makes, once, a 2 GiB GPT disk whose ext4 partition holds
-// fill bytes of real files from /usr, and converts it to qcow2 three ways.
+// fill bytes of real files from /usr, converted to qcow2 three ways, and a
+// mostly unallocated one (a tenth of the files), as people's fresh VMs are.
 func buildImages(work string, fill int64) ([]benchImage, error) {
-	raw := filepath.Join(work, "guest.raw")
-	if _, err := os.Stat(raw); err != nil {
-		fmt.Fprintln(os.Stderr, "building the guest disk ...")
-		if err := buildGuest(work, raw, fill); err != nil {
-			return nil, err
+	full, sparse := filepath.Join(work, "guest.raw"), filepath.Join(work, "sparse.raw")
+	for raw, bytes := range map[string]int64{full: fill, sparse: fill / 10} {
+		if _, err := os.Stat(raw); err != nil {
+			fmt.Fprintf(os.Stderr, "building %s ...\n", raw)
+			if err := buildGuest(work, raw, bytes); err != nil {
+				return nil, err
+			}
 		}
 	}
 	images := []benchImage{
-		{"uncompressed (64 KiB clusters)", filepath.Join(work, "uncompressed.qcow2"), "", raw},
-		{"zlib", filepath.Join(work, "zlib.qcow2"), "zlib", raw},
-		{"zstd", filepath.Join(work, "zstd.qcow2"), "zstd", raw},
+		{"uncompressed (64 KiB clusters)", filepath.Join(work, "uncompressed.qcow2"), "", full, true, true},
+		{"uncompressed, mostly unallocated (a tenth of the files)", filepath.Join(work, "sparse.qcow2"), "", sparse, true, true},
+		// The same disk as the first: its ceilings hold here too.
+		{"zlib", filepath.Join(work, "zlib.qcow2"), "zlib", full, true, false},
+		{"zstd", filepath.Join(work, "zstd.qcow2"), "zstd", full, true, false},
 	}
 	for _, img := range images {
 		if _, err := os.Stat(img.path); err == nil {
@@ -59,7 +67,7 @@ func buildImages(work string, fill int64) ([]benchImage, error) {
 			args = append(args, "-c", "-o", "compression_type="+img.compression)
 		}
 		tmp := img.path + ".tmp"
-		if err := sh("qemu-img", append(args, raw, tmp)...); err != nil {
+		if err := sh("qemu-img", append(args, img.raw, tmp)...); err != nil {
 			return nil, err
 		}
 		if err := os.Rename(tmp, img.path); err != nil {
@@ -69,12 +77,19 @@ func buildImages(work string, fill int64) ([]benchImage, error) {
 	return images, nil
 }
 
+// buildGuest makes a GPT disk whose ext4 partition, at 1 MiB, holds fill
+// bytes of files, and checks that it does: a machine with a small /usr
+// would otherwise give a disk that only claims to be full.
 func buildGuest(work, raw string, fill int64) error {
 	staging := filepath.Join(work, "staging")
 	os.RemoveAll(staging)
 	defer os.RemoveAll(staging)
-	if err := linkFiles(staging, fill, "/usr/lib", "/usr/share"); err != nil {
+	copied, err := linkFiles(staging, fill, "/usr/lib", "/usr/share")
+	if err != nil {
 		return err
+	}
+	if copied < fill {
+		return fmt.Errorf("/usr/lib and /usr/share hold only %d MiB of files; the guest disk needs %d MiB (-fill)", copied>>20, fill>>20)
 	}
 	tmp := raw + ".tmp"
 	os.Remove(tmp)
@@ -88,12 +103,37 @@ func buildGuest(work, raw string, fill int64) error {
 	if err := sh("mkfs.ext4", "-q", "-F", "-E", "offset=1048576", "-d", staging, tmp, "2040M"); err != nil {
 		return err
 	}
+	used, err := ext4Used(tmp)
+	if err != nil {
+		return err
+	}
+	if used < fill {
+		return fmt.Errorf("the guest's ext4 holds %d MiB, less than the %d MiB copied in", used>>20, fill>>20)
+	}
 	return os.Rename(tmp, raw)
 }
 
+// ext4Used returns the bytes in use in the ext4 partition of a guest disk.
+func ext4Used(raw string) (int64, error) {
+	out, err := exec.Command("dumpe2fs", "-h", fmt.Sprintf("%s?offset=%d", raw, guestPartition)).Output()
+	if err != nil {
+		return 0, fmt.Errorf("dumpe2fs %s: %v", raw, err)
+	}
+	fields := map[string]int64{}
+	for _, line := range strings.Split(string(out), "\n") {
+		if k, v, ok := strings.Cut(line, ":"); ok {
+			if n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64); err == nil {
+				fields[k] = n
+			}
+		}
+	}
+	return (fields["Block count"] - fields["Free blocks"]) * fields["Block size"], nil
+}
+
 // linkFiles hard-links (or copies, across file systems) regular files from
-// the source trees into dir until fill bytes are there.
-func linkFiles(dir string, fill int64, sources ...string) error {
+// the source trees into dir until fill bytes are there, and returns how
+// many bytes it linked.
+func linkFiles(dir string, fill int64, sources ...string) (int64, error) {
 	var total int64
 	done := errors.New("full")
 	for _, src := range sources {
@@ -124,13 +164,13 @@ func linkFiles(dir string, fill int64, sources ...string) error {
 			return nil
 		})
 		if err == done {
-			return nil
+			return total, nil
 		}
 		if err != nil {
-			return err
+			return total, err
 		}
 	}
-	return nil
+	return total, nil
 }
 
 func sh(name string, args ...string) error { return shIn("", name, args...) }

@@ -19,7 +19,7 @@ func main() {
 	work := flag.String("work", "/var/tmp/qcowmount-bench", "directory for the guest disk and images, kept between runs")
 	image := flag.String("image", "", "measure this qcow2 image instead of the built ones")
 	fill := flag.Int64("fill", 1500, "MiB of files copied from /usr into the guest's ext4 partition")
-	seconds := flag.Int("seconds", 10, "duration of each random-read run")
+	seconds := flag.Int("seconds", 4, "duration of each random-read run")
 	runs := flag.Int("runs", 3, "runs of each measure; the best one counts, since shared machines are noisy")
 	out := flag.String("out", "", "also write the results as Markdown to this file")
 	ours := flag.String("qcowmount", "bin/qcowmount", "the qcowmount binary to measure")
@@ -56,9 +56,16 @@ func run(work, image string, fill int64, seconds, runs int, out, ours string) er
 	} else if images, err = buildImages(work, fill); err != nil {
 		return err
 	}
+	o := options{seconds: seconds, work: work}
+	ms := metrics()
 	var report strings.Builder
 	fmt.Fprintf(&report, "Measured %s on %d cores (%s), `make bench` (%s).\n\n", time.Now().UTC().Format("2006-01-02"), runtime.NumCPU(), cpuModel(), strings.TrimSpace("go run ./integration/bench "+strings.Join(os.Args[1:], " ")))
-	fmt.Fprintf(&report, "Sequential: dd of the whole disk, 1 MiB blocks. Random: fio, 4 KiB, psync, O_DIRECT, 4 jobs, %d s. Images in the page cache; a fresh mount for each run; the best of %d runs, tools taking turns.\n", seconds, runs)
+	fmt.Fprintf(&report, "Each figure is the best of %d runs on fresh mounts, tools taking turns measure by measure; images in the page cache. "+
+		"Sequential: the whole disk in 1 MiB reads, by 1 reader or by 8 readers each reading its eighth. "+
+		"Random: fio, 4 KiB, psync, %d s, buffered or O_DIRECT, 1 or 4 jobs. "+
+		"Guest: the ext4 partition through a loop device (`losetup -r -o 1MiB`, mounted `ro,noload`), the kernel's caches dropped and the image files read back into the page cache, then `tar c` of every file to a pipe, or a read of the first %d files under 16 KiB in path order; "+
+		"through fuse2fs (`-o ro,fakeroot,offset=1MiB`) for the rootless flow. "+
+		"The ratio is ours over the best peer, above 1 when we are faster (for times too).\n", runs, seconds, smallFiles)
 	for _, img := range images {
 		var candidates []tool
 		for _, t := range tools(ours, img.raw) {
@@ -66,21 +73,24 @@ func run(work, image string, fill int64, seconds, runs int, out, ours string) er
 				candidates = append(candidates, t)
 			}
 		}
-		// Tools take turns within each run, so that a noisy spell on the
-		// machine does not fall on one tool only.
-		results := make([]result, len(candidates))
+		results := make([]figures, len(candidates))
+		for i, t := range candidates {
+			results[i] = figures{tool: t.name, peer: t.peer, values: map[string]float64{}, errs: map[string]error{}}
+		}
+		// Tools take turns on each measure, so that a noisy spell on
+		// the machine does not fall on one tool only.
 		for run := 1; run <= runs; run++ {
-			for i, t := range candidates {
-				fmt.Fprintf(os.Stderr, "%s: %s, run %d of %d ...\n", img.name, t.name, run, runs)
-				r, err := measure(t, img, work, seconds)
-				if err != nil {
-					r = result{tool: t.name, err: err}
-					fmt.Fprintf(os.Stderr, "  %v\n", err)
+			for _, mt := range ms {
+				if mt.guest && !img.guest {
+					continue
 				}
-				results[i] = best(results[i], r, run == 1)
+				for i, t := range candidates {
+					fmt.Fprintf(os.Stderr, "%s, run %d of %d: %s: %s ...\n", img.name, run, runs, mt.name, t.name)
+					measureOnce(t, img, mt, o, &results[i])
+				}
 			}
 		}
-		table := formatTable(img, results)
+		table := formatTable(img, ms, results)
 		fmt.Print("\n" + table)
 		report.WriteString("\n" + table)
 	}

@@ -8,7 +8,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 # GNU time for peak memory.
 TEST_PACKAGES := qemu-utils fuse3 e2fsprogs fdisk dosfstools mtools util-linux fio python3 time
 # ... and the peers the benchmark measures us against.
-BENCH_PACKAGES := qemu-system-common libqcow-utils
+BENCH_PACKAGES := qemu-system-common libqcow-utils fuse2fs
 
 .PHONY: all build test deps vet lint unit integration demo install bench clean
 

@@ -170,3 +170,12 @@ func ThreeLevelChain(t testing.TB, dir string) (top, middle, base string) {
 		"write -P 0x34 5M 1000")
 	return top, middle, base
 }
+
+// Touch creates an empty file at path and returns path.
+func Touch(t testing.TB, path string) string {
+	t.Helper()
+	if err := os.WriteFile(path, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}

@@ -1,0 +1,393 @@
+package guest_test
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"hash/crc32"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/qcowmount/qcowmount/qcow2/guest"
+	"github.com/qcowmount/qcowmount/qcow2/qemutest"
+)
+
+// fileDisk is a raw disk file.
+type fileDisk struct {
+	*os.File
+	size int64
+}
+
+func (f fileDisk) Size() int64 { return f.size }
+
+func openDisk(t *testing.T, path string) fileDisk {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	st, err := f.Stat()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fileDisk{f, st.Size()}
+}
+
+func scan(t *testing.T, path string) *guest.Layout {
+	t.Helper()
+	l, err := guest.Scan(openDisk(t, path))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+// newDisk makes a sparse raw disk of size bytes with an sfdisk script.
+func newDisk(t *testing.T, size int64, script string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "disk.raw")
+	if err := os.Truncate(qemutest.Touch(t, path), size); err != nil {
+		t.Fatal(err)
+	}
+	if script != "" {
+		cmd := exec.Command("sfdisk", "-q", path)
+		cmd.Stdin = strings.NewReader(script)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("sfdisk: %v: %s", err, out)
+		}
+	}
+	return path
+}
+
+// sfdiskPartitions is what sfdisk reads from the disk: the oracle.
+func sfdiskPartitions(t *testing.T, path string) (string, []guest.Partition) {
+	t.Helper()
+	out := qemutest.Run(t, "sfdisk", "-J", path)
+	var j struct {
+		Table struct {
+			Label      string `json:"label"`
+			SectorSize int64  `json:"sectorsize"`
+			Partitions []struct {
+				Node  string `json:"node"`
+				Start int64  `json:"start"`
+				Size  int64  `json:"size"`
+				Type  string `json:"type"`
+			} `json:"partitions"`
+		} `json:"partitiontable"`
+	}
+	if err := json.Unmarshal([]byte(out), &j); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	var parts []guest.Partition
+	for _, p := range j.Table.Partitions {
+		n, err := strconv.Atoi(strings.TrimPrefix(p.Node, path))
+		if err != nil {
+			t.Fatalf("node %q: %v", p.Node, err)
+		}
+		if p.Type == "5" || p.Type == "f" || p.Type == "85" {
+			continue // the extended partition holds the logical ones
+		}
+		parts = append(parts, guest.Partition{Number: n, Start: p.Start * 512, Size: p.Size * 512})
+	}
+	return j.Table.Label, parts
+}
+
+func samePartitions(t *testing.T, got []guest.Partition, want []guest.Partition) {
+	t.Helper()
+	if len(got) != len(want) {
+		t.Fatalf("%d partitions, want %d: %+v", len(got), len(want), got)
+	}
+	for i := range want {
+		if got[i].Number != want[i].Number || got[i].Start != want[i].Start || got[i].Size != want[i].Size {
+			t.Errorf("partition %d: %+v, want number %d at %d, %d bytes", i, got[i], want[i].Number, want[i].Start, want[i].Size)
+		}
+	}
+}
+
+// logicals is an MBR whose fourth primary partition is extended, holding
+// logical partitions 5 and 6.
+const logicals = "label: dos\nstart=2048, size=5M, type=83\nsize=5M, type=83\nsize=5M, type=83\nsize=30M, type=5\nsize=5M, type=82\nsize=5M, type=8e\n"
+
+// TestPartitionTables compares what Scan reads with what sfdisk reads.
+func TestPartitionTables(t *testing.T) {
+	qemutest.Require(t, "sfdisk")
+	tests := []struct {
+		name, script string
+		types        []string
+		names        []string
+	}{
+		{"gpt", "label: gpt\nstart=2048, size=10M, type=L, name=root\nsize=5M, type=S, name=swap\nsize=20M, type=U\n",
+			[]string{"Linux filesystem", "Linux swap", "EFI System"}, []string{"root", "swap", ""}},
+		{"gpt with gaps", "label: gpt\nstart=4096, size=3M, type=L\nstart=20480, size=1M, type=E6D6D379-F507-44C2-A23C-238F2A3DF928\n",
+			[]string{"Linux filesystem", "Linux LVM"}, nil},
+		{"mbr primaries", "label: dos\nstart=2048, size=10M, type=83\nsize=5M, type=82\nsize=5M, type=c\nsize=5M, type=7\n",
+			[]string{"Linux", "Linux swap", "W95 FAT32 (LBA)", "HPFS/NTFS/exFAT"}, nil},
+		{"mbr with logical partitions", logicals, []string{"Linux", "Linux", "Linux", "Linux swap", "Linux LVM"}, nil},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			path := newDisk(t, 64<<20, tc.script)
+			l := scan(t, path)
+			label, want := sfdiskPartitions(t, path)
+			if l.Table != map[string]string{"gpt": "gpt", "dos": "mbr"}[label] {
+				t.Errorf("table %q, sfdisk says %q", l.Table, label)
+			}
+			samePartitions(t, l.Partitions, want)
+			for i, p := range l.Partitions {
+				if p.Type != tc.types[i] {
+					t.Errorf("partition %d: type %q, want %q", p.Number, p.Type, tc.types[i])
+				}
+				if tc.names != nil && p.Name != tc.names[i] {
+					t.Errorf("partition %d: name %q, want %q", p.Number, p.Name, tc.names[i])
+				}
+			}
+			if len(l.Problems) > 0 {
+				t.Errorf("problems: %q", l.Problems)
+			}
+		})
+	}
+}
+
+// patch rewrites bytes of a file.
+func patch(t *testing.T, path string, off int64, b []byte) {
+	t.Helper()
+	qemutest.WriteFile(t, path, off, b)
+}
+
+func le32(v uint32) []byte { return binary.LittleEndian.AppendUint32(nil, v) }
+
+// mbrEntry is a 16-byte MBR partition entry.
+func mbrEntry(typ byte, start, sectors uint32) []byte {
+	e := make([]byte, 16)
+	e[4] = typ
+	binary.LittleEndian.PutUint32(e[8:], start)
+	binary.LittleEndian.PutUint32(e[12:], sectors)
+	return e
+}
+
+// TestDamagedTables: bad entries are left out with a problem naming them;
+// good ones are kept; nothing fails.
+func TestDamagedTables(t *testing.T) {
+	qemutest.Require(t, "sfdisk", "mkfs.fat")
+	gpt := "label: gpt\nstart=2048, size=10M, type=L\nsize=10M, type=L\n"
+	tests := []struct {
+		name     string
+		setup    func(t *testing.T) string
+		want     []int // partition numbers kept
+		problems []string
+	}{
+		{"primary GPT header damaged: the backup is read", func(t *testing.T) string {
+			p := newDisk(t, 64<<20, gpt)
+			patch(t, p, 512+16, le32(0xdeadbeef)) // header CRC
+			return p
+		}, []int{1, 2}, []string{"primary GPT is damaged", "CRC mismatch"}},
+		{"primary GPT entries damaged: the backup is read", func(t *testing.T) string {
+			p := newDisk(t, 64<<20, gpt)
+			patch(t, p, 1024+32, []byte{1, 2, 3}) // first entry's start
+			return p
+		}, []int{1, 2}, []string{"primary GPT is damaged", "entries at sector 2: CRC mismatch"}},
+		{"both GPT headers damaged", func(t *testing.T) string {
+			p := newDisk(t, 64<<20, gpt)
+			patch(t, p, 512, []byte("XXX"))
+			patch(t, p, 64<<20-512, []byte("XXX"))
+			return p
+		}, nil, []string{"no valid GPT"}},
+		{"GPT entry past the disk", func(t *testing.T) string {
+			p := newDisk(t, 64<<20, gpt)
+			rewriteGPTEntry(t, p, 1, func(e []byte) { binary.LittleEndian.PutUint64(e[40:], 1<<40) })
+			return p
+		}, []int{1}, []string{"partition 2", "does not lie inside the disk"}},
+		{"MBR entry past the disk", func(t *testing.T) string {
+			p := newDisk(t, 64<<20, "label: dos\nstart=2048, size=10M, type=83\n")
+			patch(t, p, 446+16, mbrEntry(0x83, 100000, 1<<30))
+			return p
+		}, []int{1}, []string{"partition 2", "does not lie inside the disk"}},
+		{"MBR entries overlapping", func(t *testing.T) string {
+			p := newDisk(t, 64<<20, "label: dos\nstart=2048, size=10M, type=83\n")
+			patch(t, p, 446+16, mbrEntry(0x83, 4096, 20480))
+			return p
+		}, []int{1}, []string{"partition 2", "overlaps partition 1"}},
+		{"logical partitions that loop", func(t *testing.T) string {
+			p := newDisk(t, 64<<20, logicals)
+			// The first EBR's link points back at itself.
+			ext := int64(2048+3*10240) * 512
+			patch(t, p, ext+446+16, mbrEntry(0x05, 0, 10240))
+			return p
+		}, []int{1, 2, 3, 5}, []string{"loops"}},
+		{"no table", func(t *testing.T) string { return newDisk(t, 64<<20, "") }, nil, nil},
+		{"a file system on the whole disk", func(t *testing.T) string {
+			p := newDisk(t, 64<<20, "")
+			qemutest.Run(t, "mkfs.fat", "-F", "32", p)
+			return p
+		}, nil, nil},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			l := scan(t, tc.setup(t))
+			var got []int
+			for _, p := range l.Partitions {
+				got = append(got, p.Number)
+			}
+			if fmt.Sprint(got) != fmt.Sprint(tc.want) {
+				t.Errorf("partitions %v, want %v (problems %q)", got, tc.want, l.Problems)
+			}
+			all := strings.Join(l.Problems, "\n")
+			for _, p := range tc.problems {
+				if !strings.Contains(all, p) {
+					t.Errorf("problems %q do not say %q", l.Problems, p)
+				}
+			}
+			if len(tc.problems) == 0 && len(l.Problems) > 0 {
+				t.Errorf("problems %q, want none", l.Problems)
+			}
+		})
+	}
+}
+
+// rewriteGPTEntry changes entry i of the primary GPT and fixes both CRCs.
+func rewriteGPTEntry(t *testing.T, path string, i int, fn func(e []byte)) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	le := binary.LittleEndian
+	h := b[512:1024]
+	table := b[1024 : 1024+128*int(le.Uint32(h[80:]))]
+	fn(table[128*i : 128*(i+1)])
+	le.PutUint32(h[88:], crc32.ChecksumIEEE(table))
+	le.PutUint32(h[16:], 0)
+	le.PutUint32(h[16:], crc32.ChecksumIEEE(h[:le.Uint32(h[12:])]))
+	if err := os.WriteFile(path, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// blkid is what blkid reads at the start of a file: the oracle.
+func blkid(t *testing.T, path string) guest.FileSystem {
+	t.Helper()
+	out, _ := exec.Command("blkid", "-p", "-o", "export", path).Output()
+	fs := guest.FileSystem{}
+	for _, line := range strings.Split(string(out), "\n") {
+		k, v, _ := strings.Cut(line, "=")
+		switch k {
+		case "TYPE":
+			fs.Type = v
+		case "LABEL":
+			fs.Label = v
+		case "UUID":
+			fs.UUID = v
+		}
+	}
+	return fs
+}
+
+// TestFileSystems compares the signatures Identify reads with blkid's.
+func TestFileSystems(t *testing.T) {
+	qemutest.Require(t, "blkid")
+	tests := []struct {
+		tool string
+		args []string
+		size int64
+	}{
+		{"mkfs.ext4", []string{"-q", "-L", "guest-root", "-U", "0b6ff6d4-3c5d-4c6b-9a43-9d7c0e1a5f21"}, 64 << 20},
+		{"mkfs.ext3", []string{"-q", "-L", "old"}, 64 << 20},
+		{"mkfs.ext2", []string{"-q"}, 64 << 20},
+		{"mkfs.xfs", []string{"-q", "-L", "data"}, 320 << 20},
+		{"mkfs.btrfs", []string{"-q", "-L", "pool"}, 128 << 20},
+		{"mkfs.fat", []string{"-F", "32", "-n", "EFI", "-i", "1234ABCD"}, 64 << 20},
+		{"mkfs.fat", []string{"-F", "16", "-n", "BOOT"}, 64 << 20},
+		{"mkswap", []string{"-L", "swap0"}, 64 << 20},
+		{"mkntfs", []string{"-Q", "-F", "-L", "Windows"}, 64 << 20},
+		{"pvcreate", []string{"-q", "-ff", "-y", "--config", "devices { scan_lvs = 0 } global { use_lvmetad = 0 }"}, 64 << 20},
+	}
+	for _, tc := range tests {
+		t.Run(tc.tool+" "+strings.Join(tc.args, " "), func(t *testing.T) {
+			qemutest.Require(t, tc.tool)
+			path := newDisk(t, tc.size, "")
+			if tc.tool == "pvcreate" {
+				if os.Geteuid() != 0 {
+					qemutest.Missing(t, "pvcreate needs root and a loop device")
+				}
+				out := strings.TrimSpace(qemutest.Run(t, "losetup", "--show", "-f", path))
+				qemutest.Run(t, "pvcreate", append(tc.args, out)...)
+				qemutest.Run(t, "losetup", "-d", out)
+			} else {
+				qemutest.Run(t, tc.tool, append(tc.args, path)...)
+			}
+			want := blkid(t, path)
+			if tc.tool == "mkntfs" {
+				want.Label = "" // NTFS keeps its label in the MFT, which we do not read
+			}
+			l := scan(t, path)
+			if l.FS != want || want.Type == "" {
+				t.Errorf("Identify: %+v, blkid: %+v", l.FS, want)
+			}
+		})
+	}
+	t.Run("LUKS header", func(t *testing.T) {
+		path := newDisk(t, 1<<20, "")
+		patch(t, path, 0, []byte("LUKS\xba\xbe\x00\x01"))
+		patch(t, path, 168, []byte("8b7e4bd1-2b9f-4b43-a7c6-1c1b1a5c9e0d\x00"))
+		fs := scan(t, path).FS
+		if fs.Type != "crypto_LUKS" || fs.UUID != "8b7e4bd1-2b9f-4b43-a7c6-1c1b1a5c9e0d" {
+			t.Errorf("LUKS: %+v", fs)
+		}
+	})
+}
+
+// bytesDisk is a disk in memory.
+type bytesDisk struct{ *bytes.Reader }
+
+func FuzzScan(f *testing.F) {
+	for _, script := range []string{
+		// Small disks (the fuzzer slows down on large inputs), tables at
+		// sector granularity.
+		"label: gpt\nfirst-lba: 34\nstart=40, size=10, type=L\nsize=10, type=E6D6D379-F507-44C2-A23C-238F2A3DF928\n",
+		"label: dos\nstart=1, size=4, type=83\nsize=4, type=83\nsize=4, type=83\nsize=40, type=5\nsize=8, type=82\nsize=8, type=83\n",
+	} {
+		if _, err := exec.LookPath("sfdisk"); err != nil {
+			break
+		}
+		path := filepath.Join(f.TempDir(), "seed")
+		if err := os.Truncate(qemutest.Touch(f, path), 64<<10); err != nil {
+			f.Fatal(err)
+		}
+		cmd := exec.Command("sfdisk", "-q", path)
+		cmd.Stdin = strings.NewReader(script)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			f.Fatalf("sfdisk: %v: %s", err, out)
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		d := bytesDisk{bytes.NewReader(b)}
+		l, err := guest.Scan(d)
+		if err != nil {
+			t.Fatalf("a disk in memory failed with an I/O error: %v", err)
+		}
+		for _, p := range l.Partitions {
+			if p.Start < 0 || p.Size <= 0 || p.Start+p.Size > d.Size() {
+				t.Fatalf("partition outside the disk: %+v", p)
+			}
+		}
+		for _, v := range l.Volumes {
+			if v.Unreadable == "" {
+				buf := make([]byte, min(v.Size, 4096))
+				if _, err := v.View(d).ReadAt(buf, 0); err != nil {
+					t.Fatalf("volume %s: %v", v.Name, err)
+				}
+			}
+		}
+	})
+}

@@ -1,0 +1,334 @@
+package guest
+
+import (
+	"encoding/binary"
+	"fmt"
+	"sort"
+	"strings"
+)
+
+// LVM2 on-disk layout (all little endian): a label in one of the first
+// four sectors, "LABELONE"; after it the PV header (UUID, size, lists of
+// data and metadata areas); each metadata area starts with an mda header
+// whose raw locations point at the current metadata text, written
+// circularly in the rest of the area.
+const (
+	labelID          = "LABELONE"
+	labelType        = "LVM2 001"
+	labelScanSectors = 4
+	mdaMagic         = " LVM2 x[5A%r0N*>"
+	mdaHeaderLen     = 512
+	maxAreas         = 16      // disk_locn entries read from a PV header
+	maxMetadataLen   = 8 << 20 // of VG metadata text (LVM's own default area is 1 MiB)
+	maxSegments      = 4096    // of one logical volume
+)
+
+// pvArea is where a physical volume lies on the disk.
+type pvArea struct {
+	start, size int64
+	where       string
+}
+
+// A Volume is an LVM2 logical volume. Linear volumes (one or more linear
+// segments, on physical volumes of this disk) can be read; others are
+// listed with the reason they cannot.
+type Volume struct {
+	VG, Name string
+	Size     int64
+	Segments []Segment // where its bytes lie on the disk, in order
+	// Unreadable says why the volume is not exposed (thin, raid, ...);
+	// empty for a linear volume.
+	Unreadable string
+	FS         FileSystem
+}
+
+// Segment is a run of a volume's bytes on the disk.
+type Segment struct {
+	Start int64 // on the disk
+	Size  int64
+}
+
+// FileName is the name the volume's file takes, as device-mapper names it
+// (dashes in names doubled).
+func (v Volume) FileName() string {
+	esc := func(s string) string { return strings.ReplaceAll(s, "-", "--") }
+	return esc(v.VG) + "-" + esc(v.Name) + ".raw"
+}
+
+// pv is a physical volume as its label describes it.
+type pv struct {
+	area   pvArea
+	uuid   string
+	mdas   []int64 // metadata area offsets, from the PV's start
+	mdaLen []int64
+}
+
+func (l *Layout) readLVM(d Disk, areas []pvArea) error {
+	var pvs []pv
+	for _, a := range areas {
+		p, err := readPVLabel(d, a)
+		if err != nil {
+			if !isDamage(err) {
+				return err
+			}
+			l.problem("LVM physical volume on %s: %v", a.where, err)
+			continue
+		}
+		pvs = append(pvs, p)
+	}
+	// Each VG's metadata is on its PVs; read it once per VG, from the
+	// first PV whose metadata parses.
+	seen := map[string]bool{}
+	for _, p := range pvs {
+		text, err := readMetadata(d, p)
+		if err != nil {
+			if !isDamage(err) {
+				return err
+			}
+			l.problem("LVM metadata on %s: %v", p.area.where, err)
+			continue
+		}
+		if text == "" {
+			continue // a PV without metadata areas: its VG's other PVs hold it
+		}
+		vg, err := parseMetadata(text)
+		if err != nil {
+			l.problem("LVM metadata on %s: %v", p.area.where, err)
+			continue
+		}
+		if seen[vg.name] {
+			continue
+		}
+		seen[vg.name] = true
+		if err := l.addVolumes(d, vg, pvs); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func readPVLabel(d Disk, a pvArea) (pv, error) {
+	le := binary.LittleEndian
+	b := make([]byte, labelScanSectors*sectorSize)
+	if err := readAt(d, b, a.start); err != nil {
+		return pv{}, err
+	}
+	for s := 0; s < labelScanSectors; s++ {
+		h := b[s*sectorSize : (s+1)*sectorSize]
+		if string(h[:8]) != labelID || string(h[24:32]) != labelType {
+			continue
+		}
+		off := int(le.Uint32(h[20:]))
+		if off < 32 || off > sectorSize-40 {
+			return pv{}, damage("label: PV header offset %d", off)
+		}
+		pvh := h[off:]
+		p := pv{area: a, uuid: lvmUUID(string(pvh[:32]))}
+		// Data areas, then metadata areas, each list ending with a zero entry.
+		pos, list := 40, 0
+		for n := 0; list < 2; n++ {
+			if n > 2*maxAreas || pos+16 > len(pvh) {
+				return pv{}, damage("PV header: area lists run past the label sector")
+			}
+			off, size := int64(le.Uint64(pvh[pos:])), int64(le.Uint64(pvh[pos+8:]))
+			pos += 16
+			switch {
+			case off == 0 && size == 0:
+				list++
+			case list == 1:
+				if off < 0 || size < mdaHeaderLen || off > a.size-size {
+					return pv{}, damage("metadata area [%d, %+d) lies outside the PV (%d bytes)", off, size, a.size)
+				}
+				p.mdas, p.mdaLen = append(p.mdas, off), append(p.mdaLen, size)
+			}
+		}
+		return p, nil
+	}
+	return pv{}, damage("no LVM2 label in the first %d sectors", labelScanSectors)
+}
+
+// readMetadata returns the current metadata text of the PV's first
+// metadata area, or "" when it has none.
+func readMetadata(d Disk, p pv) (string, error) {
+	le := binary.LittleEndian
+	if len(p.mdas) == 0 {
+		return "", nil
+	}
+	start, size := p.area.start+p.mdas[0], p.mdaLen[0]
+	h := make([]byte, mdaHeaderLen)
+	if err := readAt(d, h, start); err != nil {
+		return "", err
+	}
+	if string(h[4:20]) != mdaMagic {
+		return "", damage("metadata area at byte %d: bad magic", start)
+	}
+	off, n := int64(le.Uint64(h[40:])), int64(le.Uint64(h[48:]))
+	if off == 0 && n == 0 {
+		return "", damage("metadata area at byte %d holds no metadata", start)
+	}
+	textLen := size - mdaHeaderLen // the circular buffer after the header
+	if n <= 0 || n > maxMetadataLen || n > textLen || off < mdaHeaderLen || off >= size {
+		return "", damage("metadata area at byte %d: metadata at %d, %d bytes, does not fit the area (%d bytes)", start, off, n, size)
+	}
+	text := make([]byte, n)
+	first := min(n, size-off) // up to the end of the area, then from just after the header
+	if err := readAt(d, text[:first], start+off); err != nil {
+		return "", err
+	}
+	if first < n {
+		if err := readAt(d, text[first:], start+mdaHeaderLen); err != nil {
+			return "", err
+		}
+	}
+	return strings.TrimRight(string(text), "\x00"), nil
+}
+
+func (l *Layout) addVolumes(d Disk, vg *vgMetadata, pvs []pv) error {
+	// Physical volumes by their name in the metadata (pv0, pv1, ...).
+	onDisk := map[string]pv{}
+	for name, id := range vg.pvIDs {
+		for _, p := range pvs {
+			if p.uuid == lvmUUID(id) {
+				onDisk[name] = p
+			}
+		}
+	}
+	for _, lv := range vg.lvs {
+		v := Volume{VG: vg.name, Name: lv.name}
+		v.Unreadable = lv.unreadable
+		for _, seg := range lv.segments {
+			if v.Unreadable != "" {
+				break
+			}
+			p, ok := onDisk[seg.pv]
+			if !ok {
+				v.Unreadable = fmt.Sprintf("segment on %s, which is not on this disk", seg.pv)
+				break
+			}
+			extent := vg.extentSectors * sectorSize
+			pvStart := vg.peStart[seg.pv] * sectorSize
+			s := Segment{Start: p.area.start + pvStart + seg.pvExtent*extent, Size: seg.extents * extent}
+			if s.Size <= 0 || pvStart+seg.pvExtent*extent+s.Size > p.area.size || s.Start+s.Size > d.Size() {
+				v.Unreadable = fmt.Sprintf("segment [%d, %+d) lies outside its physical volume", s.Start, s.Size)
+				break
+			}
+			v.Segments = append(v.Segments, s)
+			v.Size += s.Size
+		}
+		if v.Unreadable == "" {
+			if len(v.Segments) == 0 {
+				v.Unreadable = "no segments"
+			} else {
+				fs, err := Identify(v.View(d), 0, v.Size)
+				if err != nil {
+					return err
+				}
+				v.FS = fs
+			}
+		}
+		if v.Unreadable != "" {
+			l.problem("LVM volume %s/%s is not exposed: %s", v.VG, v.Name, v.Unreadable)
+		}
+		l.Volumes = append(l.Volumes, v)
+	}
+	return nil
+}
+
+// lvmUUID is an LVM UUID without its dashes: the label stores 32
+// characters, the metadata text the same with dashes.
+func lvmUUID(s string) string { return strings.ReplaceAll(s, "-", "") }
+
+// vgMetadata is what a volume group's metadata says about reading it.
+type vgMetadata struct {
+	name          string
+	extentSectors int64
+	pvIDs         map[string]string // pv0 -> its UUID
+	peStart       map[string]int64  // pv0 -> where its extents start, in sectors
+	lvs           []lvMetadata
+}
+
+type lvMetadata struct {
+	name       string
+	segments   []segMetadata
+	unreadable string
+}
+
+type segMetadata struct {
+	startExtent, extents int64
+	pv                   string
+	pvExtent             int64
+}
+
+// parseMetadata reads a VG's metadata text: the VG section and, in it,
+// physical_volumes and logical_volumes.
+func parseMetadata(text string) (*vgMetadata, error) {
+	root, err := parseConfig(text)
+	if err != nil {
+		return nil, err
+	}
+	var vgSec *section
+	for _, s := range root.sections {
+		if _, ok := s.values["extent_size"]; ok {
+			vgSec = s
+			break
+		}
+	}
+	if vgSec == nil {
+		return nil, fmt.Errorf("no volume group section")
+	}
+	vg := &vgMetadata{name: vgSec.name, pvIDs: map[string]string{}, peStart: map[string]int64{}}
+	if vg.extentSectors = vgSec.int("extent_size"); vg.extentSectors <= 0 || vg.extentSectors > 1<<32 {
+		return nil, fmt.Errorf("volume group %s: extent_size %d", vg.name, vg.extentSectors)
+	}
+	if pvs := vgSec.child("physical_volumes"); pvs != nil {
+		for _, p := range pvs.sections {
+			vg.pvIDs[p.name] = p.str("id")
+			if vg.peStart[p.name] = p.int("pe_start"); vg.peStart[p.name] < 0 {
+				return nil, fmt.Errorf("volume group %s: %s: pe_start %d", vg.name, p.name, vg.peStart[p.name])
+			}
+		}
+	}
+	lvs := vgSec.child("logical_volumes")
+	if lvs == nil {
+		return vg, nil
+	}
+	for _, s := range lvs.sections {
+		lv := lvMetadata{name: s.name}
+		if !s.hasFlag("status", "VISIBLE") {
+			continue // internal volumes: thin pools' data, raid images, ...
+		}
+		var segs []*section
+		for _, c := range s.sections {
+			if strings.HasPrefix(c.name, "segment") {
+				segs = append(segs, c)
+			}
+		}
+		if len(segs) > maxSegments {
+			lv.unreadable = fmt.Sprintf("%d segments", len(segs))
+		}
+		sort.Slice(segs, func(i, j int) bool { return segs[i].int("start_extent") < segs[j].int("start_extent") })
+		next := int64(0)
+		for _, c := range segs {
+			if lv.unreadable != "" {
+				break
+			}
+			typ := c.str("type")
+			stripes := c.list("stripes")
+			switch {
+			case typ != "striped":
+				lv.unreadable = fmt.Sprintf("%s volume", typ)
+			case c.int("stripe_count") != 1 || len(stripes) != 2:
+				lv.unreadable = fmt.Sprintf("striped over %d physical volumes", c.int("stripe_count"))
+			case c.int("start_extent") != next || c.int("extent_count") <= 0:
+				lv.unreadable = "segments leave a gap or overlap"
+			default:
+				pvExtent, _ := stripes[1].(int64)
+				name, _ := stripes[0].(string)
+				lv.segments = append(lv.segments, segMetadata{c.int("start_extent"), c.int("extent_count"), name, pvExtent})
+				next += c.int("extent_count")
+			}
+		}
+		vg.lvs = append(vg.lvs, lv)
+	}
+	return vg, nil
+}

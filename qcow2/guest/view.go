@@ -1,0 +1,92 @@
+package guest
+
+import (
+	"io"
+	"os"
+)
+
+// View is part of a disk read as a disk of its own: a partition (one
+// segment) or a logical volume (its segments in order).
+type View struct {
+	d    Disk
+	segs []Segment
+	size int64
+}
+
+// NewView returns the disk made of segs of d, which the caller has checked
+// lie inside d.
+func NewView(d Disk, segs []Segment) *View {
+	v := &View{d: d, segs: segs}
+	for _, s := range segs {
+		v.size += s.Size
+	}
+	return v
+}
+
+// View returns the partition's bytes as a disk.
+func (p Partition) View(d Disk) *View { return NewView(d, []Segment{{p.Start, p.Size}}) }
+
+// View returns the volume's bytes as a disk.
+func (v Volume) View(d Disk) *View { return NewView(d, v.Segments) }
+
+func (v *View) Size() int64 { return v.size }
+
+// ReadAt follows io.ReaderAt: a read that reaches past the end returns
+// what there is and io.EOF.
+func (v *View) ReadAt(p []byte, off int64) (int, error) {
+	if off < 0 || off >= v.size {
+		if len(p) == 0 && off == v.size {
+			return 0, nil
+		}
+		return 0, io.EOF
+	}
+	done := 0
+	for _, s := range v.segs {
+		if len(p) == 0 {
+			break
+		}
+		if off >= s.Size {
+			off -= s.Size
+			continue
+		}
+		n := min(int64(len(p)), s.Size-off)
+		m, err := v.d.ReadAt(p[:n], s.Start+off)
+		done += m
+		if int64(m) < n {
+			if err == nil || err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return done, err
+		}
+		p, off = p[n:], 0
+	}
+	if len(p) > 0 {
+		return done, io.EOF
+	}
+	return done, nil
+}
+
+// hostRanger is a disk that can say where a range lies in a host file
+// (fusefs splices such ranges).
+type hostRanger interface {
+	HostRange(off int64, n int) (*os.File, int64, bool)
+}
+
+// HostRange passes the question on to the disk for a range that lies in
+// one segment.
+func (v *View) HostRange(off int64, n int) (*os.File, int64, bool) {
+	hr, ok := v.d.(hostRanger)
+	if !ok || off < 0 || n <= 0 {
+		return nil, 0, false
+	}
+	for _, s := range v.segs {
+		if off < s.Size {
+			if off+int64(n) > s.Size {
+				return nil, 0, false
+			}
+			return hr.HostRange(s.Start+off, n)
+		}
+		off -= s.Size
+	}
+	return nil, 0, false
+}

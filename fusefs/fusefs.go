@@ -1,5 +1,5 @@
 // Package fusefs serves a guest disk over FUSE as a read-only directory
-// holding one file, disk.raw.
+// holding disk.raw and, beside it, a file per partition and volume.
 package fusefs
 
 import (
@@ -10,6 +10,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -20,13 +21,26 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// DiskName is the name of the one file in the mount.
+// DiskName is the name of the whole disk's file in the mount.
 const DiskName = "disk.raw"
 
-// Disk is what the file system serves: the guest disk's bytes and size.
+// Disk is what a file serves: bytes and a size.
 type Disk interface {
 	io.ReaderAt
 	Size() int64
+}
+
+// File is one read-only file of the mount.
+type File struct {
+	Name string
+	Disk Disk
+}
+
+// Allocator is implemented by disks that know their holes: lseek's
+// SEEK_DATA and SEEK_HOLE find them, and st_blocks counts only the data,
+// so that cp --sparse, tar -S and du see a sparse file.
+type Allocator interface {
+	Allocation(off, limit int64) (data bool, n int64, err error)
 }
 
 // spliceMin is the smallest read worth splicing: below it, the extra
@@ -57,9 +71,9 @@ type Options struct {
 	Debug bool
 }
 
-// Mount serves disk at mountpoint. The file system is up when it returns;
-// the caller waits on or unmounts the returned server.
-func Mount(mountpoint string, disk Disk, opts Options) (*fuse.Server, error) {
+// Mount serves files at mountpoint. The file system is up when it
+// returns; the caller waits on or unmounts the returned server.
+func Mount(mountpoint string, files []File, opts Options) (*fuse.Server, error) {
 	log := opts.Log
 	if log == nil {
 		log = zap.NewNop()
@@ -99,7 +113,10 @@ func Mount(mountpoint string, disk Disk, opts Options) (*fuse.Server, error) {
 			mo.Options = append(mo.Options, o)
 		}
 	}
-	root := &rootDir{file: &diskFile{disk: disk, log: log, mtime: opts.ModTime, owner: owner}}
+	root := &rootDir{mtime: opts.ModTime, owner: owner}
+	for _, f := range files {
+		root.files = append(root.files, &diskFile{name: f.Name, disk: f.Disk, log: log, mtime: opts.ModTime, owner: owner})
+	}
 	// The tree never changes: let the kernel cache names and attributes.
 	forever := time.Hour * 24 * 365
 	server, err := fs.Mount(mountpoint, root, &fs.Options{
@@ -130,10 +147,12 @@ func raiseReadahead(mountpoint string, n int) error {
 	return os.WriteFile(bdi, []byte(strconv.Itoa(n>>10)), 0)
 }
 
-// rootDir is the mount's root: a read-only directory holding disk.raw.
+// rootDir is the mount's root: a read-only directory of disk files.
 type rootDir struct {
 	fs.Inode
-	file *diskFile
+	files []*diskFile
+	mtime time.Time
+	owner fuse.Owner
 }
 
 var (
@@ -143,53 +162,125 @@ var (
 )
 
 func (r *rootDir) OnAdd(ctx context.Context) {
-	child := r.NewPersistentInode(ctx, r.file, fs.StableAttr{Mode: syscall.S_IFREG, Ino: 2})
-	r.AddChild(DiskName, child, false)
+	for i, f := range r.files {
+		child := r.NewPersistentInode(ctx, f, fs.StableAttr{Mode: syscall.S_IFREG, Ino: uint64(i) + 2})
+		r.AddChild(f.name, child, false)
+	}
 }
 
 func (r *rootDir) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
 	out.Mode = syscall.S_IFDIR | 0o555
 	out.Nlink = 2
-	out.Owner = r.file.owner
-	setTimes(&out.Attr, r.file.mtime)
+	out.Owner = r.owner
+	setTimes(&out.Attr, r.mtime)
 	return 0
 }
 
-// Statfs describes a full, read-only file system the size of the disk.
+// Statfs describes a full, read-only file system the size of its files.
 func (r *rootDir) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
 	const bsize = 4096
 	out.Bsize = bsize
 	out.Frsize = bsize
-	out.Blocks = uint64((r.file.disk.Size() + bsize - 1) / bsize)
-	out.Files = 2
+	for _, f := range r.files {
+		out.Blocks += uint64((f.disk.Size() + bsize - 1) / bsize)
+	}
+	out.Files = uint64(len(r.files)) + 1
 	out.NameLen = 255
 	return 0
 }
 
-// diskFile is disk.raw.
+// diskFile is a file of the mount: disk.raw, a partition, a volume.
 type diskFile struct {
 	fs.Inode
+	name  string
 	disk  Disk
 	log   *zap.Logger
 	mtime time.Time
 	owner fuse.Owner
+
+	blocksOnce sync.Once
+	blocks     uint64 // 512-byte blocks of data, for st_blocks
 }
 
 var (
 	_ fs.NodeGetattrer = (*diskFile)(nil)
 	_ fs.NodeOpener    = (*diskFile)(nil)
 	_ fs.NodeReader    = (*diskFile)(nil)
+	_ fs.NodeLseeker   = (*diskFile)(nil)
 )
 
 func (f *diskFile) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
 	out.Mode = syscall.S_IFREG | 0o444
 	out.Size = uint64(f.disk.Size())
-	out.Blocks = (out.Size + 511) / 512
+	out.Blocks = f.dataBlocks()
 	out.Blksize = 4096
 	out.Nlink = 1
 	out.Owner = f.owner
 	setTimes(&out.Attr, f.mtime)
 	return 0
+}
+
+// dataBlocks counts, once, the 512-byte blocks that hold data rather than
+// holes; a disk that cannot tell is all data.
+func (f *diskFile) dataBlocks() uint64 {
+	f.blocksOnce.Do(func() {
+		size := f.disk.Size()
+		a, ok := f.disk.(Allocator)
+		if !ok {
+			f.blocks = uint64(size+511) / 512
+			return
+		}
+		var data int64
+		for off := int64(0); off < size; {
+			isData, n, err := a.Allocation(off, size-off)
+			if err != nil {
+				// Count the rest as data: st_blocks is advice, and the
+				// read that fails there reports the damage.
+				f.log.Warn("cannot tell data from holes", zap.String("file", f.name), zap.Int64("offset", off), zap.Error(err))
+				data += size - off
+				break
+			}
+			if isData {
+				data += n
+			}
+			off += n
+		}
+		f.blocks = uint64(data+511) / 512
+	})
+	return f.blocks
+}
+
+// Lseek answers SEEK_DATA and SEEK_HOLE from the disk's allocation: the
+// first data (ENXIO where none is left) or the first hole (the end of the
+// file counts as one) at or after off.
+func (f *diskFile) Lseek(ctx context.Context, fh fs.FileHandle, off uint64, whence uint32) (uint64, syscall.Errno) {
+	size := f.disk.Size()
+	if off >= uint64(size) {
+		return 0, syscall.ENXIO
+	}
+	a, ok := f.disk.(Allocator)
+	wantData := whence == unix.SEEK_DATA
+	if !ok {
+		if wantData {
+			return off, 0
+		}
+		return uint64(size), 0
+	}
+	for pos := int64(off); pos < size; {
+		isData, n, err := a.Allocation(pos, size-pos)
+		if err != nil {
+			f.log.Error("lseek failed", zap.String("file", f.name), zap.Int64("offset", pos), zap.Error(err))
+			return 0, syscall.EIO
+		}
+		if isData == wantData {
+			return uint64(pos), 0
+		}
+		pos += n
+	}
+	if wantData {
+		return 0, syscall.ENXIO
+	}
+	return uint64(size), 0
 }
 
 func (f *diskFile) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {

@@ -13,6 +13,7 @@ import (
 	"github.com/qcowmount/qcowmount/qcow2/qemutest"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
+	"golang.org/x/sys/unix"
 )
 
 // flakyDisk serves a pattern and fails reads that touch [badStart, badEnd).
@@ -39,7 +40,7 @@ func mountFlaky(t *testing.T) (string, *flakyDisk, *observer.ObservedLogs) {
 	disk := &flakyDisk{data: qemutest.Pattern(3, 1<<20), badStart: 512 << 10, badEnd: 516 << 10}
 	core, logs := observer.New(zap.InfoLevel)
 	mnt := t.TempDir()
-	server, err := Mount(mnt, disk, Options{Source: "/images/test.qcow2", ModTime: time.Unix(1e9, 0), Log: zap.New(core)})
+	server, err := Mount(mnt, []File{{DiskName, disk}}, Options{Source: "/images/test.qcow2", ModTime: time.Unix(1e9, 0), Log: zap.New(core)})
 	if err != nil {
 		qemutest.Missing(t, "cannot mount FUSE here: "+err.Error())
 	}
@@ -117,10 +118,96 @@ func TestMountOptions(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.opt, func(t *testing.T) {
-			_, err := Mount(t.TempDir(), &flakyDisk{}, Options{MountOptions: []string{tc.opt}})
+			_, err := Mount(t.TempDir(), []File{{DiskName, &flakyDisk{}}}, Options{MountOptions: []string{tc.opt}})
 			if err == nil || !bytes.Contains([]byte(err.Error()), []byte(tc.wantErr)) {
 				t.Fatalf("err %v, want %q", err, tc.wantErr)
 			}
 		})
+	}
+}
+
+// sparseDisk is 2 MiB of zeros with data in [64 KiB, 128 KiB) and
+// [1 MiB, 1 MiB + 4 KiB); it tells its holes.
+type sparseDisk struct{ flakyDisk }
+
+func (d *sparseDisk) Allocation(off, limit int64) (bool, int64, error) {
+	runs := []struct {
+		end  int64
+		data bool
+	}{{64 << 10, false}, {128 << 10, true}, {1 << 20, false}, {1<<20 + 4096, true}, {2 << 20, false}}
+	for _, r := range runs {
+		if off < r.end {
+			return r.data, min(limit, r.end-off), nil
+		}
+	}
+	return false, 0, fmt.Errorf("offset %d past the disk", off)
+}
+
+// TestFilesAndHoles: every file is served; lseek finds data and holes
+// where the disk says they are, and st_blocks counts only the data.
+func TestFilesAndHoles(t *testing.T) {
+	if _, err := os.Stat("/dev/fuse"); err != nil {
+		qemutest.Missing(t, "/dev/fuse is missing")
+	}
+	sparse := &sparseDisk{flakyDisk{data: make([]byte, 2<<20)}}
+	plain := &flakyDisk{data: qemutest.Pattern(5, 1<<20)}
+	mnt := t.TempDir()
+	server, err := Mount(mnt, []File{{DiskName, sparse}, {"p1.raw", plain}}, Options{})
+	if err != nil {
+		qemutest.Missing(t, "cannot mount FUSE here: "+err.Error())
+	}
+	t.Cleanup(func() { server.Unmount() })
+	entries, err := os.ReadDir(mnt)
+	if err != nil || len(entries) != 2 || entries[0].Name() != DiskName || entries[1].Name() != "p1.raw" {
+		t.Fatalf("directory: %v %v", entries, err)
+	}
+	got, err := os.ReadFile(filepath.Join(mnt, "p1.raw"))
+	if err != nil || !bytes.Equal(got, plain.data) {
+		t.Fatalf("p1.raw: %v", err)
+	}
+	blocks := func(name string) int64 {
+		var st syscall.Stat_t
+		if err := syscall.Stat(filepath.Join(mnt, name), &st); err != nil {
+			t.Fatal(err)
+		}
+		return st.Blocks
+	}
+	if b := blocks(DiskName); b != (64<<10+4096)/512 {
+		t.Errorf("disk.raw: st_blocks %d, want %d", b, (64<<10+4096)/512)
+	}
+	if b := blocks("p1.raw"); b != (1<<20)/512 {
+		t.Errorf("p1.raw: st_blocks %d, want %d", b, (1<<20)/512)
+	}
+	f, err := os.Open(filepath.Join(mnt, DiskName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	tests := []struct {
+		off     int64
+		whence  int
+		want    int64
+		wantErr error
+	}{
+		{0, unix.SEEK_DATA, 64 << 10, nil},
+		{0, unix.SEEK_HOLE, 0, nil},
+		{70000, unix.SEEK_DATA, 70000, nil},
+		{70000, unix.SEEK_HOLE, 128 << 10, nil},
+		{128 << 10, unix.SEEK_DATA, 1 << 20, nil},
+		{1<<20 + 4096, unix.SEEK_DATA, 0, syscall.ENXIO},
+		{1<<20 + 4096, unix.SEEK_HOLE, 1<<20 + 4096, nil},
+		{2 << 20, unix.SEEK_HOLE, 0, syscall.ENXIO},
+	}
+	for _, tc := range tests {
+		got, err := unix.Seek(int(f.Fd()), tc.off, tc.whence)
+		if tc.wantErr != nil {
+			if !errors.Is(err, tc.wantErr) {
+				t.Errorf("lseek(%d, %d): %d, %v, want %v", tc.off, tc.whence, got, err, tc.wantErr)
+			}
+			continue
+		}
+		if err != nil || got != tc.want {
+			t.Errorf("lseek(%d, %d) = %d, %v, want %d", tc.off, tc.whence, got, err, tc.want)
+		}
 	}
 }

@@ -44,7 +44,7 @@ func serveFailing(t *testing.T, path string, start, end int64) string {
 		t.Fatal(err)
 	}
 	mnt := t.TempDir()
-	server, err := fusefs.Mount(mnt, &failingFile{f, st.Size(), start, end}, fusefs.Options{Source: "failing"})
+	server, err := fusefs.Mount(mnt, []fusefs.File{{Name: fusefs.DiskName, Disk: &failingFile{f, st.Size(), start, end}}}, fusefs.Options{Source: "failing"})
 	if err != nil {
 		t.Fatalf("mount: %v", err)
 	}

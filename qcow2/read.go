@@ -372,15 +372,17 @@ func (img *Image) tableSlice(kind uint8, off uint64, n int64, field string, at i
 // are contiguous on the host come back as one extent, so they take one read.
 func (img *Image) lookup(off, limit int64) (extent, error) {
 	cs := img.clusterSize()
-	span := cs * img.l2SliceEntries() // guest bytes one slice covers
-	limit = min(limit, (off/span+1)*span-off)
 	table, tableOff, err := img.l2Slice(off >> img.clusterBits)
 	if err != nil {
 		return extent{}, err
 	}
 	if table == nil {
-		return extent{kind: extentBacking, n: limit}, nil
+		// No L2 table: all the range it would cover is unallocated.
+		span := cs << img.l2Bits
+		return extent{kind: extentBacking, n: min(limit, (off/span+1)*span-off)}, nil
 	}
+	span := cs * img.l2SliceEntries() // guest bytes one slice covers
+	limit = min(limit, (off/span+1)*span-off)
 	var run extent
 	for first := true; ; first = false {
 		e, err := img.clusterExtent(table, tableOff, off)

@@ -35,6 +35,7 @@ func mountFlags() []cli.Flag {
 	return append(imageFlags(),
 		&cli.BoolFlag{Name: "foreground", Aliases: []string{"f"}, Usage: "stay in the foreground, logging to stderr"},
 		&cli.StringSliceFlag{Name: "o", Usage: "FUSE mount `OPTIONS`, comma separated: allow_other, default_permissions, uid=N, gid=N, ..."},
+		&cli.BoolFlag{Name: "no-partitions", Usage: "serve disk.raw alone: no file per partition or LVM volume"},
 		&cli.BoolFlag{Name: "debug", Usage: "log debug messages"},
 		&cli.BoolFlag{Name: "fuse-debug", Usage: "log every FUSE request"},
 		&cli.StringFlag{Name: "log-file", Usage: "background process logs to `FILE` (default: syslog)"},

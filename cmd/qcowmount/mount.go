@@ -16,6 +16,7 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/qcowmount/qcowmount/fusefs"
 	"github.com/qcowmount/qcowmount/qcow2"
+	"github.com/qcowmount/qcowmount/qcow2/guest"
 	"github.com/urfave/cli/v2"
 	"go.uber.org/zap"
 )
@@ -97,7 +98,7 @@ func mount(c *cli.Context, image, mountpoint string, log *zap.Logger) (*fuse.Ser
 		img.Close()
 		return nil, nil, err
 	}
-	server, err := fusefs.Mount(mountpoint, img, fusefs.Options{
+	server, err := fusefs.Mount(mountpoint, diskFiles(img, !c.Bool("no-partitions"), log), fusefs.Options{
 		Source:       img.Path(),
 		ModTime:      st.ModTime(),
 		MountOptions: splitOptions(c.StringSlice("o")),
@@ -109,6 +110,37 @@ func mount(c *cli.Context, image, mountpoint string, log *zap.Logger) (*fuse.Ser
 		return nil, nil, fmt.Errorf("mounting on %s: %w", mountpoint, err)
 	}
 	return server, img, nil
+}
+
+// diskFiles lists the mount's files: disk.raw and, with partitions, one
+// per partition and per linear LVM volume found in the guest. What cannot
+// be read there (a damaged table, a striped volume) is logged and left
+// out; disk.raw is always served.
+func diskFiles(img *qcow2.Image, partitions bool, log *zap.Logger) []fusefs.File {
+	files := []fusefs.File{{Name: fusefs.DiskName, Disk: img}}
+	if !partitions {
+		return files
+	}
+	layout, err := guest.Scan(img)
+	if err != nil {
+		log.Warn("cannot read the guest's partition table; serving disk.raw alone", zap.Error(err))
+		return files
+	}
+	for _, p := range layout.Problems {
+		log.Warn(p)
+	}
+	if layout.Table == "" && len(layout.Volumes) == 0 {
+		log.Info("no partition table in the guest disk: disk.raw alone", zap.String("file_system", layout.FS.Type))
+	}
+	for _, p := range layout.Partitions {
+		files = append(files, fusefs.File{Name: p.FileName(), Disk: p.View(img)})
+	}
+	for _, v := range layout.Volumes {
+		if v.Unreadable == "" {
+			files = append(files, fusefs.File{Name: v.FileName(), Disk: v.View(img)})
+		}
+	}
+	return files
 }
 
 // startCPUProfile profiles the process until the returned function runs.

@@ -34,7 +34,7 @@ func serveRawFile(path, mountpoint string) error {
 	if err != nil {
 		return err
 	}
-	server, err := fusefs.Mount(mountpoint, rawFile{f, st.Size()}, fusefs.Options{Source: path, ModTime: st.ModTime()})
+	server, err := fusefs.Mount(mountpoint, []fusefs.File{{Name: fusefs.DiskName, Disk: rawFile{f, st.Size()}}}, fusefs.Options{Source: path, ModTime: st.ModTime()})
 	if err != nil {
 		return err
 	}

@@ -90,3 +90,25 @@ func (v *View) HostRange(off int64, n int) (*os.File, int64, bool) {
 	}
 	return nil, 0, false
 }
+
+// allocator is a disk that can tell data from holes.
+type allocator interface {
+	Allocation(off, limit int64) (data bool, n int64, err error)
+}
+
+// Allocation passes the question on to the disk, within one segment; a
+// disk that cannot tell has data everywhere.
+func (v *View) Allocation(off, limit int64) (bool, int64, error) {
+	for _, s := range v.segs {
+		if off >= s.Size {
+			off -= s.Size
+			continue
+		}
+		limit = min(limit, s.Size-off)
+		if a, ok := v.d.(allocator); ok {
+			return a.Allocation(s.Start+off, limit)
+		}
+		return true, limit, nil
+	}
+	return false, 0, io.EOF
+}

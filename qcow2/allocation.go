@@ -1,0 +1,73 @@
+package qcow2
+
+import (
+	"errors"
+	"fmt"
+
+	"golang.org/x/sys/unix"
+)
+
+// Allocation reports whether the guest bytes from off on hold data or are
+// a hole, and for how many bytes (at most limit) that holds. A hole is
+// what reads as zeros by the metadata alone: unallocated in every image of
+// the chain (or past a shorter backing file), or a zero cluster. Data is
+// anything stored, zeros included. It is what lseek's SEEK_DATA and
+// SEEK_HOLE, and a sparse copy, need.
+func (img *Image) Allocation(off, limit int64) (data bool, n int64, err error) {
+	if off < 0 || off >= img.size || limit <= 0 {
+		return false, 0, fmt.Errorf("allocation at %d: outside the disk (%d bytes)", off, img.size)
+	}
+	e, err := img.lookup(off, min(limit, img.size-off))
+	if err != nil {
+		return false, 0, fmt.Errorf("%s: guest offset %#x: %w", img.path, off, err)
+	}
+	switch e.kind {
+	case extentZero:
+		return false, e.n, nil
+	case extentBacking:
+		return allocationBelow(img.backing, off, e.n)
+	}
+	return true, e.n, nil
+}
+
+// allocator is a disk that can tell data from holes: an image, or a raw
+// backing file.
+type allocator interface {
+	Allocation(off, limit int64) (bool, int64, error)
+}
+
+// allocationBelow asks the backing disk about an unallocated range: past
+// its end, or without one, the range is a hole.
+func allocationBelow(backing Disk, off, n int64) (bool, int64, error) {
+	if backing == nil || off >= backing.Size() {
+		return false, n, nil
+	}
+	n = min(n, backing.Size()-off)
+	if a, ok := backing.(allocator); ok {
+		return a.Allocation(off, n)
+	}
+	return true, n, nil
+}
+
+// Allocation asks the file system holding a raw backing file where its
+// data and holes are.
+func (r *rawDisk) Allocation(off, limit int64) (bool, int64, error) {
+	limit = min(limit, r.size-off)
+	fd := int(r.f.Fd())
+	next, err := unix.Seek(fd, off, unix.SEEK_DATA)
+	switch {
+	case errors.Is(err, unix.ENXIO):
+		return false, limit, nil // no data from off to the end of the file
+	case errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EOPNOTSUPP):
+		return true, limit, nil // a file system without holes
+	case err != nil:
+		return false, 0, fmt.Errorf("%s: finding data at %d: %w", r.f.Name(), off, err)
+	case next > off:
+		return false, min(limit, next-off), nil
+	}
+	end, err := unix.Seek(fd, off, unix.SEEK_HOLE)
+	if err != nil {
+		return false, 0, fmt.Errorf("%s: finding a hole at %d: %w", r.f.Name(), off, err)
+	}
+	return true, min(limit, end-off), nil
+}

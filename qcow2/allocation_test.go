@@ -1,0 +1,97 @@
+package qcow2_test
+
+import (
+	"encoding/json"
+	"path/filepath"
+	"testing"
+
+	"github.com/qcowmount/qcowmount/qcow2"
+	"github.com/qcowmount/qcowmount/qcow2/qemutest"
+)
+
+// qemuMap is where `qemu-img map` says the guest's data is: the oracle
+// for holes. A range is a hole where QEMU says it holds no data.
+func qemuMap(t *testing.T, image string) func(off int64) bool {
+	t.Helper()
+	var ranges []struct {
+		Start, Length int64
+		Data          bool
+	}
+	if err := json.Unmarshal([]byte(qemutest.Run(t, "qemu-img", "map", "--output=json", image)), &ranges); err != nil {
+		t.Fatal(err)
+	}
+	return func(off int64) bool {
+		for _, r := range ranges {
+			if off >= r.Start && off < r.Start+r.Length {
+				return r.Data
+			}
+		}
+		t.Fatalf("qemu-img map says nothing of offset %d", off)
+		return false
+	}
+}
+
+// TestAllocationMatchesQemuImgMap walks the allocation of images of every
+// kind and checks each run against qemu-img map, byte range by range.
+func TestAllocationMatchesQemuImgMap(t *testing.T) {
+	qemutest.Require(t, "qemu-img", "qemu-io")
+	tests := []struct {
+		name  string
+		build func(t *testing.T, dir string) string
+	}{
+		{"data, zero clusters and holes", func(t *testing.T, dir string) string {
+			p := filepath.Join(dir, "img.qcow2")
+			qemutest.Create(t, p, "qcow2", "4M")
+			qemutest.IO(t, p, "write -P 1 0 64k", "write -z 128k 64k", "write -P 2 1M 4k", "write -P 0 2M 64k")
+			return p
+		}},
+		{"compressed", func(t *testing.T, dir string) string {
+			p := filepath.Join(dir, "img.qcow2")
+			qemutest.Create(t, p, "qcow2", "4M")
+			qemutest.IO(t, p, "write -c -P 1 0 64k", "write -c -P 2 1M 64k")
+			return p
+		}},
+		{"three-level chain with subclusters", func(t *testing.T, dir string) string {
+			top, _, _ := qemutest.ThreeLevelChain(t, dir)
+			return top
+		}},
+		{"sparse raw backing file", func(t *testing.T, dir string) string {
+			base := filepath.Join(dir, "base.raw")
+			qemutest.WriteFile(t, base, 1<<20, qemutest.Pattern(4, 64<<10))
+			qemutest.WriteFile(t, base, 3<<20-4096, qemutest.Pattern(5, 4096))
+			top := filepath.Join(dir, "top.qcow2")
+			qemutest.Create(t, top, "qcow2", "5M", "backing_file=base.raw", "backing_fmt=raw")
+			qemutest.IO(t, top, "write -P 3 2M 64k")
+			return top
+		}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			image := tc.build(t, t.TempDir())
+			isData := qemuMap(t, image)
+			img, err := qcow2.Open(image, qcow2.Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer img.Close()
+			runs := 0
+			for off := int64(0); off < img.Size(); runs++ {
+				data, n, err := img.Allocation(off, img.Size()-off)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if n <= 0 {
+					t.Fatalf("Allocation(%d) made no progress", off)
+				}
+				// Every 512-byte sector of the run, as QEMU sees it.
+				for s := off; s < off+n; s += 512 {
+					if isData(s) != data {
+						t.Fatalf("offset %d: data %v, qemu-img map says %v", s, data, isData(s))
+					}
+				}
+				off += n
+			}
+			t.Logf("%d runs", runs)
+		})
+	}
+}

@@ -15,6 +15,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/qcowmount/qcowmount/qcow2"
+	"github.com/qcowmount/qcowmount/qcow2/guest"
 	"github.com/urfave/cli/v2"
 )
 
@@ -52,6 +53,11 @@ func infoAction(c *cli.Context) error {
 	}
 	defer img.Close()
 	out := bufio.NewWriter(os.Stdout)
+	layout, err := guest.Scan(img)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "qcowmount: warning: reading the guest's partition table:", printable(err.Error()))
+		layout = nil
+	}
 	// One image at a time: only one snapshot list is in memory at once.
 	layers := img.Chain()
 	if c.Bool("json") && !c.Bool("backing-chain") {
@@ -65,6 +71,12 @@ func infoAction(c *cli.Context) error {
 		if i == 0 && chainErr != nil {
 			in.BackingError = chainErr.Error()
 		}
+		// The guest's layout belongs to the disk the chain makes: it
+		// goes with the top image.
+		g := layout
+		if i > 0 {
+			g = nil
+		}
 		switch {
 		case !c.Bool("json"):
 			if i > 0 {
@@ -72,7 +84,7 @@ func infoAction(c *cli.Context) error {
 			}
 			writeInfo(out, in)
 		case !c.Bool("backing-chain"):
-			err = writeInfoJSON(out, in, "")
+			err = writeInfoJSON(out, in, g, "")
 			fmt.Fprintln(out)
 		default:
 			sep := ",\n    "
@@ -80,7 +92,7 @@ func infoAction(c *cli.Context) error {
 				sep = "[\n    "
 			}
 			fmt.Fprint(out, sep)
-			err = writeInfoJSON(out, in, "    ")
+			err = writeInfoJSON(out, in, g, "    ")
 		}
 		if err != nil {
 			return err
@@ -89,16 +101,65 @@ func infoAction(c *cli.Context) error {
 	if c.Bool("json") && c.Bool("backing-chain") {
 		fmt.Fprintln(out, "\n]")
 	}
+	if !c.Bool("json") && layout != nil {
+		fmt.Fprintln(out)
+		writeLayout(out, layout)
+	}
 	return out.Flush()
+}
+
+// writeLayout prints what lies inside the guest disk: partitions, LVM
+// volumes, file systems, and what was left out.
+func writeLayout(w io.Writer, l *guest.Layout) {
+	fsText := func(fs guest.FileSystem) string {
+		s := fs.Type
+		if fs.Label != "" {
+			s += fmt.Sprintf(" label %q", fs.Label)
+		}
+		if fs.UUID != "" {
+			s += " UUID " + fs.UUID
+		}
+		return printable(s)
+	}
+	switch {
+	case l.Table != "":
+		fmt.Fprintf(w, "Guest disk: %s partition table\n", strings.ToUpper(l.Table))
+		fmt.Fprintf(w, "%-4s %-8s %14s %10s  %-22s %-16s %s\n", "#", "FILE", "START", "SIZE", "TYPE", "NAME", "FILE SYSTEM")
+		for _, p := range l.Partitions {
+			fmt.Fprintf(w, "%-4d %-8s %14d %10s  %-22s %-16s %s\n", p.Number, p.FileName(), p.Start, humanSize(p.Size),
+				printable(p.Type), printable(p.Name), fsText(p.FS))
+		}
+	case l.FS.Type != "":
+		fmt.Fprintf(w, "Guest disk: no partition table; the whole disk holds %s\n", fsText(l.FS))
+	default:
+		fmt.Fprintln(w, "Guest disk: no partition table or file system recognised")
+	}
+	if len(l.Volumes) > 0 {
+		fmt.Fprintln(w, "LVM volumes:")
+		for _, v := range l.Volumes {
+			what := fsText(v.FS)
+			name := v.FileName()
+			if v.Unreadable != "" {
+				name, what = "(not exposed)", "not exposed: "+printable(v.Unreadable)
+			}
+			fmt.Fprintf(w, "    %-24s %-20s %10s  %s\n", printable(v.VG+"/"+v.Name), printable(name), humanSize(v.Size), what)
+		}
+	}
+	for _, p := range l.Problems {
+		fmt.Fprintln(w, "problem:", printable(p))
+	}
 }
 
 // writeInfoJSON writes in as indented JSON, each line after the first
 // starting with prefix. The snapshot list, which can hold 65536 entries,
 // is written one entry at a time rather than built whole in memory.
-func writeInfoJSON(w io.Writer, in qcow2.Info, prefix string) error {
+func writeInfoJSON(w io.Writer, in qcow2.Info, g *guest.Layout, prefix string) error {
 	snaps := in.Snapshots
 	in.Snapshots = nil
-	b, err := json.MarshalIndent(in, prefix, "    ")
+	b, err := json.MarshalIndent(struct {
+		qcow2.Info
+		Guest *guest.Layout `json:"guest,omitempty"`
+	}{in, g}, prefix, "    ")
 	if err != nil {
 		return err
 	}

@@ -22,12 +22,12 @@ type Disk interface {
 
 // A Partition is an entry of the partition table.
 type Partition struct {
-	Number int    // as the kernel numbers it: the GPT slot, or MBR 1-4 and logical 5 on
-	Start  int64  // in bytes from the start of the disk
-	Size   int64  // in bytes
-	Type   string // the type by name, or its GUID / hex code
-	Name   string // the GPT partition name, if any
-	FS     FileSystem
+	Number int        `json:"number"` // as the kernel numbers it: the GPT slot, or MBR 1-4 and logical 5 on
+	Start  int64      `json:"start"`  // in bytes from the start of the disk
+	Size   int64      `json:"size"`   // in bytes
+	Type   string     `json:"type"`   // by name, or its GUID / hex code
+	Name   string     `json:"name,omitempty"`
+	FS     FileSystem `json:"file-system"`
 }
 
 // FileName is the name the partition's file takes beside disk.raw.
@@ -35,13 +35,13 @@ func (p Partition) FileName() string { return fmt.Sprintf("p%d.raw", p.Number) }
 
 // Layout is what Scan found on a disk.
 type Layout struct {
-	Table      string // "gpt", "mbr", or "" for none
-	Partitions []Partition
-	Volumes    []Volume // LVM2 logical volumes
-	FS         FileSystem
+	Table      string      `json:"partition-table,omitempty"` // "gpt", "mbr", or "" for none
+	Partitions []Partition `json:"partitions,omitempty"`
+	Volumes    []Volume    `json:"lvm-volumes,omitempty"`
+	FS         FileSystem  `json:"file-system"` // of the whole disk, when it has no table
 	// Problems lists what was left out and why: damaged tables and
 	// entries, volumes that cannot be exposed.
-	Problems []string
+	Problems []string `json:"problems,omitempty"`
 }
 
 // sectorSize is the logical sector size partition tables are read with;

@@ -52,16 +52,14 @@ func scan(t *testing.T, path string) *guest.Layout {
 func newDisk(t *testing.T, size int64, script string) string {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "disk.raw")
-	if err := os.Truncate(qemutest.Touch(t, path), size); err != nil {
-		t.Fatal(err)
-	}
-	if script != "" {
-		cmd := exec.Command("sfdisk", "-q", path)
-		cmd.Stdin = strings.NewReader(script)
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("sfdisk: %v: %s", err, out)
+	if script == "" {
+		if err := os.Truncate(qemutest.Touch(t, path), size); err != nil {
+			t.Fatal(err)
 		}
+		return path
 	}
+	qemutest.Require(t, "sfdisk")
+	qemutest.Sfdisk(t, path, size, script)
 	return path
 }
 
@@ -356,14 +354,7 @@ func FuzzScan(f *testing.F) {
 			break
 		}
 		path := filepath.Join(f.TempDir(), "seed")
-		if err := os.Truncate(qemutest.Touch(f, path), 64<<10); err != nil {
-			f.Fatal(err)
-		}
-		cmd := exec.Command("sfdisk", "-q", path)
-		cmd.Stdin = strings.NewReader(script)
-		if out, err := cmd.CombinedOutput(); err != nil {
-			f.Fatalf("sfdisk: %v: %s", err, out)
-		}
+		qemutest.Sfdisk(f, path, 64<<10, script)
 		b, err := os.ReadFile(path)
 		if err != nil {
 			f.Fatal(err)

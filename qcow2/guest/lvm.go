@@ -3,6 +3,7 @@ package guest
 import (
 	"encoding/binary"
 	"fmt"
+	"math"
 	"sort"
 	"strings"
 )
@@ -33,19 +34,20 @@ type pvArea struct {
 // segments, on physical volumes of this disk) can be read; others are
 // listed with the reason they cannot.
 type Volume struct {
-	VG, Name string
-	Size     int64
-	Segments []Segment // where its bytes lie on the disk, in order
+	VG       string    `json:"vg"`
+	Name     string    `json:"name"`
+	Size     int64     `json:"size"`
+	Segments []Segment `json:"segments,omitempty"` // where its bytes lie on the disk, in order
 	// Unreadable says why the volume is not exposed (thin, raid, ...);
 	// empty for a linear volume.
-	Unreadable string
-	FS         FileSystem
+	Unreadable string     `json:"unreadable,omitempty"`
+	FS         FileSystem `json:"file-system"`
 }
 
 // Segment is a run of a volume's bytes on the disk.
 type Segment struct {
-	Start int64 // on the disk
-	Size  int64
+	Start int64 `json:"start"` // on the disk
+	Size  int64 `json:"size"`
 }
 
 // FileName is the name the volume's file takes, as device-mapper names it
@@ -193,9 +195,9 @@ func (l *Layout) addVolumes(d Disk, vg *vgMetadata, pvs []pv) error {
 			}
 		}
 	}
+	extent := vg.extentSectors * sectorSize
 	for _, lv := range vg.lvs {
-		v := Volume{VG: vg.name, Name: lv.name}
-		v.Unreadable = lv.unreadable
+		v := Volume{VG: vg.name, Name: lv.name, Unreadable: lv.unreadable}
 		for _, seg := range lv.segments {
 			if v.Unreadable != "" {
 				break
@@ -205,11 +207,22 @@ func (l *Layout) addVolumes(d Disk, vg *vgMetadata, pvs []pv) error {
 				v.Unreadable = fmt.Sprintf("segment on %s, which is not on this disk", seg.pv)
 				break
 			}
-			extent := vg.extentSectors * sectorSize
-			pvStart := vg.peStart[seg.pv] * sectorSize
-			s := Segment{Start: p.area.start + pvStart + seg.pvExtent*extent, Size: seg.extents * extent}
-			if s.Size <= 0 || pvStart+seg.pvExtent*extent+s.Size > p.area.size || s.Start+s.Size > d.Size() {
+			// Every count is checked against the PV's size before it
+			// is multiplied, so nothing here can overflow.
+			fits := func(n int64) bool { return n >= 0 && n <= p.area.size/extent }
+			pvStart := vg.peStart[seg.pv]
+			if pvStart > p.area.size/sectorSize || !fits(seg.pvExtent) || !fits(seg.extents) || seg.extents == 0 {
+				v.Unreadable = fmt.Sprintf("a segment on %s lies outside it", seg.pv)
+				break
+			}
+			inPV := pvStart*sectorSize + seg.pvExtent*extent
+			s := Segment{Start: p.area.start + inPV, Size: seg.extents * extent}
+			if inPV > p.area.size-s.Size {
 				v.Unreadable = fmt.Sprintf("segment [%d, %+d) lies outside its physical volume", s.Start, s.Size)
+				break
+			}
+			if v.Size > math.MaxInt64-s.Size {
+				v.Unreadable = "segments add up to more than 2^63 bytes"
 				break
 			}
 			v.Segments = append(v.Segments, s)
@@ -227,6 +240,7 @@ func (l *Layout) addVolumes(d Disk, vg *vgMetadata, pvs []pv) error {
 			}
 		}
 		if v.Unreadable != "" {
+			v.Segments, v.Size = nil, min(lv.extents, math.MaxInt64/extent)*extent
 			l.problem("LVM volume %s/%s is not exposed: %s", v.VG, v.Name, v.Unreadable)
 		}
 		l.Volumes = append(l.Volumes, v)
@@ -249,6 +263,7 @@ type vgMetadata struct {
 
 type lvMetadata struct {
 	name       string
+	extents    int64 // in all its segments, of any type
 	segments   []segMetadata
 	unreadable string
 }
@@ -307,6 +322,11 @@ func parseMetadata(text string) (*vgMetadata, error) {
 			lv.unreadable = fmt.Sprintf("%d segments", len(segs))
 		}
 		sort.Slice(segs, func(i, j int) bool { return segs[i].int("start_extent") < segs[j].int("start_extent") })
+		for _, c := range segs {
+			if n := c.int("extent_count"); n > 0 && lv.extents <= math.MaxInt64-n {
+				lv.extents += n
+			}
+		}
 		next := int64(0)
 		for _, c := range segs {
 			if lv.unreadable != "" {

@@ -68,18 +68,20 @@ func sha(b []byte) string {
 }
 
 // attach sets up a read-only loop device with partitions for file and
-// returns the device; partx adds the partitions where losetup -P does not.
+// returns the device. losetup -P makes no partition devices on some
+// kernels, and partitions that partx added stay behind after losetup -d:
+// this loop device may carry a /dev/loopNp1 of an earlier disk, which
+// partx -u would keep where this disk has no such partition. So: delete
+// whatever is there, then add this disk's partitions.
 func attach(t *testing.T, file string) string {
 	t.Helper()
-	loop := strings.TrimSpace(sh(t, "losetup", "-r", "-P", "--show", "-f", file))
+	loop := strings.TrimSpace(sh(t, "losetup", "-r", "--show", "-f", file))
 	t.Cleanup(func() {
 		exec.Command("partx", "-d", loop).Run()
 		sh(t, "losetup", "-d", loop)
 	})
-	time.Sleep(100 * time.Millisecond)
-	if _, err := os.Stat(loop + "p1"); err != nil {
-		sh(t, "partx", "-a", loop)
-	}
+	exec.Command("partx", "-d", loop).Run() // fails where there is nothing to delete
+	sh(t, "partx", "-a", loop)
 	waitFor(t, loop+"p1", 5*time.Second, func() bool { _, err := os.Stat(loop + "p1"); return err == nil })
 	return loop
 }

@@ -251,22 +251,22 @@ func unmountOnSignal(sigs <-chan os.Signal, server *fuse.Server, mountpoint stri
 	}
 }
 
-// holders lists the loop devices whose backing file is our disk.raw, the
-// usual reason an unmount is refused.
+// holders lists the loop devices whose backing file is one of the mount's
+// files (disk.raw, a partition, a volume), the usual reason an unmount is
+// refused.
 func holders(mountpoint string) []string {
 	abs, _ := filepath.Abs(mountpoint)
-	want := filepath.Join(abs, fusefs.DiskName)
 	files, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
 	var out []string
 	for _, f := range files {
 		b, err := os.ReadFile(f)
-		if err == nil && strings.TrimSpace(string(b)) == want {
+		if err == nil && filepath.Dir(strings.TrimSpace(string(b))) == abs {
 			dev := filepath.Base(filepath.Dir(filepath.Dir(f)))
 			out = append(out, "losetup -d /dev/"+dev)
 		}
 	}
 	if len(out) == 0 {
-		out = append(out, "whatever holds "+want+" open (see fuser -m "+mountpoint+")")
+		out = append(out, "whatever holds its files open (see fuser -m "+mountpoint+")")
 	}
 	return out
 }

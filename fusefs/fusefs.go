@@ -89,9 +89,8 @@ func Mount(mountpoint string, files []File, opts Options) (*fuse.Server, error) 
 		DirectMount:   true,
 		Debug:         opts.Debug,
 	}
-	if opts.Debug {
-		mo.Logger = zap.NewStdLog(log)
-	}
+	// go-fuse's own messages go to our log, in its format, not to stderr.
+	mo.Logger = zap.NewStdLog(log)
 	for _, o := range opts.MountOptions {
 		switch key, val, _ := strings.Cut(o, "="); key {
 		case "allow_other":

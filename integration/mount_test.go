@@ -121,29 +121,35 @@ func TestBadInvocationsFailCleanly(t *testing.T) {
 	aFile := filepath.Join(dir, "a-file")
 	os.WriteFile(aFile, nil, 0o644)
 	busy := mountImage(t, good)
+	vmdk := filepath.Join(dir, "disk.vmdk")
+	qemutest.Create(t, vmdk, "vmdk", "1M")
 	tests := []struct {
 		name string
 		args func(mnt string) []string
 		msg  string
+		code int
 	}{
-		{"no arguments", func(string) []string { return nil }, "need IMAGE and MOUNTPOINT"},
-		{"one argument", func(string) []string { return []string{good} }, "need IMAGE and MOUNTPOINT"},
-		{"missing image", func(m string) []string { return []string{filepath.Join(dir, "nope.qcow2"), m} }, "no such file"},
-		{"not an image", func(m string) []string { return []string{notImage, m} }, "magic at offset 0x0"},
-		{"truncated in the L1 table", func(m string) []string { return []string{truncated, m} }, "l1_table_offset"},
-		{"missing mountpoint", func(string) []string { return []string{good, filepath.Join(dir, "nodir")} }, "mountpoint"},
-		{"mountpoint is a file", func(string) []string { return []string{good, aFile} }, "not a directory"},
-		{"mountpoint already mounted", func(string) []string { return []string{good, busy} }, "already a mount point"},
-		{"unknown snapshot", func(m string) []string { return []string{"--snapshot", "nope", good, m} }, `no snapshot "nope"`},
-		{"unknown flag", func(m string) []string { return []string{"--frobnicate", good, m} }, "frobnicate"},
-		{"rw option", func(m string) []string { return []string{"-o", "rw", good, m} }, "read-only"},
+		{"no arguments", func(string) []string { return nil }, "need IMAGE and MOUNTPOINT", 2},
+		{"one argument", func(string) []string { return []string{good} }, "need IMAGE and MOUNTPOINT", 2},
+		{"missing image", func(m string) []string { return []string{filepath.Join(dir, "nope.qcow2"), m} }, "no such file", 3},
+		{"not an image", func(m string) []string { return []string{notImage, m} }, "magic at offset 0x0", 3},
+		{"a VMDK image", func(m string) []string { return []string{vmdk, m} }, "VMware VMDK image, not qcow2", 3},
+		{"a directory as the image", func(m string) []string { return []string{dir, m} }, "is a directory, not an image file", 3},
+		{"truncated in the L1 table", func(m string) []string { return []string{truncated, m} }, "l1_table_offset", 3},
+		{"missing mountpoint", func(string) []string { return []string{good, filepath.Join(dir, "no dir")} }, "create it with mkdir -p '" + dir + "/no dir'", 4},
+		{"mountpoint is a file", func(string) []string { return []string{good, aFile} }, "is a regular file, not a directory", 4},
+		{"mountpoint already mounted", func(string) []string { return []string{good, busy} }, "already a mount point: unmount it first (qcowmount umount", 4},
+		{"unknown snapshot", func(m string) []string { return []string{"--snapshot", "nope", good, m} }, `no snapshot "nope"`, 3},
+		{"unknown flag", func(m string) []string { return []string{"--frobnicate", good, m} }, "frobnicate", 2},
+		{"cache size zero", func(m string) []string { return []string{good, m, "--l2-cache-size", "0"} }, "--l2-cache-size: 0 bytes is outside 4 KiB..1 TiB", 2},
+		{"cache size not a size", func(m string) []string { return []string{good, m, "-o", "cluster_cache_size=lots"} }, `"lots" is not a size`, 2},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			mnt := t.TempDir()
 			out, code := run(t, tc.args(mnt)...)
-			if code == 0 {
-				t.Fatalf("exit 0; output %q", out)
+			if code != tc.code {
+				t.Fatalf("exit %d, want %d; output %q", code, tc.code, out)
 			}
 			if !strings.Contains(out, tc.msg) {
 				t.Fatalf("output %q does not say %q", out, tc.msg)

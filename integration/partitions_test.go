@@ -215,13 +215,6 @@ func TestRootlessFlow(t *testing.T) {
 	}
 	uid, _ := strconv.Atoi(u.Uid)
 	gid, _ := strconv.Atoi(u.Gid)
-	// Debian ships /dev/fuse open to all (0666); this machine has 0600.
-	if st, err := os.Stat("/dev/fuse"); err == nil && st.Mode().Perm() != 0o666 {
-		if err := os.Chmod("/dev/fuse", 0o666); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { os.Chmod("/dev/fuse", st.Mode().Perm()) })
-	}
 	raw, sums := guestDisk(t, t.TempDir())
 	home := u.HomeDir
 	image := filepath.Join(home, "guest.qcow2")
@@ -249,6 +242,26 @@ func TestRootlessFlow(t *testing.T) {
 	if out, err := as("mkdir", q, g); err != nil {
 		t.Fatalf("mkdir: %v: %s", err, out)
 	}
+	// fusermount's reasons reach the user, with what to do.
+	refused := func(what, want string, args ...string) {
+		t.Helper()
+		out, err := as(append([]string{binary}, args...)...)
+		if err == nil || !strings.Contains(out, want) || strings.Contains(out, "code 256") {
+			t.Errorf("%s: %v: output %q does not say %q", what, err, out, want)
+		}
+	}
+	// Debian ships /dev/fuse open to all (0666); this machine has 0600.
+	if st, err := os.Stat("/dev/fuse"); err == nil && st.Mode().Perm() != 0o666 {
+		refused("/dev/fuse closed to the user", "failed to open /dev/fuse: Permission denied: make /dev/fuse usable", image, q)
+		if err := os.Chmod("/dev/fuse", 0o666); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.Chmod("/dev/fuse", st.Mode().Perm()) })
+	}
+	if conf, _ := os.ReadFile("/etc/fuse.conf"); !bytes.Contains(conf, []byte("\nuser_allow_other")) && !bytes.HasPrefix(conf, []byte("user_allow_other")) {
+		refused("allow_other without user_allow_other", "add user_allow_other to /etc/fuse.conf", image, q, "-o", "allow_other")
+	}
+	refused("an option nobody knows", "unknown option", image, q, "-o", "frobnicate")
 	start := time.Now()
 	if out, err := as(binary, image, q); err != nil {
 		t.Fatalf("qcowmount as %s: %v: %s", name, err, out)

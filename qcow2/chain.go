@@ -68,6 +68,8 @@ func (c *chain) checkImageFile(f *os.File, allowDevices bool) error {
 	case mode&os.ModeDevice != 0 && mode&os.ModeCharDevice == 0 && allowDevices:
 	case mode&os.ModeDevice != 0 && mode&os.ModeCharDevice == 0:
 		return fmt.Errorf("%s is a block device: refused without --allow-devices", f.Name())
+	case mode.IsDir():
+		return fmt.Errorf("%s is a directory, not an image file", f.Name())
 	default:
 		return fmt.Errorf("%s is not a regular file (%s)", f.Name(), mode.Type())
 	}

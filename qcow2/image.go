@@ -177,6 +177,9 @@ func (c *chain) openQcow2(f *os.File, path string, depth int, snapshot string) (
 	if len(first) >= 8 && binary.BigEndian.Uint32(first) == Magic && binary.BigEndian.Uint32(first[4:]) == 1 {
 		return c.openQcow1(f, path, first, depth, snapshot)
 	}
+	if len(first) >= 4 && binary.BigEndian.Uint32(first) != Magic {
+		return nil, fmt.Errorf("%s: %w", path, notQcow(first, f, fileSize))
+	}
 	h, err := parseHeader(first, fileSize)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)

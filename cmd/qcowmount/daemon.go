@@ -1,13 +1,14 @@
 package main
 
 import (
-	"errors"
+	"bytes"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 )
 
@@ -32,25 +33,37 @@ func readyPipe() *os.File {
 	return os.NewFile(uintptr(fd), "ready")
 }
 
-// reportReady tells the starting command the outcome and returns err. In
-// the background process it also detaches from the terminal's streams.
-func reportReady(ready *os.File, err error) error {
+// The background process answers on the pipe with one line: "ok", then
+// notes for the user, or "fail CODE", then the error.
+
+// reportReady tells the starting command the outcome. In the background
+// process a failure becomes a quiet exit with the error's code (the
+// starting command prints it); on success the process lets go of the
+// stderr it shared with the starting command.
+func reportReady(ready *os.File, err error, notes ...string) error {
 	if ready == nil {
 		return err
 	}
-	msg := "ok"
+	msg := "ok\n" + strings.Join(notes, "\n")
 	if err != nil {
-		msg = err.Error()
+		msg = fmt.Sprintf("fail %d\n%s", exitCode(err), err)
 	}
 	_, werr := io.WriteString(ready, msg)
 	ready.Close()
 	if err != nil {
-		// The starting command prints it; exit quietly.
-		os.Exit(1)
+		return quietExit(exitCode(err))
+	}
+	if null, nerr := os.OpenFile(os.DevNull, os.O_WRONLY, 0); nerr == nil {
+		syscall.Dup2(int(null.Fd()), 2)
+		null.Close()
 	}
 	return werr
 }
 
+// startDaemon starts the background process and waits for its answer.
+// Its stderr comes back through a pipe: fusermount writes its reasons
+// there ("failed to open /dev/fuse: Permission denied"), and they go
+// into the error.
 func startDaemon() error {
 	exe, err := os.Executable()
 	if err != nil {
@@ -60,24 +73,48 @@ func startDaemon() error {
 	if err != nil {
 		return err
 	}
+	er, ew, err := os.Pipe()
+	if err != nil {
+		r.Close()
+		w.Close()
+		return err
+	}
 	cmd := exec.Command(exe, os.Args[1:]...)
 	cmd.Env = append(os.Environ(), readyFDEnv+"=3")
 	cmd.ExtraFiles = []*os.File{w}
+	cmd.Stderr = ew
+	// Its own session: it must not hold the caller's terminal. (It moves
+	// to / itself once mounted, having resolved its relative paths.)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
-		w.Close()
-		r.Close()
+		for _, f := range []*os.File{r, w, er, ew} {
+			f.Close()
+		}
 		return fmt.Errorf("starting the background process: %w", err)
 	}
 	w.Close()
+	ew.Close()
+	var stderr bytes.Buffer
+	var copied sync.WaitGroup
+	copied.Go(func() { io.Copy(&stderr, io.LimitReader(er, 64<<10)) })
 	msg, _ := io.ReadAll(r)
 	r.Close()
-	if string(msg) == "ok" {
+	status, rest, _ := strings.Cut(string(msg), "\n")
+	if status == "ok" {
+		// The pipe closes once the process has let go of stderr.
+		copied.Wait()
+		er.Close()
+		if rest = strings.TrimSpace(rest); rest != "" {
+			fmt.Fprintln(os.Stderr, "qcowmount:", rest)
+		}
 		return cmd.Process.Release()
 	}
 	werr := cmd.Wait()
-	if s := strings.TrimSpace(string(msg)); s != "" {
-		return errors.New(s)
+	copied.Wait()
+	er.Close()
+	code, err := strconv.Atoi(strings.TrimPrefix(status, "fail "))
+	if err != nil || strings.TrimSpace(rest) == "" {
+		return fmt.Errorf("the background process exited before the mount was ready (%v): %s", werr, strings.TrimSpace(stderr.String()))
 	}
-	return fmt.Errorf("%w (%v)", errNotReady, werr)
+	return exitError{code, explainFailure(rest, stderr.String())}
 }

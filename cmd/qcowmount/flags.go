@@ -1,6 +1,8 @@
 package main
 
 import (
+	"fmt"
+
 	"github.com/qcowmount/qcowmount/qcow2"
 	"github.com/urfave/cli/v2"
 )
@@ -18,29 +20,52 @@ func imageFlags() []cli.Flag {
 	}
 }
 
-func imageOptions(c *cli.Context) qcow2.Options {
-	return qcow2.Options{
-		Snapshot:         c.String("snapshot"),
-		NoBacking:        c.Bool("no-backing"),
-		BackingDir:       c.String("backing-dir"),
-		AllowAnyPath:     c.Bool("allow-any-backing-path"),
-		AllowDevices:     c.Bool("allow-devices"),
-		ForceShare:       c.Bool("force-share"),
-		L2CacheSize:      c.Int64("l2-cache-size"),
-		ClusterCacheSize: c.Int64("cluster-cache-size"),
+func imageOptions(c *cli.Context) (qcow2.Options, error) {
+	opts := qcow2.Options{
+		Snapshot:     c.String("snapshot"),
+		NoBacking:    c.Bool("no-backing"),
+		BackingDir:   c.String("backing-dir"),
+		AllowAnyPath: c.Bool("allow-any-backing-path"),
+		AllowDevices: c.Bool("allow-devices"),
+		ForceShare:   c.Bool("force-share"),
 	}
+	for _, f := range []struct {
+		name string
+		dst  *int64
+	}{{"l2-cache-size", &opts.L2CacheSize}, {"cluster-cache-size", &opts.ClusterCacheSize}} {
+		if !c.IsSet(f.name) {
+			continue
+		}
+		n, err := parseSize(c.String(f.name))
+		if err == nil && (n < minCacheSize || n > maxCacheSize) {
+			err = fmt.Errorf("%d bytes is outside %s..%s", n, humanSize(minCacheSize), humanSize(maxCacheSize))
+		}
+		if err != nil {
+			return opts, usageError{fmt.Errorf("--%s: %w", f.name, err)}
+		}
+		*f.dst = n
+	}
+	return opts, nil
 }
+
+// Cache budgets a user may ask for: below a few KiB nothing is cached,
+// and above a TiB it is surely a typo.
+const (
+	minCacheSize = 4 << 10
+	maxCacheSize = 1 << 40
+)
 
 func mountFlags() []cli.Flag {
 	return append(imageFlags(),
 		&cli.BoolFlag{Name: "foreground", Aliases: []string{"f"}, Usage: "stay in the foreground, logging to stderr"},
-		&cli.StringSliceFlag{Name: "o", Usage: "FUSE mount `OPTIONS`, comma separated: allow_other, default_permissions, uid=N, gid=N, ..."},
+		&cli.StringSliceFlag{Name: "o", Usage: "mount `OPTIONS`, comma separated: allow_other, default_permissions, uid=N, gid=N; our flags as keys (snapshot=NAME, backing_dir=DIR, force_share, log_file=F, ...); mount(8)'s (nofail, _netdev, noauto, user, ro, ...) are ignored"},
 		&cli.BoolFlag{Name: "no-partitions", Usage: "serve disk.raw alone: no file per partition or LVM volume"},
 		&cli.BoolFlag{Name: "debug", Usage: "log debug messages"},
 		&cli.BoolFlag{Name: "fuse-debug", Usage: "log every FUSE request"},
 		&cli.StringFlag{Name: "log-file", Usage: "background process logs to `FILE` (default: syslog)"},
 		&cli.StringFlag{Name: "cpu-profile", Usage: "write a Go CPU profile of the serving process to `FILE` until unmount"},
-		&cli.Int64Flag{Name: "l2-cache-size", Value: qcow2.DefaultL2CacheSize, Usage: "`BYTES` of L2 tables cached for the whole chain"},
-		&cli.Int64Flag{Name: "cluster-cache-size", Value: qcow2.DefaultClusterCacheSize, Usage: "`BYTES` of decompressed clusters cached"},
+		&cli.StringFlag{Name: "l2-cache-size", Value: "32M", Usage: "`SIZE` of L2 tables cached for the whole chain (bytes, or with K, M, G)"},
+		&cli.StringFlag{Name: "cluster-cache-size", Value: "16M", Usage: "`SIZE` of decompressed clusters cached (bytes, or with K, M, G)"},
+		&cli.StringFlag{Name: "pidfile", Usage: "write the serving process's pid to `FILE` (removed at unmount)"},
 	)
 }

@@ -22,10 +22,11 @@ import (
 func infoCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "info",
-		Usage:     "describe an image and its backing chain",
+		Usage:     "describe an image, its backing chain and the guest disk inside",
 		ArgsUsage: "IMAGE",
 		Flags: append(imageFlags(),
 			&cli.BoolFlag{Name: "json", Usage: "print JSON with qemu-img info's keys"},
+			&cli.StringFlag{Name: "output", Usage: "`FORMAT`: json or human, as qemu-img info --output"},
 			&cli.BoolFlag{Name: "backing-chain", Usage: "with --json, print an array: the image and every backing file"},
 		),
 		Action: infoAction,
@@ -33,10 +34,22 @@ func infoCommand() *cli.Command {
 }
 
 func infoAction(c *cli.Context) error {
-	if c.NArg() != 1 {
-		return fmt.Errorf("info takes one IMAGE, got %d arguments (see qcowmount info --help)", c.NArg())
+	switch c.String("output") {
+	case "", "human":
+	case "json":
+		if err := c.Set("json", "true"); err != nil {
+			return err
+		}
+	default:
+		return usageError{fmt.Errorf("--output %q: json or human", c.String("output"))}
 	}
-	opts := imageOptions(c)
+	if c.NArg() != 1 {
+		return usageError{fmt.Errorf("info takes one IMAGE, got %d arguments (see qcowmount info --help)", c.NArg())}
+	}
+	opts, err := imageOptions(c)
+	if err != nil {
+		return err
+	}
 	img, err := qcow2.Open(c.Args().First(), opts)
 	var chainErr error
 	if err != nil && !opts.NoBacking {
@@ -49,7 +62,7 @@ func infoAction(c *cli.Context) error {
 		}
 	}
 	if err != nil {
-		return err
+		return imageError{err}
 	}
 	defer img.Close()
 	out := bufio.NewWriter(os.Stdout)

@@ -1,11 +1,13 @@
 // Command qcowmount mounts a qcow2 image with FUSE as a directory holding
-// one read-only file, disk.raw: the guest disk, byte for byte what
-// `qemu-img convert -O raw` would write.
+// the guest disk, disk.raw, byte for byte what `qemu-img convert -O raw`
+// would write, and a file per partition and LVM volume inside it.
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
+	"strings"
 
 	"github.com/urfave/cli/v2"
 )
@@ -13,28 +15,108 @@ import (
 // version is set at build time with -ldflags "-X main.version=...".
 var version = "dev"
 
+// Exit codes, as the README and the man page list them.
+const (
+	exitFailure = 1 // anything not below
+	exitUsage   = 2 // the command line is wrong
+	exitImage   = 3 // the image or its chain cannot be opened
+	exitMount   = 4 // the mount cannot be made (mountpoint, FUSE, fusermount)
+	exitBusy    = 5 // umount: the mount is busy
+)
+
+// usageError, imageError and mountError say which exit code an error
+// gets; exitError carries one from the background process.
+type (
+	usageError struct{ error }
+	imageError struct{ error }
+	mountError struct{ error }
+	exitError  struct {
+		code int
+		error
+	}
+)
+
+func (e usageError) Unwrap() error { return e.error }
+func (e imageError) Unwrap() error { return e.error }
+func (e mountError) Unwrap() error { return e.error }
+func (e exitError) Unwrap() error  { return e.error }
+
+// quietExit is the error of a background process whose starting command
+// has already been told what went wrong.
+type quietExit int
+
+func (q quietExit) Error() string { return fmt.Sprintf("exit %d", int(q)) }
+
+func exitCode(err error) int {
+	var (
+		u usageError
+		i imageError
+		m mountError
+		x exitError
+		q quietExit
+	)
+	switch {
+	case errors.As(err, &q):
+		return int(q)
+	case errors.As(err, &x):
+		return x.code
+	case errors.As(err, &u):
+		return exitUsage
+	case errors.As(err, &i):
+		return exitImage
+	case errors.As(err, &m):
+		return exitMount
+	}
+	return exitFailure
+}
+
 func main() {
-	if err := newApp().Run(os.Args); err != nil {
-		fmt.Fprintln(os.Stderr, "qcowmount:", printable(err.Error()))
-		os.Exit(1)
+	app := newApp()
+	err := app.Run(interspersed(app, os.Args))
+	var q quietExit
+	switch {
+	case err == nil:
+	case errors.As(err, &q):
+		os.Exit(int(q))
+	default:
+		fmt.Fprintln(os.Stderr, "qcowmount:", printable(strings.TrimSpace(err.Error())))
+		os.Exit(exitCode(err))
 	}
 }
 
 func newApp() *cli.App {
+	cli.VersionFlag = &cli.BoolFlag{Name: "version", Aliases: []string{"V"}, Usage: "print the version"}
 	return &cli.App{
-		Name:      "qcowmount",
-		Usage:     "mount a qcow2 image read-only as MOUNTPOINT/disk.raw",
-		UsageText: "qcowmount [options] IMAGE MOUNTPOINT\nqcowmount info [--json] [--backing-chain] IMAGE",
-		Version:   version,
+		Name:  "qcowmount",
+		Usage: "mount a qcow2 image read-only: the guest disk, its partitions and LVM volumes as files",
+		UsageText: "qcowmount [options] IMAGE MOUNTPOINT [options]\n" +
+			"qcowmount info [--json] [--backing-chain] IMAGE\n" +
+			"qcowmount umount [--wait] MOUNTPOINT\n" +
+			"mount -t fuse.qcowmount IMAGE MOUNTPOINT -o ro[,OPTIONS]",
+		Version: version,
 		Description: "Mounts IMAGE with FUSE and returns once MOUNTPOINT/disk.raw is readable, leaving a\n" +
-			"background process serving it. Unmount with `fusermount -u MOUNTPOINT` or by\n" +
-			"sending SIGTERM to that process (it waits until nothing, such as a loop device,\n" +
-			"holds the mount).",
-		Flags:                mountFlags(),
-		Action:               mountAction,
-		Commands:             []*cli.Command{infoCommand()},
-		HideHelpCommand:      true,
-		EnableBashCompletion: false,
+			"background process serving it, with p1.raw, p2.raw, ... for the guest's partitions\n" +
+			"and VG-LV.raw for its LVM volumes. Unmount with `qcowmount umount MOUNTPOINT`.\n\n" +
+			"Exit codes: 0 success, 1 other failures, 2 usage, 3 the image or its chain cannot\n" +
+			"be opened, 4 the mount cannot be made, 5 umount: the mount is busy.",
+		Flags:    mountFlags(),
+		Action:   mountAction,
+		Commands: []*cli.Command{infoCommand(), umountCommand(), versionCommand()},
+		OnUsageError: func(c *cli.Context, err error, _ bool) error {
+			return usageError{err}
+		},
+		EnableBashCompletion: true,
 		ExitErrHandler:       func(*cli.Context, error) {}, // main prints errors once
+	}
+}
+
+func versionCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "version",
+		Usage: "print the version",
+		Action: func(c *cli.Context) error {
+			fmt.Printf("qcowmount version %s\n", version)
+			return nil
+		},
 	}
 }

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"os"
@@ -9,6 +8,7 @@ import (
 	"path/filepath"
 	"runtime/debug"
 	"runtime/pprof"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -26,7 +26,7 @@ func mountAction(c *cli.Context) error {
 		if c.NArg() == 0 {
 			cli.ShowAppHelp(c)
 		}
-		return fmt.Errorf("need IMAGE and MOUNTPOINT, got %d arguments (options go before them; see --help)", c.NArg())
+		return usageError{fmt.Errorf("need IMAGE and MOUNTPOINT, got %d arguments (see qcowmount --help)", c.NArg())}
 	}
 	if c.Bool("foreground") {
 		return serve(c, nil)
@@ -41,12 +41,20 @@ func mountAction(c *cli.Context) error {
 // not nil, is the pipe to the command that started this background process:
 // it gets "ok" once the mount is usable, or the error that stopped it.
 func serve(c *cli.Context, ready *os.File) (err error) {
-	image, mountpoint := c.Args().Get(0), c.Args().Get(1)
+	image := c.Args().Get(0)
+	mountpoint, err := filepath.Abs(c.Args().Get(1))
+	if err != nil {
+		return reportReady(ready, err)
+	}
 	// Catch signals from the start: one that arrives while mounting still
 	// unmounts once the mount is up.
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
-	log, err := newLogger(c, ready != nil)
+	fuseOpts, err := splitOptions(c)
+	if err != nil {
+		return reportReady(ready, err)
+	}
+	log, logNote, err := newLogger(c, ready != nil, mountpoint)
 	if err != nil {
 		return reportReady(ready, err)
 	}
@@ -59,14 +67,28 @@ func serve(c *cli.Context, ready *os.File) (err error) {
 		}
 		defer stop()
 	}
-	server, img, err := mount(c, image, mountpoint, log)
+	pidfile := c.String("pidfile")
+	if pidfile != "" {
+		if pidfile, err = filepath.Abs(pidfile); err == nil {
+			err = os.WriteFile(pidfile, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644)
+		}
+		if err != nil {
+			return reportReady(ready, fmt.Errorf("--pidfile: %w", err))
+		}
+		defer os.Remove(pidfile)
+	}
+	server, img, err := mount(c, image, mountpoint, fuseOpts, log)
 	if err != nil {
 		return reportReady(ready, err)
 	}
 	defer img.Close()
+	// Every path is absolute by now: let go of the caller's directory.
+	if err := os.Chdir("/"); err != nil {
+		log.Warn("cannot move to /", zap.Error(err))
+	}
 	log.Info("mounted", zap.String("image", img.Path()), zap.String("mountpoint", mountpoint),
 		zap.Int64("size", img.Size()), zap.Int("pid", os.Getpid()))
-	if err := reportReady(ready, nil); err != nil {
+	if err := reportReady(ready, nil, logNote); err != nil {
 		log.Warn("could not tell the starting command that the mount is ready", zap.Error(err))
 	}
 	go unmountOnSignal(sigs, server, mountpoint, log)
@@ -76,16 +98,20 @@ func serve(c *cli.Context, ready *os.File) (err error) {
 }
 
 // mount checks the mountpoint, opens the image and mounts it.
-func mount(c *cli.Context, image, mountpoint string, log *zap.Logger) (*fuse.Server, *qcow2.Image, error) {
+func mount(c *cli.Context, image, mountpoint string, fuseOpts []string, log *zap.Logger) (*fuse.Server, *qcow2.Image, error) {
 	if err := checkMountpoint(mountpoint); err != nil {
-		return nil, nil, err
+		return nil, nil, mountError{err}
 	}
-	if _, err := os.Stat("/dev/fuse"); err != nil {
-		return nil, nil, fmt.Errorf("/dev/fuse is missing: load the fuse module or install fuse3 (%v)", err)
+	if err := checkFUSEDevice(); err != nil {
+		return nil, nil, mountError{err}
 	}
-	img, err := qcow2.Open(image, imageOptions(c))
+	opts, err := imageOptions(c)
 	if err != nil {
 		return nil, nil, err
+	}
+	img, err := qcow2.Open(image, opts)
+	if err != nil {
+		return nil, nil, imageError{err}
 	}
 	// The caches are most of our memory: keep the heap near them instead
 	// of letting the garbage collector double it.
@@ -101,13 +127,13 @@ func mount(c *cli.Context, image, mountpoint string, log *zap.Logger) (*fuse.Ser
 	server, err := fusefs.Mount(mountpoint, diskFiles(img, !c.Bool("no-partitions"), log), fusefs.Options{
 		Source:       img.Path(),
 		ModTime:      st.ModTime(),
-		MountOptions: splitOptions(c.StringSlice("o")),
+		MountOptions: fuseOpts,
 		Log:          log,
 		Debug:        c.Bool("fuse-debug"),
 	})
 	if err != nil {
 		img.Close()
-		return nil, nil, fmt.Errorf("mounting on %s: %w", mountpoint, err)
+		return nil, nil, mountError{fmt.Errorf("mounting on %s: %w", shellQuote(mountpoint), err)}
 	}
 	return server, img, nil
 }
@@ -156,78 +182,106 @@ func startCPUProfile(path string) (func(), error) {
 	return func() { pprof.StopCPUProfile(); f.Close() }, nil
 }
 
-// splitOptions accepts both -o a,b and -o a -o b.
-func splitOptions(opts []string) []string {
-	var out []string
-	for _, o := range opts {
-		for _, s := range strings.Split(o, ",") {
-			if s = strings.TrimSpace(s); s != "" {
-				out = append(out, s)
-			}
-		}
-	}
-	return out
-}
-
+// checkMountpoint fails, naming the fix, unless mountpoint is a directory
+// that nothing is mounted on.
 func checkMountpoint(mountpoint string) error {
 	st, err := os.Stat(mountpoint)
-	if err != nil {
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return fmt.Errorf("mountpoint %s does not exist: create it with mkdir -p %s", shellQuote(mountpoint), shellQuote(mountpoint))
+	case err != nil:
 		return fmt.Errorf("mountpoint: %w", err)
+	case !st.IsDir():
+		return fmt.Errorf("mountpoint %s is a %s, not a directory", shellQuote(mountpoint), fileKind(st.Mode()))
 	}
-	if !st.IsDir() {
-		return fmt.Errorf("mountpoint %s is not a directory", mountpoint)
+	real := mountpoint
+	if r, err := filepath.EvalSymlinks(mountpoint); err == nil {
+		real = r
 	}
-	abs, err := filepath.Abs(mountpoint)
-	if err != nil {
-		return err
-	}
-	if real, err := filepath.EvalSymlinks(abs); err == nil {
-		abs = real
-	}
-	mounted, err := isMountpoint(abs)
+	mounted, err := isMountpoint(real)
 	if err != nil {
 		return err
 	}
 	if mounted {
-		return fmt.Errorf("%s is already a mount point: unmount it first (fusermount -u %s)", mountpoint, mountpoint)
+		return fmt.Errorf("%s is already a mount point: unmount it first (qcowmount umount %s)", shellQuote(mountpoint), shellQuote(mountpoint))
 	}
 	return nil
 }
 
-// isMountpoint reports whether dir is listed in /proc/self/mountinfo.
-func isMountpoint(dir string) (bool, error) {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return false, err
+// checkFUSEDevice fails, naming the fix, where /dev/fuse is missing.
+// Whether the user may use it is fusermount's to say: it is setuid, and
+// its reason reaches the user through explainFailure.
+func checkFUSEDevice() error {
+	if _, err := os.Stat("/dev/fuse"); err != nil {
+		return fmt.Errorf("/dev/fuse is missing: load the fuse module (modprobe fuse) or install fuse3 (%v)", err)
 	}
-	defer f.Close()
-	s := bufio.NewScanner(f)
-	s.Buffer(make([]byte, 64<<10), 1<<20)
-	for s.Scan() {
-		fields := strings.Fields(s.Text())
-		if len(fields) > 4 && unescapeMountinfo(fields[4]) == dir {
-			return true, nil
-		}
-	}
-	return false, s.Err()
+	return nil
 }
 
-// unescapeMountinfo undoes the octal escapes (\040 for a space) the kernel
-// writes in mountinfo paths.
-func unescapeMountinfo(s string) string {
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			var v byte
-			if _, err := fmt.Sscanf(s[i+1:i+4], "%03o", &v); err == nil {
-				b.WriteByte(v)
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
+// fileKind names a file's type for messages.
+func fileKind(m os.FileMode) string {
+	switch {
+	case m.IsRegular():
+		return "regular file"
+	case m&os.ModeSymlink != 0:
+		return "symbolic link"
+	case m&os.ModeDevice != 0:
+		return "device"
+	case m&os.ModeNamedPipe != 0:
+		return "FIFO"
+	case m&os.ModeSocket != 0:
+		return "socket"
 	}
-	return b.String()
+	return m.Type().String()
+}
+
+// shellQuote quotes a path for a command a user may paste.
+func shellQuote(s string) string {
+	safe := s != ""
+	for _, r := range s {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("/._-+,:@%=", r)) {
+			safe = false
+		}
+	}
+	if safe {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
+
+// explainFailure adds fusermount's own reason, which it prints on stderr,
+// to a failed mount's message, with what to do about it.
+func explainFailure(msg, stderr string) error {
+	var reasons []string
+	for _, line := range strings.Split(stderr, "\n") {
+		// "/usr/bin/fusermount3: failed to open /dev/fuse: ..."
+		prog, reason, ok := strings.Cut(strings.TrimSpace(line), ": ")
+		if ok && strings.HasPrefix(filepath.Base(prog), "fusermount") {
+			reasons = append(reasons, filepath.Base(prog)+": "+reason)
+		}
+	}
+	if len(reasons) == 0 {
+		return errors.New(strings.TrimSpace(msg))
+	}
+	reason := strings.Join(reasons, "; ")
+	hints := []struct{ match, fix string }{
+		{"failed to open /dev/fuse", "make /dev/fuse usable by your user (as root: chmod 0666 /dev/fuse), or mount as root"},
+		{"user_allow_other", "add user_allow_other to /etc/fuse.conf, or mount without -o allow_other"},
+		{"unknown option", "that -o option is neither qcowmount's, mount(8)'s nor FUSE's (see qcowmount --help)"},
+		{"not permitted", "you may only mount on a directory you own or may write to"},
+	}
+	for _, h := range hints {
+		if strings.Contains(reason, h.match) {
+			reason += ": " + h.fix
+			break
+		}
+	}
+	// go-fuse reports fusermount's wait status ("exited with code 256"),
+	// which says nothing: fusermount's reason replaces it.
+	if i := strings.Index(msg, "fusermount exited"); i >= 0 {
+		msg = msg[:i]
+	}
+	return errors.New(strings.TrimSpace(msg) + " " + reason)
 }
 
 // unmountOnSignal unmounts on SIGINT or SIGTERM. While the kernel refuses
@@ -242,7 +296,7 @@ func unmountOnSignal(sigs <-chan os.Signal, server *fuse.Server, mountpoint stri
 		}
 		if attempt == 0 {
 			log.Warn("cannot unmount yet: the mount is busy; still serving, will unmount once it is free",
-				zap.String("mountpoint", mountpoint), zap.Strings("detach_first", holders(mountpoint)), zap.Error(err))
+				zap.String("mountpoint", mountpoint), zap.Strings("release_first", holders(mountpoint)), zap.Error(err))
 		}
 		select {
 		case <-sigs:
@@ -251,28 +305,6 @@ func unmountOnSignal(sigs <-chan os.Signal, server *fuse.Server, mountpoint stri
 	}
 }
 
-// holders lists the loop devices whose backing file is one of the mount's
-// files (disk.raw, a partition, a volume), the usual reason an unmount is
-// refused.
-func holders(mountpoint string) []string {
-	abs, _ := filepath.Abs(mountpoint)
-	files, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
-	var out []string
-	for _, f := range files {
-		b, err := os.ReadFile(f)
-		if err == nil && filepath.Dir(strings.TrimSpace(string(b))) == abs {
-			dev := filepath.Base(filepath.Dir(filepath.Dir(f)))
-			out = append(out, "losetup -d /dev/"+dev)
-		}
-	}
-	if len(out) == 0 {
-		out = append(out, "whatever holds its files open (see fuser -m "+mountpoint+")")
-	}
-	return out
-}
-
 // memoryHeadroom is what the process needs beside its caches: FUSE request
 // buffers, decompression buffers, the runtime.
 const memoryHeadroom = 48 << 20
-
-var errNotReady = errors.New("background process exited before the mount was ready")

@@ -6,6 +6,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/urfave/cli/v2"
 	"testing"
 	"time"
 
@@ -14,17 +16,110 @@ import (
 
 func TestSplitOptions(t *testing.T) {
 	tests := []struct {
-		in   []string
-		want []string
+		in        []string
+		wantFUSE  []string
+		wantFlags map[string]string
+		wantErr   string
 	}{
-		{nil, nil},
-		{[]string{"allow_other"}, []string{"allow_other"}},
-		{[]string{"allow_other,uid=1000", "gid=5"}, []string{"allow_other", "uid=1000", "gid=5"}},
-		{[]string{" a , ,b"}, []string{"a", "b"}},
+		{nil, nil, nil, ""},
+		{[]string{"allow_other"}, []string{"allow_other"}, nil, ""},
+		{[]string{"allow_other,uid=1000", "gid=5"}, []string{"allow_other", "uid=1000", "gid=5"}, nil, ""},
+		{[]string{" a , ,b"}, []string{"a", "b"}, nil, ""},
+		{[]string{"ro,nofail,_netdev,noauto,user,x-systemd.automount,dev,nosuid,noexec,rw"}, nil, nil, ""},
+		{[]string{"ro,snapshot=before upgrade,backing_dir=/srv/base,force_share,allow_other"}, []string{"allow_other"},
+			map[string]string{"snapshot": "before upgrade", "backing-dir": "/srv/base", "force-share": "true"}, ""},
+		{[]string{"l2_cache_size=64M,log_file=/var/log/q.log,no_partitions"}, nil,
+			map[string]string{"l2-cache-size": "64M", "log-file": "/var/log/q.log", "no-partitions": "true"}, ""},
+		{[]string{"force_share=maybe"}, nil, nil, "-o force_share=maybe"},
 	}
 	for _, tc := range tests {
-		if got := splitOptions(tc.in); !slices.Equal(got, tc.want) {
-			t.Errorf("splitOptions(%q) = %q, want %q", tc.in, got, tc.want)
+		t.Run(strings.Join(tc.in, " "), func(t *testing.T) {
+			app := newApp()
+			app.Action = func(c *cli.Context) error {
+				got, err := splitOptions(c)
+				if tc.wantErr != "" {
+					if err == nil || !strings.Contains(err.Error(), tc.wantErr) || exitCode(err) != exitUsage {
+						t.Fatalf("error %v (exit %d), want usage error %q", err, exitCode(err), tc.wantErr)
+					}
+					return nil
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !slices.Equal(got, tc.wantFUSE) {
+					t.Errorf("FUSE options %q, want %q", got, tc.wantFUSE)
+				}
+				for flag, want := range tc.wantFlags {
+					if got := fmt.Sprint(c.Value(flag)); got != want {
+						t.Errorf("--%s = %q, want %q", flag, got, want)
+					}
+				}
+				return nil
+			}
+			args := []string{"qcowmount"}
+			for _, o := range tc.in {
+				args = append(args, "-o", o)
+			}
+			if err := app.Run(args); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+func TestInterspersed(t *testing.T) {
+	tests := []struct{ in, want string }{
+		{"qcowmount img mnt", "qcowmount -- img mnt"},
+		{"qcowmount img mnt -o allow_other", "qcowmount -o allow_other -- img mnt"},
+		{"qcowmount -f img -s snap1 mnt --debug", "qcowmount -f -s snap1 --debug -- img mnt"},
+		{"qcowmount img mnt -o ro,nofail --l2-cache-size=64M", "qcowmount -o ro,nofail --l2-cache-size=64M -- img mnt"},
+		{"qcowmount -- -odd-name mnt", "qcowmount -- -odd-name mnt"},
+		{"qcowmount info img --json", "qcowmount info --json -- img"},
+		{"qcowmount umount mnt --wait", "qcowmount umount --wait -- mnt"},
+		{"qcowmount --version", "qcowmount --version"},
+	}
+	for _, tc := range tests {
+		if got := strings.Join(interspersed(newApp(), strings.Fields(tc.in)), " "); got != tc.want {
+			t.Errorf("interspersed(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}
+
+func TestParseSize(t *testing.T) {
+	tests := map[string]int64{"65536": 65536, "64K": 64 << 10, "64KiB": 64 << 10, "32M": 32 << 20, "1G": 1 << 30, " 2 T": 2 << 40}
+	for in, want := range tests {
+		if got, err := parseSize(in); err != nil || got != want {
+			t.Errorf("parseSize(%q) = %d, %v, want %d", in, got, err, want)
+		}
+	}
+	for _, bad := range []string{"", "big", "1X", "-", "99999999999T"} {
+		if _, err := parseSize(bad); err == nil {
+			t.Errorf("parseSize(%q) did not fail", bad)
+		}
+	}
+}
+
+func TestShellQuote(t *testing.T) {
+	tests := map[string]string{"/mnt/q": "/mnt/q", "/mnt/my disk": "'/mnt/my disk'", "/it's": `'/it'\''s'`, "": "''"}
+	for in, want := range tests {
+		if got := shellQuote(in); got != want {
+			t.Errorf("shellQuote(%q) = %s, want %s", in, got, want)
+		}
+	}
+}
+
+func TestExplainFailure(t *testing.T) {
+	tests := []struct{ msg, stderr, want string }{
+		{"mounting on /m: fusermount exited with code 256\n", "fusermount3: failed to open /dev/fuse: Permission denied\n",
+			"mounting on /m: fusermount3: failed to open /dev/fuse: Permission denied: make /dev/fuse usable"},
+		{"mounting on /m: fusermount exited with code 256", "fusermount3: option allow_other only allowed if 'user_allow_other' is set in /etc/fuse.conf",
+			"add user_allow_other to /etc/fuse.conf"},
+		{"mounting on /m: fusermount exited with code 256", "fusermount3: unknown option 'bogus'", "neither qcowmount's"},
+		{"image: bad magic", "", "image: bad magic"},
+	}
+	for _, tc := range tests {
+		if got := explainFailure(tc.msg, tc.stderr).Error(); !strings.Contains(got, tc.want) || strings.Contains(got, "code 256") {
+			t.Errorf("explainFailure(%q, %q) = %q, want %q", tc.msg, tc.stderr, got, tc.want)
 		}
 	}
 }

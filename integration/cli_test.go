@@ -1,0 +1,168 @@
+package integration
+
+import (
+	"bytes"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/qcowmount/qcowmount/qcow2/qemutest"
+)
+
+// installForMount puts the binary where mount(8)'s helper finds it.
+// mount(8) runs mount.fuse3 without a PATH, so its /bin/sh looks in the
+// default one, /usr/local/sbin first: the test puts the binary there (and
+// puts back whatever was there), ahead of libqcow's /usr/bin/qcowmount.
+func installForMount(t *testing.T) {
+	t.Helper()
+	requireRoot(t)
+	qemutest.Require(t, "mount", "umount", "mount.fuse3")
+	dst := "/usr/local/sbin/qcowmount"
+	old, err := os.ReadFile(dst)
+	hadOld := err == nil
+	b, err := os.ReadFile(plainBinary(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(dst, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if hadOld {
+			os.WriteFile(dst, old, 0o755)
+		} else {
+			os.Remove(dst)
+		}
+	})
+}
+
+// TestMountHelperAndFstab: mount -t fuse.qcowmount and an fstab line,
+// with mount(8)'s own options (ignored) and ours as -o keys.
+func TestMountHelperAndFstab(t *testing.T) {
+	requireFUSE(t)
+	installForMount(t)
+	image, _ := filepath.Abs("../testdata/demo.qcow2")
+	want := qemutest.Raw(t, image)
+	t.Run("mount -t fuse.qcowmount", func(t *testing.T) {
+		mnt := t.TempDir()
+		sh(t, "mount", "-t", "fuse.qcowmount", image, mnt, "-o", "ro,allow_other")
+		t.Cleanup(func() { unmount(t, mnt) })
+		if got := strings.Join(mountedFiles(t, mnt), " "); got != "disk.raw p1.raw p2.raw" {
+			t.Fatalf("files %q", got)
+		}
+		cmpFiles(t, filepath.Join(mnt, "disk.raw"), want)
+	})
+	t.Run("fstab", func(t *testing.T) {
+		mnt := t.TempDir()
+		fstab := filepath.Join(t.TempDir(), "fstab")
+		line := image + " " + mnt + " fuse.qcowmount ro,nofail,_netdev,noauto,user,x-systemd.automount,allow_other,no_partitions 0 0\n"
+		if err := os.WriteFile(fstab, []byte(line), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		sh(t, "mount", "-T", fstab, mnt)
+		t.Cleanup(func() { unmount(t, mnt) })
+		if got := strings.Join(mountedFiles(t, mnt), " "); got != "disk.raw" {
+			t.Fatalf("files %q (no_partitions given)", got)
+		}
+		cmpFiles(t, filepath.Join(mnt, "disk.raw"), want)
+		sh(t, "umount", mnt)
+		if isMounted(mnt) {
+			t.Fatal("umount left the mount")
+		}
+	})
+}
+
+// TestOptionsAfterArguments: flags and -o anywhere, as other mount tools
+// take them; -- ends the flags.
+func TestOptionsAfterArguments(t *testing.T) {
+	requireFUSE(t)
+	image, _ := filepath.Abs("../testdata/demo.qcow2")
+	mnt := t.TempDir()
+	if out, code := run(t, image, mnt, "-o", "no_partitions", "--debug"); code != 0 {
+		t.Fatalf("exit %d: %s", code, out)
+	}
+	t.Cleanup(func() { unmount(t, mnt) })
+	if got := strings.Join(mountedFiles(t, mnt), " "); got != "disk.raw" {
+		t.Fatalf("files %q: -o no_partitions after the arguments was not taken", got)
+	}
+	if out, code := run(t, "umount", mnt); code != 0 || isMounted(mnt) {
+		t.Fatalf("qcowmount umount: exit %d: %s", code, out)
+	}
+}
+
+// TestUmountWhenBusy: with a partition file attached to a loop device
+// and mounted, umount says what holds the mount and how to release it
+// (exit 5); --wait unmounts once it is released.
+func TestUmountWhenBusy(t *testing.T) {
+	requireFUSE(t)
+	requireRoot(t)
+	image, _ := filepath.Abs("../testdata/demo.qcow2")
+	mnt := mountImage(t, image)
+	loop := strings.TrimSpace(sh(t, "losetup", "-r", "--show", "-f", filepath.Join(mnt, "p1.raw")))
+	guest := t.TempDir()
+	sh(t, "mount", "-t", "ext4", "-o", "ro,noload", loop, guest)
+	released := false
+	release := func() {
+		if !released {
+			sh(t, "umount", guest)
+			sh(t, "losetup", "-d", loop)
+			released = true
+		}
+	}
+	t.Cleanup(release)
+	out, code := run(t, "umount", mnt)
+	if code != 5 {
+		t.Fatalf("exit %d, want 5: %s", code, out)
+	}
+	for _, want := range []string{"is busy", "umount " + guest + " (ext4 from " + loop + ")", "losetup -d " + loop + " (on " + filepath.Join(mnt, "p1.raw") + ")", "--wait"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("umount output does not say %q:\n%s", want, out)
+		}
+	}
+	wait := exec.Command(bin, "umount", "--wait", mnt)
+	var waitOut bytes.Buffer
+	wait.Stdout, wait.Stderr = &waitOut, &waitOut
+	if err := wait.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(1500 * time.Millisecond)
+	if !isMounted(mnt) {
+		t.Fatal("umount --wait unmounted a busy mount")
+	}
+	release()
+	if err := wait.Wait(); err != nil {
+		t.Fatalf("umount --wait: %v: %s", err, waitOut.String())
+	}
+	if isMounted(mnt) || !strings.Contains(waitOut.String(), "waiting") {
+		t.Fatalf("after umount --wait: mounted %v, output %s", isMounted(mnt), waitOut.String())
+	}
+}
+
+// TestLogFileWithoutSyslog: where there is no /dev/log, the background
+// process says where it logs, and does.
+func TestLogFileWithoutSyslog(t *testing.T) {
+	requireFUSE(t)
+	if _, err := os.Stat("/dev/log"); err == nil {
+		t.Skip("this machine has syslog (/dev/log)")
+	}
+	image, _ := filepath.Abs("../testdata/demo.qcow2")
+	mnt := t.TempDir()
+	out, code := run(t, image, mnt)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, out)
+	}
+	t.Cleanup(func() { unmount(t, mnt) })
+	_, path, ok := strings.Cut(strings.TrimSpace(out), "no syslog here: logging to ")
+	if !ok {
+		t.Fatalf("the mount does not say where it logs: %q", out)
+	}
+	path = strings.Trim(path, "'")
+	t.Cleanup(func() { os.Remove(path) })
+	waitFor(t, "the log line", 5*time.Second, func() bool {
+		b, _ := os.ReadFile(path)
+		return bytes.Contains(b, []byte("mounted")) && bytes.Contains(b, []byte(mnt))
+	})
+}

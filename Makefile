@@ -12,7 +12,7 @@ TEST_PACKAGES := qemu-utils fuse3 e2fsprogs fdisk dosfstools mtools util-linux f
 # ... and the peers the benchmark measures us against.
 BENCH_PACKAGES := qemu-system-common libqcow-utils
 
-.PHONY: all build test deps vet lint unit integration demo install bench clean
+.PHONY: all build man test deps vet lint unit integration demo install bench clean
 
 all: build
 
@@ -62,8 +62,17 @@ bench: build
 	$(GO) test -run '^$$' -bench . -benchmem ./qcow2
 	$(GO) run ./integration/bench -out integration/bench/RESULTS.md $(BENCH_ARGS)
 
-install: build
+# man and completions come from the command line's own definition.
+man: build
+	bin/qcowmount man > bin/qcowmount.1
+
+install: man
 	install -D -m 0755 bin/qcowmount $(DESTDIR)$(PREFIX)/bin/qcowmount
+	install -D -m 0644 bin/qcowmount.1 $(DESTDIR)$(PREFIX)/share/man/man1/qcowmount.1
+	install -d $(DESTDIR)$(PREFIX)/share/bash-completion/completions $(DESTDIR)$(PREFIX)/share/zsh/site-functions $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d
+	bin/qcowmount completion bash > $(DESTDIR)$(PREFIX)/share/bash-completion/completions/qcowmount
+	bin/qcowmount completion zsh > $(DESTDIR)$(PREFIX)/share/zsh/site-functions/_qcowmount
+	bin/qcowmount completion fish > $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d/qcowmount.fish
 
 clean:
 	rm -rf bin

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -248,5 +249,49 @@ func TestInfoEscapesNames(t *testing.T) {
 	}
 	if !strings.Contains(out, `backing file: evil\x1b]0;pwned\a\x1b[2J.raw`) {
 		t.Fatalf("info does not show the escaped name: %s", out)
+	}
+}
+
+// TestInfoTextMatchesQemuImg: where the human output of info overlaps
+// qemu-img info's (the name as given, sizes, the snapshot table to the
+// space), it is the same text.
+func TestInfoTextMatchesQemuImg(t *testing.T) {
+	qemutest.Require(t, "qemu-img")
+	dir := t.TempDir()
+	image := filepath.Join(dir, "snap.qcow2")
+	qemutest.Create(t, image, "qcow2", "1000M")
+	for _, name := range []string{"first", "a snapshot name longer than the column"} {
+		qemutest.Run(t, "qemu-img", "snapshot", "-c", name, image)
+	}
+	runIn := func(name string, args ...string) string {
+		cmd := exec.Command(name, args...)
+		cmd.Dir = dir
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("%s %q: %v: %s", name, args, err, out)
+		}
+		return string(out)
+	}
+	ours, theirs := runIn(bin, "info", "snap.qcow2"), runIn("qemu-img", "info", "snap.qcow2")
+	section := func(out string) string {
+		var keep []string
+		in := false
+		for _, line := range strings.Split(out, "\n") {
+			switch {
+			case strings.HasPrefix(line, "image:"), strings.HasPrefix(line, "virtual size:"), strings.HasPrefix(line, "cluster_size:"):
+				keep = append(keep, line)
+			case line == "Snapshot list:":
+				in = true
+			case in && strings.HasPrefix(line, "Format specific"):
+				in = false
+			}
+			if in {
+				keep = append(keep, line)
+			}
+		}
+		return strings.Join(keep, "\n")
+	}
+	if got, want := section(ours), section(theirs); got != want {
+		t.Fatalf("ours:\n%s\nqemu-img:\n%s", got, want)
 	}
 }

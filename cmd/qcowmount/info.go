@@ -81,8 +81,12 @@ func infoAction(c *cli.Context) error {
 		if err != nil {
 			return err
 		}
-		if i == 0 && chainErr != nil {
-			in.BackingError = chainErr.Error()
+		if i == 0 {
+			// As qemu-img: the top image by the name it was given.
+			in.Filename = c.Args().First()
+			if chainErr != nil {
+				in.BackingError = chainErr.Error()
+			}
 		}
 		// The guest's layout belongs to the disk the chain makes: it
 		// goes with the top image.
@@ -227,12 +231,17 @@ func writeInfo(w io.Writer, in qcow2.Info) {
 		}
 	}
 	if len(in.Snapshots) > 0 {
+		// qemu-img's columns, to the space (bdrv_snapshot_dump).
 		fmt.Fprintln(w, "Snapshot list:")
-		fmt.Fprintf(w, "%-4s %-20s %10s %19s %15s %12s\n", "ID", "TAG", "VM SIZE", "DATE", "VM CLOCK", "DISK SIZE")
+		fmt.Fprintf(w, "%-10s%-17s%8s%20s%13s%11s\n", "ID", "TAG", "VM SIZE", "DATE", "VM CLOCK", "ICOUNT")
 		for _, sn := range in.Snapshots {
 			clock := time.Duration(sn.VMClockSec)*time.Second + time.Duration(sn.VMClockNsec)
-			fmt.Fprintf(w, "%-4s %-20s %10s %19s %15s %12s\n", printable(sn.ID), printable(sn.Name), humanSize(int64(sn.VMStateSize)),
-				time.Unix(sn.DateSec, sn.DateNsec).Format("2006-01-02 15:04:05"), vmClock(clock), humanSize(int64(sn.DiskSize)))
+			icount := ""
+			if sn.ICount != nil {
+				icount = strconv.FormatInt(*sn.ICount, 10)
+			}
+			fmt.Fprintf(w, "%s%s%8s%20s%13s%11s\n", column(printable(sn.ID), 10), column(printable(sn.Name), 17), humanSize(int64(sn.VMStateSize)),
+				time.Unix(sn.DateSec, sn.DateNsec).Format("2006-01-02 15:04:05"), vmClock(clock), icount)
 		}
 	}
 	if fs := in.FormatSpecific; fs != nil && fs.Data != nil {
@@ -296,10 +305,16 @@ func printable(s string) string {
 	return b.String()
 }
 
+// column pads s to width, keeping at least one space after it, as
+// qemu-img lays out its snapshot table.
+func column(s string, width int) string {
+	return s + strings.Repeat(" ", max(width-utf8.RuneCountInString(s), 1))
+}
+
 func vmClock(d time.Duration) string {
 	h := int64(d / time.Hour)
 	m := int64(d/time.Minute) % 60
 	s := int64(d/time.Second) % 60
 	ms := int64(d/time.Millisecond) % 1000
-	return fmt.Sprintf("%04d:%02d:%02d.%03d", h, m, s, ms)
+	return fmt.Sprintf("%02d:%02d:%02d.%03d", h, m, s, ms)
 }

@@ -101,12 +101,11 @@ func newApp() *cli.App {
 			"be opened, 4 the mount cannot be made, 5 umount: the mount is busy.",
 		Flags:    mountFlags(),
 		Action:   mountAction,
-		Commands: []*cli.Command{infoCommand(), umountCommand(), versionCommand()},
+		Commands: []*cli.Command{infoCommand(), umountCommand(), versionCommand(), completionCommand(), manCommand()},
 		OnUsageError: func(c *cli.Context, err error, _ bool) error {
 			return usageError{err}
 		},
-		EnableBashCompletion: true,
-		ExitErrHandler:       func(*cli.Context, error) {}, // main prints errors once
+		ExitErrHandler: func(*cli.Context, error) {}, // main prints errors once
 	}
 }
 

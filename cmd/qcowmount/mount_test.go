@@ -2,6 +2,9 @@ package main
 
 import (
 	"fmt"
+	"io"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -149,7 +152,7 @@ func TestHumanSize(t *testing.T) {
 			t.Errorf("humanSize(%d) = %q, want %q", in, got, want)
 		}
 	}
-	if got := vmClock(time.Hour + 2*time.Minute + 3*time.Second + 4*time.Millisecond); got != "0001:02:03.004" {
+	if got := vmClock(time.Hour + 2*time.Minute + 3*time.Second + 4*time.Millisecond); got != "01:02:03.004" {
 		t.Errorf("vmClock = %q", got)
 	}
 }
@@ -183,6 +186,53 @@ func TestPrintable(t *testing.T) {
 	for in, want := range tests {
 		if got := printable(in); got != want {
 			t.Errorf("printable(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+// TestManAndCompletions: the man page and the completions name every
+// flag of every command, and the bash script parses.
+func TestManAndCompletions(t *testing.T) {
+	app := newApp()
+	capture := func(args ...string) string {
+		t.Helper()
+		r, w, err := os.Pipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		stdout := os.Stdout
+		os.Stdout = w
+		runErr := newApp().Run(append([]string{"qcowmount"}, args...))
+		os.Stdout = stdout
+		w.Close()
+		out, _ := io.ReadAll(r)
+		if runErr != nil {
+			t.Fatalf("%q: %v", args, runErr)
+		}
+		return string(out)
+	}
+	man, bash, fish := capture("man"), capture("completion", "bash"), capture("completion", "fish")
+	if !strings.Contains(man, `.TH qcowmount 1`) {
+		t.Errorf("man page is not qcowmount(1): %.200s", man)
+	}
+	flags := append([]cli.Flag{}, app.Flags...)
+	for _, c := range app.Commands {
+		flags = append(flags, c.Flags...)
+		if !c.Hidden && (!strings.Contains(man, c.Name) || !strings.Contains(bash, c.Name)) {
+			t.Errorf("command %s is missing from the man page or the bash completion", c.Name)
+		}
+	}
+	for _, f := range flags {
+		name := f.Names()[0]
+		if len(name) > 1 && (!strings.Contains(man, name) || !strings.Contains(bash, "--"+name) || !strings.Contains(fish, "-l "+name)) {
+			t.Errorf("flag %s is missing from the man page or a completion", name)
+		}
+	}
+	if _, err := exec.LookPath("bash"); err == nil {
+		cmd := exec.Command("bash", "-n")
+		cmd.Stdin = strings.NewReader(bash)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Errorf("bash -n: %v: %s", err, out)
 		}
 	}
 }

@@ -1,0 +1,73 @@
+package integration
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/qcowmount/qcowmount/qcow2/qemutest"
+)
+
+// readmeBlock returns the indented code block that follows the marker
+// `<!-- README test: NAME` in README.md.
+func readmeBlock(t *testing.T, name string) string {
+	t.Helper()
+	b, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, after, ok := strings.Cut(string(b), "<!-- README test: "+name)
+	if !ok {
+		t.Fatalf("README.md has no block marked %q", name)
+	}
+	var lines []string
+	started := false
+	for _, line := range strings.Split(after, "\n")[1:] {
+		code, isCode := strings.CutPrefix(line, "    ")
+		switch {
+		case isCode:
+			started = true
+			lines = append(lines, code)
+		case started && strings.TrimSpace(line) != "":
+			return strings.Join(lines, "\n")
+		}
+	}
+	return strings.Join(lines, "\n")
+}
+
+// TestReadmeFlows runs the README's flows as written, from the top of the
+// repository, with the binary `make build` made.
+func TestReadmeFlows(t *testing.T) {
+	requireFUSE(t)
+	qemutest.Require(t, "fuse2fs", "bash")
+	if _, err := os.Stat("../bin/qcowmount"); err != nil {
+		qemutest.Missing(t, "bin/qcowmount is missing: make test builds it first")
+	}
+	for _, name := range []string{"rootless", "root"} {
+		t.Run(name, func(t *testing.T) {
+			if name == "root" {
+				requireRoot(t)
+			}
+			script := readmeBlock(t, name)
+			cmd := exec.Command("bash", "-euo", "pipefail", "-c", script)
+			cmd.Dir = ".."
+			cmd.Env = append(os.Environ(), "HOME="+t.TempDir())
+			out, err := cmd.CombinedOutput()
+			if err != nil {
+				t.Fatalf("the README's %s flow failed: %v\n%s\nscript:\n%s", name, err, out, script)
+			}
+			if !strings.Contains(string(out), "hello.txt") {
+				t.Fatalf("the %s flow did not list the guest's files:\n%s", name, out)
+			}
+		})
+	}
+	t.Run("no mounts left", func(t *testing.T) {
+		for _, dir := range []string{"/mnt/q", "/mnt/guest", filepath.Join(os.Getenv("HOME"), "q")} {
+			if isMounted(dir) {
+				t.Errorf("%s is still mounted", dir)
+			}
+		}
+	})
+}

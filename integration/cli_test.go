@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -90,6 +91,34 @@ func TestOptionsAfterArguments(t *testing.T) {
 	}
 	if out, code := run(t, "umount", mnt); code != 0 || isMounted(mnt) {
 		t.Fatalf("qcowmount umount: exit %d: %s", code, out)
+	}
+}
+
+// TestPidfileAndWorkingDirectory: --pidfile names the serving process,
+// which works from /, and goes away with it.
+func TestPidfileAndWorkingDirectory(t *testing.T) {
+	requireFUSE(t)
+	image, _ := filepath.Abs("../testdata/demo.qcow2")
+	mnt := t.TempDir()
+	pidfile := filepath.Join(t.TempDir(), "qcowmount.pid")
+	if out, code := run(t, image, mnt, "--pidfile", pidfile); code != 0 {
+		t.Fatalf("exit %d: %s", code, out)
+	}
+	t.Cleanup(func() { unmount(t, mnt) })
+	b, err := os.ReadFile(pidfile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid := serverPID(mnt)
+	if strings.TrimSpace(string(b)) != strconv.Itoa(pid) {
+		t.Fatalf("pidfile says %q, the server is %d", b, pid)
+	}
+	if cwd, err := os.Readlink("/proc/" + strconv.Itoa(pid) + "/cwd"); err != nil || cwd != "/" {
+		t.Fatalf("the server works in %q (%v), want /", cwd, err)
+	}
+	unmount(t, mnt)
+	if _, err := os.Stat(pidfile); !os.IsNotExist(err) {
+		t.Fatalf("pidfile left after unmount: %v", err)
 	}
 }
 

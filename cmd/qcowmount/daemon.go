@@ -60,11 +60,11 @@ func reportReady(ready *os.File, err error, notes ...string) error {
 	return werr
 }
 
-// startDaemon starts the background process and waits for its answer.
-// Its stderr comes back through a pipe: fusermount writes its reasons
-// there ("failed to open /dev/fuse: Permission denied"), and they go
-// into the error.
-func startDaemon() error {
+// startDaemon starts the background process with args and waits for its
+// answer. Its stderr comes back through a pipe: fusermount writes its
+// reasons there ("failed to open /dev/fuse: Permission denied"), and they
+// go into the error.
+func startDaemon(args []string) error {
 	exe, err := os.Executable()
 	if err != nil {
 		return err
@@ -79,7 +79,7 @@ func startDaemon() error {
 		w.Close()
 		return err
 	}
-	cmd := exec.Command(exe, os.Args[1:]...)
+	cmd := exec.Command(exe, args...)
 	cmd.Env = append(os.Environ(), readyFDEnv+"=3")
 	cmd.ExtraFiles = []*os.File{w}
 	cmd.Stderr = ew

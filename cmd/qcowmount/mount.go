@@ -34,7 +34,8 @@ func mountAction(c *cli.Context) error {
 	if ready := readyPipe(); ready != nil {
 		return serve(c, ready)
 	}
-	return startDaemon()
+	// Flags first, MOUNTPOINT last: ps shows the server by its mountpoint.
+	return startDaemon(interspersed(c.App, os.Args)[1:])
 }
 
 // serve opens the image, mounts it and serves until unmounted. ready, when

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -263,16 +262,7 @@ func TestInfoTextMatchesQemuImg(t *testing.T) {
 	for _, name := range []string{"first", "a snapshot name longer than the column"} {
 		qemutest.Run(t, "qemu-img", "snapshot", "-c", name, image)
 	}
-	runIn := func(name string, args ...string) string {
-		cmd := exec.Command(name, args...)
-		cmd.Dir = dir
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			t.Fatalf("%s %q: %v: %s", name, args, err, out)
-		}
-		return string(out)
-	}
-	ours, theirs := runIn(bin, "info", "snap.qcow2"), runIn("qemu-img", "info", "snap.qcow2")
+	ours, theirs := qemutest.RunIn(t, dir, bin, "info", "snap.qcow2"), qemutest.RunIn(t, dir, "qemu-img", "info", "snap.qcow2")
 	section := func(out string) string {
 		var keep []string
 		in := false

@@ -123,13 +123,40 @@ func TestBackingChains(t *testing.T) {
 	})
 }
 
+// refusal is an image that Open must refuse, and what its error says.
+type refusal struct {
+	name  string
+	setup func(t *testing.T, dir string) (string, qcow2.Options)
+	msg   []string
+}
+
+// checkRefusals fails unless Open refuses each image with an error that
+// says every msg; check, where set, looks at the error too.
+func checkRefusals(t *testing.T, tests []refusal, check func(t *testing.T, err error)) {
+	t.Helper()
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			path, opts := tc.setup(t, t.TempDir())
+			img, err := qcow2.Open(path, opts)
+			if err == nil {
+				img.Close()
+				t.Fatal("opened")
+			}
+			if check != nil {
+				check(t, err)
+			}
+			for _, m := range tc.msg {
+				if !strings.Contains(err.Error(), m) {
+					t.Errorf("error %q does not say %q", err, m)
+				}
+			}
+		})
+	}
+}
+
 func TestBackingChainRefusals(t *testing.T) {
 	qemutest.Require(t, "qemu-img", "qemu-io")
-	tests := []struct {
-		name  string
-		setup func(t *testing.T, dir string) (string, qcow2.Options)
-		msg   []string
-	}{
+	tests := []refusal{
 		{"missing backing file", func(t *testing.T, dir string) (string, qcow2.Options) {
 			top, _, _ := qemutest.ThreeLevelChain(t, dir)
 			os.Remove(filepath.Join(dir, "base.raw"))
@@ -195,21 +222,7 @@ func TestBackingChainRefusals(t *testing.T) {
 			return top, qcow2.Options{}
 		}, []string{`backing file format "vmdk"`}},
 	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			path, opts := tc.setup(t, t.TempDir())
-			img, err := qcow2.Open(path, opts)
-			if err == nil {
-				img.Close()
-				t.Fatal("opened")
-			}
-			for _, m := range tc.msg {
-				if !strings.Contains(err.Error(), m) {
-					t.Errorf("error %q does not say %q", err, m)
-				}
-			}
-		})
-	}
+	checkRefusals(t, tests, nil)
 }
 
 func TestBlockDeviceBacking(t *testing.T) {

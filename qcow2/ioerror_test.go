@@ -34,17 +34,9 @@ func (d *failingFile) ReadAt(p []byte, off int64) (int, error) {
 // and returns the path of the failing copy.
 func serveFailing(t *testing.T, path string, start, end int64) string {
 	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { f.Close() })
-	st, err := f.Stat()
-	if err != nil {
-		t.Fatal(err)
-	}
+	f, size := qemutest.Open(t, path)
 	mnt := t.TempDir()
-	server, err := fusefs.Mount(mnt, []fusefs.File{{Name: fusefs.DiskName, Disk: &failingFile{f, st.Size(), start, end}}}, fusefs.Options{Source: "failing"})
+	server, err := fusefs.Mount(mnt, []fusefs.File{{Name: fusefs.DiskName, Disk: &failingFile{f, size, start, end}}}, fusefs.Options{Source: "failing"})
 	if err != nil {
 		t.Fatalf("mount: %v", err)
 	}
@@ -75,45 +67,23 @@ func TestHostIOErrorsStayIOErrors(t *testing.T) {
 	qemutest.Run(t, "qemu-img", "snapshot", "-c", "s1", snap)
 
 	// Where things lie in these images: read from their headers.
-	header := func(path string, at int) uint64 {
-		b := make([]byte, 72)
-		f, err := os.Open(path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer f.Close()
-		if _, err := f.ReadAt(b, 0); err != nil {
-			t.Fatal(err)
-		}
-		return binary.BigEndian.Uint64(b[at:])
-	}
-	entryAt := func(path string, off uint64) uint64 {
+	u64At := func(path string, off int64) uint64 {
 		b := make([]byte, 8)
 		f, err := os.Open(path)
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer f.Close()
-		if _, err := f.ReadAt(b, int64(off)); err != nil {
+		if _, err := f.ReadAt(b, off); err != nil {
 			t.Fatal(err)
 		}
-		return binary.BigEndian.Uint64(b) & 0x00fffffffffffe00
+		return binary.BigEndian.Uint64(b)
 	}
-	l2 := func(path string) int64 { return int64(entryAt(path, header(path, 40))) }
-	data := func(path string) int64 { return int64(entryAt(path, uint64(l2(path)))) }
-	compressedData := func(path string) int64 {
-		// A compressed descriptor with 64 KiB clusters: offset in the low 54 bits.
-		b := make([]byte, 8)
-		f, err := os.Open(path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer f.Close()
-		if _, err := f.ReadAt(b, l2(path)); err != nil {
-			t.Fatal(err)
-		}
-		return int64(binary.BigEndian.Uint64(b)&(1<<54-1)) &^ 4095
-	}
+	const offsetMask = 0x00fffffffffffe00
+	l2 := func(path string) int64 { return int64(u64At(path, int64(u64At(path, 40))&offsetMask) & offsetMask) }
+	data := func(path string) int64 { return int64(u64At(path, l2(path)) & offsetMask) }
+	// A compressed descriptor with 64 KiB clusters: offset in the low 54 bits.
+	compressedData := func(path string) int64 { return int64(u64At(path, l2(path))&(1<<54-1)) &^ 4095 }
 	tests := []struct {
 		name  string
 		image string
@@ -123,7 +93,7 @@ func TestHostIOErrorsStayIOErrors(t *testing.T) {
 		{"L2 table", plain, l2, false},
 		{"data cluster", plain, data, false},
 		{"compressed cluster", compressed, compressedData, false},
-		{"snapshot table", snap, func(p string) int64 { return int64(header(p, 64)) }, true},
+		{"snapshot table", snap, func(p string) int64 { return int64(u64At(p, 64)) }, true},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

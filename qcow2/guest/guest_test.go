@@ -27,16 +27,8 @@ func (f fileDisk) Size() int64 { return f.size }
 
 func openDisk(t *testing.T, path string) fileDisk {
 	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { f.Close() })
-	st, err := f.Stat()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return fileDisk{f, st.Size()}
+	f, size := qemutest.Open(t, path)
+	return fileDisk{f, size}
 }
 
 func scan(t *testing.T, path string) *guest.Layout {

@@ -179,3 +179,19 @@ func Touch(t testing.TB, path string) string {
 	}
 	return path
 }
+
+// Open opens path for reading for the rest of the test and returns it
+// with its size.
+func Open(t testing.TB, path string) (*os.File, int64) {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	st, err := f.Stat()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f, st.Size()
+}

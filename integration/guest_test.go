@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -83,6 +84,17 @@ func attach(t *testing.T, file string) string {
 	exec.Command("partx", "-d", loop).Run() // fails where there is nothing to delete
 	sh(t, "partx", "-a", loop)
 	waitFor(t, loop+"p1", 5*time.Second, func() bool { _, err := os.Stat(loop + "p1"); return err == nil })
+	// Each partition device must be the size this disk's table gives it.
+	for _, line := range strings.Split(strings.TrimSpace(sh(t, "partx", "-g", "-o", "NR,SECTORS", loop)), "\n") {
+		var nr, sectors int
+		if _, err := fmt.Sscan(line, &nr, &sectors); err != nil {
+			t.Fatalf("partx: %q: %v", line, err)
+		}
+		size, err := os.ReadFile(fmt.Sprintf("/sys/class/block/%sp%d/size", filepath.Base(loop), nr))
+		if err != nil || strings.TrimSpace(string(size)) != strconv.Itoa(sectors) {
+			t.Fatalf("%sp%d: %s sectors (%v), the table says %d", loop, nr, size, err, sectors)
+		}
+	}
 	return loop
 }
 

@@ -224,14 +224,19 @@ func (f *diskFile) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.Attr
 func (f *diskFile) dataBlocks() uint64 {
 	f.blocksOnce.Do(func() {
 		size := f.disk.Size()
-		a, ok := f.disk.(Allocator)
-		if !ok {
-			f.blocks = uint64(size+511) / 512
-			return
-		}
 		var data int64
-		for off := int64(0); off < size; {
-			isData, n, err := a.Allocation(off, size-off)
+		for off := int64(0); ; {
+			start, err := f.next(off, true)
+			if err == nil && start == size {
+				break
+			}
+			end := start
+			if err == nil {
+				end, err = f.next(start, false)
+			}
+			if err == nil && end <= start {
+				err = fmt.Errorf("data at %d ends where it starts", start)
+			}
 			if err != nil {
 				// Count the rest as data: st_blocks is advice, and the
 				// read that fails there reports the damage.
@@ -239,14 +244,39 @@ func (f *diskFile) dataBlocks() uint64 {
 				data += size - off
 				break
 			}
-			if isData {
-				data += n
-			}
-			off += n
+			data, off = data+end-start, end
 		}
 		f.blocks = uint64(data+511) / 512
 	})
 	return f.blocks
+}
+
+// next returns where the first data (wantData) or hole at or after off
+// begins, or the size of the disk where there is none. A disk that cannot
+// tell is data to its end.
+func (f *diskFile) next(off int64, wantData bool) (int64, error) {
+	size := f.disk.Size()
+	a, ok := f.disk.(Allocator)
+	if !ok {
+		if wantData {
+			return off, nil
+		}
+		return size, nil
+	}
+	for off < size {
+		isData, n, err := a.Allocation(off, size-off)
+		if err != nil {
+			return off, err
+		}
+		if n <= 0 {
+			return off, fmt.Errorf("the disk's allocation at %d makes no progress", off)
+		}
+		if isData == wantData {
+			return off, nil
+		}
+		off += n
+	}
+	return size, nil
 }
 
 // Lseek answers SEEK_DATA and SEEK_HOLE from the disk's allocation: the
@@ -257,29 +287,16 @@ func (f *diskFile) Lseek(ctx context.Context, fh fs.FileHandle, off uint64, when
 	if off >= uint64(size) {
 		return 0, syscall.ENXIO
 	}
-	a, ok := f.disk.(Allocator)
 	wantData := whence == unix.SEEK_DATA
-	if !ok {
-		if wantData {
-			return off, 0
-		}
-		return uint64(size), 0
-	}
-	for pos := int64(off); pos < size; {
-		isData, n, err := a.Allocation(pos, size-pos)
-		if err != nil {
-			f.log.Error("lseek failed", zap.String("file", f.name), zap.Int64("offset", pos), zap.Error(err))
-			return 0, syscall.EIO
-		}
-		if isData == wantData {
-			return uint64(pos), 0
-		}
-		pos += n
-	}
-	if wantData {
+	pos, err := f.next(int64(off), wantData)
+	switch {
+	case err != nil:
+		f.log.Error("lseek failed", zap.String("file", f.name), zap.Int64("offset", pos), zap.Error(err))
+		return 0, syscall.EIO
+	case wantData && pos >= size:
 		return 0, syscall.ENXIO
 	}
-	return uint64(size), 0
+	return uint64(pos), 0
 }
 
 func (f *diskFile) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
@@ -291,7 +308,7 @@ func (f *diskFile) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint3
 }
 
 func (f *diskFile) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
-	if hr, ok := f.disk.(HostRanger); ok && len(dest) >= spliceMin && len(dest) <= spliceMax() {
+	if hr, ok := f.disk.(HostRanger); ok && len(dest) >= spliceMin && len(dest) <= spliceMax {
 		n := int(max(0, min(int64(len(dest)), f.disk.Size()-off)))
 		if file, hostOff, ok := hr.HostRange(off, n); ok {
 			return fuse.ReadResultFd(file.Fd(), hostOff, n), 0
@@ -312,7 +329,7 @@ func (f *diskFile) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off 
 // and a page must fit in a pipe of the system's maximum size (1 MiB by
 // default, so the 1 MiB reads of sequential I/O cannot be spliced; trying
 // would cost a pipe and a failed resize before the fallback).
-func spliceMax() int { return splice.MaxPipeSize() - 2*os.Getpagesize() }
+var spliceMax = splice.MaxPipeSize() - 2*os.Getpagesize()
 
 func setTimes(a *fuse.Attr, t time.Time) {
 	a.SetTimes(&t, &t, &t)

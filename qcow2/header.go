@@ -81,12 +81,10 @@ type Header struct {
 }
 
 // parseHeader decodes and checks the header in buf, the start of the file
-// (at most one cluster, at least the header). fileSize bounds the tables.
+// (at most one cluster, at least the header), whose magic openQcow2 has
+// checked. fileSize bounds the tables.
 func parseHeader(buf []byte, fileSize int64) (*Header, error) {
 	be := binary.BigEndian
-	if len(buf) >= 4 && be.Uint32(buf) != Magic {
-		return nil, formatErr("magic", 0, "%#08x is not QFI\\xfb: not a qcow2 image", be.Uint32(buf))
-	}
 	if len(buf) < v2HeaderLength {
 		return nil, formatErr("header", 0, "file is %d bytes, shorter than a qcow2 header (72)", len(buf))
 	}

@@ -71,14 +71,15 @@ type cacheKey struct {
 
 // chain is what the images of one chain share.
 type chain struct {
-	opts     Options
-	tables   *lru.Cache[cacheKey, []uint64] // L1 and L2 table slices
-	clusters *lru.Cache[cacheKey, []byte]   // decompressed; read with Read only
-	failed   *lru.Cache[cacheKey, error]    // compressed clusters that did not decompress
-	spare    sync.Pool                      // cluster buffers the cache let go
-	nextID   atomic.Uint32
-	seen     map[fileID]string // files already in the chain, to catch loops
-	paths    *pathPolicy       // while opening: where backing and data files may lie
+	opts      Options
+	tables    *lru.Cache[cacheKey, []uint64] // L1 and L2 table slices
+	clusters  *lru.Cache[cacheKey, []byte]   // decompressed; read with Read only
+	failed    *lru.Cache[cacheKey, error]    // compressed clusters that did not decompress
+	anyFailed atomic.Bool                    // failed holds anything
+	spare     sync.Pool                      // cluster buffers the cache let go
+	nextID    atomic.Uint32
+	seen      map[fileID]string // files already in the chain, to catch loops
+	paths     *pathPolicy       // while opening: where backing and data files may lie
 }
 
 // clusterBuf returns a buffer of n bytes for a decompressed cluster.
@@ -100,18 +101,19 @@ type Image struct {
 	id    uint32
 	chain *chain
 
-	v1          bool // the old qcow format: no flags in L1 entries, other descriptors
-	hdr         Header
-	ext         extensions
-	size        int64 // of the view: the active state or the snapshot
-	clusterBits uint32
-	l2Bits      uint32 // log2 of the entries in one L2 table
-	extendedL2  bool
-	l1Entries   int64 // of the L1 table, those that cover the view
-	lastL1      atomic.Pointer[l1Slice]
-	l1Offset    uint64
-	decompress  decompressFunc
-	fileSize    int64 // when opened
+	v1           bool // the old qcow format: no flags in L1 entries, other descriptors
+	hdr          Header
+	ext          extensions
+	size         int64 // of the view: the active state or the snapshot
+	clusterBits  uint32
+	l2Bits       uint32 // log2 of the entries in one L2 table
+	sliceEntries int64  // L2 entries in one cached slice of a table
+	extendedL2   bool
+	l1Entries    int64 // of the L1 table, those that cover the view
+	lastL1       atomic.Pointer[l1Slice]
+	l1Offset     uint64
+	decompress   decompressFunc
+	fileSize     int64 // when opened
 
 	backing     Disk // nil without a backing file or with NoBacking
 	backingName string
@@ -235,7 +237,7 @@ func (c *chain) openQcow2(f *os.File, path string, depth int, snapshot string) (
 // newImage makes the Image for file f with header h, whose L2 tables hold
 // 2^l2Bits entries.
 func (c *chain) newImage(f *os.File, path string, h *Header, l2Bits uint32) *Image {
-	return &Image{
+	img := &Image{
 		path:        path,
 		file:        f,
 		data:        f,
@@ -250,6 +252,8 @@ func (c *chain) newImage(f *os.File, path string, h *Header, l2Bits uint32) *Ima
 		size:     int64(h.Size &^ 511),
 		l1Offset: h.L1TableOffset,
 	}
+	img.sliceEntries = min(tableSliceBytes, img.l2TableBytes()) / (8 * img.l2EntryWords())
+	return img
 }
 
 // checkFeatures refuses what this reader cannot read correctly and notes

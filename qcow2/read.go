@@ -232,8 +232,11 @@ func getCompressedBuf(clusterBits uint32) *[]byte {
 // again fails at once instead of paying for the bad stream every time.
 func (img *Image) decompressCluster(dst []byte, desc uint64) error {
 	key := cacheKey{img.id, kindCluster, desc}
-	if err, ok := img.chain.failed.Get(key); ok {
-		return err
+	// The flag spares every good read the cache's lock.
+	if img.chain.anyFailed.Load() {
+		if err, ok := img.chain.failed.Get(key); ok {
+			return err
+		}
 	}
 	host, length := img.compressedRange(desc)
 	bp := getCompressedBuf(img.clusterBits)
@@ -247,6 +250,7 @@ func (img *Image) decompressCluster(dst []byte, desc uint64) error {
 	if err := img.decompress(dst, src[:n]); err != nil {
 		err = &FormatError{Field: "compressed cluster", Offset: int64(host), Msg: fmt.Sprintf("%d bytes do not decompress", length), Err: err}
 		img.chain.failed.Add(key, err, 1)
+		img.chain.anyFailed.Store(true)
 		return err
 	}
 	return nil
@@ -279,11 +283,6 @@ const (
 	kindL1
 	kindL2
 )
-
-// l2SliceEntries is the number of L2 entries in one cached slice.
-func (img *Image) l2SliceEntries() int64 {
-	return min(tableSliceBytes, img.l2TableBytes()) / (8 * img.l2EntryWords())
-}
 
 // l1Entry returns entry i of the L1 table and where it lies in the file;
 // 0 for an index past the entries that cover the disk.
@@ -334,7 +333,7 @@ func (img *Image) l2Slice(cluster int64) ([]uint64, uint64, error) {
 			return nil, 0, nil
 		}
 	}
-	perSlice := img.l2SliceEntries()
+	perSlice := img.sliceEntries
 	words := perSlice * img.l2EntryWords()
 	first := cluster & (1<<img.l2Bits - 1) / perSlice * perSlice
 	sliceOff := tableOff + uint64(first*img.l2EntryWords()*8)
@@ -381,7 +380,7 @@ func (img *Image) lookup(off, limit int64) (extent, error) {
 		span := cs << img.l2Bits
 		return extent{kind: extentBacking, n: min(limit, (off/span+1)*span-off)}, nil
 	}
-	span := cs * img.l2SliceEntries() // guest bytes one slice covers
+	span := cs * img.sliceEntries // guest bytes one slice covers
 	limit = min(limit, (off/span+1)*span-off)
 	var run extent
 	for first := true; ; first = false {
@@ -414,7 +413,7 @@ func (img *Image) lookup(off, limit int64) (extent, error) {
 func (img *Image) clusterExtent(table []uint64, tableOff uint64, off int64) (extent, error) {
 	cs := img.clusterSize()
 	in := off & (cs - 1)
-	index := (off >> img.clusterBits) & (img.l2SliceEntries() - 1)
+	index := (off >> img.clusterBits) & (img.sliceEntries - 1)
 	stride := img.l2EntryWords()
 	entry := table[index*stride]
 	at := int64(tableOff) + index*stride*8

@@ -31,6 +31,7 @@ func fakeImage(t *testing.T, version uint32, extended bool, entries map[int][2]u
 	if extended {
 		img.l2Bits, stride = 12, 2
 	}
+	img.sliceEntries = int64(tableSliceBytes / 8 / stride)
 	table := make([]uint64, 8192)
 	for i, e := range entries {
 		table[i*stride] = e[0]

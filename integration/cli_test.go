@@ -195,3 +195,30 @@ func TestLogFileWithoutSyslog(t *testing.T) {
 		return bytes.Contains(b, []byte("mounted")) && bytes.Contains(b, []byte(mnt))
 	})
 }
+
+// TestSubcommandMistakes: the subcommands' bad inputs each get one line
+// saying what is wrong, and their exit code.
+func TestSubcommandMistakes(t *testing.T) {
+	image, _ := filepath.Abs("../testdata/demo.qcow2")
+	notMounted := t.TempDir()
+	tests := []struct {
+		args []string
+		msg  string
+		code int
+	}{
+		{[]string{"info"}, "info takes one IMAGE", 2},
+		{[]string{"info", "--output", "yaml", image}, `--output "yaml": json or human`, 2},
+		{[]string{"umount"}, "umount takes one MOUNTPOINT", 2},
+		{[]string{"umount", notMounted}, "is not a mount point", 1},
+		{[]string{"completion", "tcsh"}, `completion for "tcsh": bash, zsh or fish`, 2},
+		{[]string{"-f", "--pidfile", "/nonexistent/dir/qcowmount.pid", image, t.TempDir()}, "--pidfile", 1},
+	}
+	for _, tc := range tests {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			out, code := run(t, tc.args...)
+			if code != tc.code || !strings.Contains(out, tc.msg) || strings.Count(strings.TrimSpace(out), "\n") > 0 {
+				t.Fatalf("exit %d (want %d), output %q (want one line saying %q)", code, tc.code, out, tc.msg)
+			}
+		})
+	}
+}

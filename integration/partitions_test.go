@@ -285,7 +285,8 @@ func TestRootlessFlow(t *testing.T) {
 	if out, err := as("fusermount3", "-u", g); err != nil {
 		t.Fatalf("fusermount3 -u %s: %v: %s", g, err, out)
 	}
-	if out, err := as("fusermount3", "-u", q); err != nil {
-		t.Fatalf("fusermount3 -u %s: %v: %s", q, err, out)
+	// fuse2fs lets go of p1.raw a moment after its unmount returns.
+	if out, err := as(binary, "umount", "--wait", q); err != nil {
+		t.Fatalf("qcowmount umount --wait %s: %v: %s", q, err, out)
 	}
 }

@@ -45,9 +45,9 @@ func TestReadmeFlows(t *testing.T) {
 	if _, err := os.Stat("../bin/qcowmount"); err != nil {
 		qemutest.Missing(t, "bin/qcowmount is missing: make test builds it first")
 	}
-	for _, name := range []string{"rootless", "root"} {
+	for _, name := range []string{"rootless", "root", "whole disk"} {
 		t.Run(name, func(t *testing.T) {
-			if name == "root" {
+			if name != "rootless" {
 				requireRoot(t)
 			}
 			script := readmeBlock(t, name)

@@ -10,7 +10,7 @@ mnt=$(mktemp -d /tmp/qcowmount-demo.XXXXXX)
 guest=$(mktemp -d /tmp/qcowmount-guest.XXXXXX)
 cleanup() {
 	umount "$guest" 2>/dev/null || fusermount3 -u "$guest" 2>/dev/null || true
-	fusermount3 -u "$mnt" 2>/dev/null || true
+	"$bin" umount --wait "$mnt" 2>/dev/null || true
 	rmdir "$guest" "$mnt"
 }
 trap cleanup EXIT

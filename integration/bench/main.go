@@ -77,6 +77,9 @@ func run(work, image string, fill int64, seconds, runs int, out, ours string) er
 		for i, t := range candidates {
 			results[i] = figures{tool: t.name, peer: t.peer, values: map[string]float64{}, errs: map[string]error{}}
 		}
+		if err := warmImage(img); err != nil {
+			return err
+		}
 		// Tools take turns on each measure, so that a noisy spell on
 		// the machine does not fall on one tool only.
 		for run := 1; run <= runs; run++ {

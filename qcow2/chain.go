@@ -142,7 +142,7 @@ func (c *chain) openDependencies(img *Image, depth int) (err error) {
 	if err != nil {
 		return err
 	}
-	img.backing, err = c.openBacking(p, img.backingFmt, depth+1)
+	img.backing, err = c.openBacking(p, img.backingName, img.backingFmt, depth+1)
 	if err != nil {
 		return fmt.Errorf("%s: backing file %q: %w", img.path, img.backingName, err)
 	}
@@ -152,7 +152,7 @@ func (c *chain) openDependencies(img *Image, depth int) (err error) {
 // openBacking opens a backing image in the named format, or the format its
 // contents show when the referring image names none (qcow2 magic: qcow2;
 // anything else: raw).
-func (c *chain) openBacking(path, format string, depth int) (Disk, error) {
+func (c *chain) openBacking(path, name, format string, depth int) (Disk, error) {
 	f, err := c.openImageFile(path, false)
 	if err != nil {
 		return nil, err
@@ -163,7 +163,7 @@ func (c *chain) openBacking(path, format string, depth int) (Disk, error) {
 	var d Disk
 	switch format {
 	case "qcow2", "qcow":
-		d, err = c.openQcow2(f, path, depth, "")
+		d, err = c.openQcow2(f, path, name, depth, "")
 	case "raw":
 		if err = c.remember(f, path); err == nil {
 			d, err = newRawDisk(f)

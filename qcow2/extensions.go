@@ -32,6 +32,9 @@ type extensions struct {
 	dataFile      string
 	hasDataFile   bool
 	featureNames  map[featureKey]string
+	hasFDE        bool   // full disk encryption: where the LUKS header lies
+	fdeOffset     uint64 // in the image file
+	fdeLength     uint64
 }
 
 // maxBackingFormatLen mirrors QEMU's 16-byte buffer for the format name.
@@ -74,6 +77,12 @@ func parseExtensions(first []byte, start, end uint64) (*extensions, error) {
 				}
 				ext.featureNames[featureKey{body[i], body[i+1]}] = string(name[:n])
 			}
+		case extFullDiskCrypto:
+			if length != fdeExtensionBytes {
+				return nil, formatErr("full disk encryption extension", int64(off), "length %d, not %d", length, fdeExtensionBytes)
+			}
+			ext.hasFDE = true
+			ext.fdeOffset, ext.fdeLength = be.Uint64(body), be.Uint64(body[8:])
 		case extDataFile:
 			ext.dataFile = string(body)
 			ext.hasDataFile = true

@@ -446,13 +446,13 @@ func TestQcowVersion1(t *testing.T) {
 			}
 		})
 	}
-	t.Run("encrypted is refused", func(t *testing.T) {
+	t.Run("encrypted needs a passphrase", func(t *testing.T) {
 		enc := filepath.Join(dir, "enc.qcow")
 		qemutest.Create(t, enc, "qcow", "1M")
 		rewriteHeader(t, enc, func(b []byte) { binary.BigEndian.PutUint32(b[36:], 1) })
 		_, err := qcow2.Open(enc, qcow2.Options{})
-		var ue *qcow2.UnsupportedError
-		if !errors.As(err, &ue) || !strings.Contains(err.Error(), "AES") {
+		var pe *qcow2.PassphraseError
+		if !errors.As(err, &pe) || !pe.Missing || !strings.Contains(err.Error(), "encrypted (AES)") {
 			t.Fatalf("error %v", err)
 		}
 	})

@@ -26,6 +26,11 @@ func truncateTo(n int) patch { return func(b []byte) []byte { return b[:n] } }
 // opens it.
 func openPatched(t *testing.T, image string, patches ...patch) (*Image, error) {
 	t.Helper()
+	return openPatchedWith(t, image, Options{}, patches...)
+}
+
+func openPatchedWith(t *testing.T, image string, opts Options, patches ...patch) (*Image, error) {
+	t.Helper()
 	b, err := os.ReadFile(filepath.Join("../testdata/images", image))
 	if err != nil {
 		t.Fatal(err)
@@ -37,7 +42,7 @@ func openPatched(t *testing.T, image string, patches ...patch) (*Image, error) {
 	if err := os.WriteFile(path, b, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	return Open(path, Options{})
+	return Open(path, opts)
 }
 
 // The committed v3-4k.qcow2 has 4 KiB clusters, header_length 112, its L1
@@ -83,7 +88,8 @@ func TestOpenRefusesBadHeaders(t *testing.T) {
 		{"virtual size 2^63-1", "v3-4k.qcow2", []patch{put64(24, 1<<63-1)}, "size", "too big"},
 		{"virtual size 2^64-1", "v3-4k.qcow2", []patch{put64(24, 1<<64-1)}, "size", "exceeds 2^63-1"},
 		{"extended L2 with small clusters", "v3-4k.qcow2", []patch{put64(72, IncompatExtendedL2)}, "cluster_bits", "at least 16 KiB"},
-		{"encrypted (AES)", "v3-4k.qcow2", []patch{put32(32, 1)}, "", "legacy AES"},
+		{"encrypted (AES) without a passphrase", "v3-4k.qcow2", []patch{put32(32, 1)}, "", "encrypted (AES) and no passphrase was given"},
+		{"LUKS without its extension", "v3-4k.qcow2", []patch{put32(32, 2)}, "crypt_method", "no full disk encryption header extension"},
 		{"data file bit without name", "v3-4k.qcow2", []patch{put64(72, IncompatExternalData)}, "incompatible_features", "names no data file"},
 		{"raw data bit without data file", "v3-4k.qcow2", []patch{put64(88, AutoclearDataFileIsRaw)}, "autoclear_features", "without an external data file"},
 		{"v2 too short", "v2-512.qcow2", []patch{truncateTo(71)}, "header", "shorter than a qcow2 header"},
@@ -146,6 +152,10 @@ func TestExtensionsParse(t *testing.T) {
 			return e.featureNames[featureKey{0, 9}] == "frobnicate"
 		}},
 		{"data file", cat(ext(extDataFile, "data.raw")), "", func(e *extensions) bool { return e.hasDataFile && e.dataFile == "data.raw" }},
+		{"LUKS header pointer", cat(ext(extFullDiskCrypto, "\x00\x00\x00\x00\x00\x00\x10\x00\x00\x00\x00\x00\x00\x08\x10\x00")), "", func(e *extensions) bool {
+			return e.hasFDE && e.fdeOffset == 0x1000 && e.fdeLength == 0x81000
+		}},
+		{"LUKS header pointer of 8 bytes", cat(ext(extFullDiskCrypto, "\x00\x00\x00\x00\x00\x00\x10\x00")), "length 8, not 16", nil},
 		{"length past the area", append(binary.BigEndian.AppendUint32(binary.BigEndian.AppendUint32(nil, extBackingFormat), 1000), make([]byte, 16)...), "running past", nil},
 		{"truncated header", []byte{0xe2, 0x79, 0x2a, 0xca}, "only 4 bytes left", nil},
 	}

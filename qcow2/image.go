@@ -13,7 +13,9 @@ import (
 	"path/filepath"
 	"sync"
 	"sync/atomic"
+	"time"
 
+	"github.com/qcowmount/qcowmount/qcow2/encryption"
 	"github.com/qcowmount/qcowmount/qcow2/internal/lru"
 )
 
@@ -59,6 +61,16 @@ type Options struct {
 	// chain; 0 means the default.
 	L2CacheSize      int64
 	ClusterCacheSize int64
+	// Passphrase is asked for the passphrase of each encrypted image of
+	// the chain, again after one that opened no key slot; it answers nil
+	// when it has none (more). Nil asks nothing.
+	Passphrase func(KeyRequest) ([]byte, error)
+	// AllowLocked opens encrypted images that have no passphrase, to
+	// describe them: reading their encrypted data fails with ErrNoKey.
+	AllowLocked bool
+	// MaxKDFTime bounds the time trying one LUKS key slot may take, as
+	// estimated on this machine; 0 means encryption.DefaultMaxKDFTime.
+	MaxKDFTime time.Duration
 }
 
 // cacheKey names a table slice or a cluster: which image of the chain,
@@ -115,6 +127,10 @@ type Image struct {
 	decompress   decompressFunc
 	fileSize     int64 // when opened
 
+	crypt     *encryption.SectorCipher // nil unless encrypted and unlocked
+	cryptHost bool                     // IVs from host offsets (LUKS), not guest ones
+	luks      *encryption.LUKS
+
 	backing     Disk // nil without a backing file or with NoBacking
 	backingName string
 	backingFmt  string
@@ -148,7 +164,7 @@ func Open(path string, opts Options) (*Image, error) {
 	if err != nil {
 		return nil, err
 	}
-	img, err := c.openQcow2(f, abs, 0, opts.Snapshot)
+	img, err := c.openQcow2(f, abs, path, 0, opts.Snapshot)
 	if err != nil {
 		f.Close()
 		return nil, err
@@ -161,8 +177,9 @@ func Open(path string, opts Options) (*Image, error) {
 
 // openQcow2 reads the header and tables of the image in f (qcow2, or qcow
 // version 1) and opens what it refers to. On error the caller closes f;
-// what openQcow2 opened itself is closed already.
-func (c *chain) openQcow2(f *os.File, path string, depth int, snapshot string) (*Image, error) {
+// what openQcow2 opened itself is closed already. name is the image as
+// the chain names it, for passphrase requests.
+func (c *chain) openQcow2(f *os.File, path, name string, depth int, snapshot string) (*Image, error) {
 	if err := c.remember(f, path); err != nil {
 		return nil, err
 	}
@@ -177,7 +194,7 @@ func (c *chain) openQcow2(f *os.File, path string, depth int, snapshot string) (
 		return nil, fmt.Errorf("%s: reading the header: %w", path, err)
 	}
 	if len(first) >= 8 && binary.BigEndian.Uint32(first) == Magic && binary.BigEndian.Uint32(first[4:]) == 1 {
-		return c.openQcow1(f, path, first, depth, snapshot)
+		return c.openQcow1(f, path, name, first, depth, snapshot)
 	}
 	if len(first) >= 4 && binary.BigEndian.Uint32(first) != Magic {
 		return nil, fmt.Errorf("%s: %w", path, notQcow(first, f, fileSize))
@@ -228,6 +245,13 @@ func (c *chain) openQcow2(f *os.File, path string, depth int, snapshot string) (
 		img.size = int64(sn.DiskSize &^ 511)
 	}
 	img.l1Entries = int64(min(l1Size, h.l1EntriesFor(uint64(img.size))))
+	if err := c.openEncryption(img, name); err != nil {
+		var pe *PassphraseError
+		if errors.As(err, &pe) {
+			return nil, err // names the image already
+		}
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
 	if err := c.openDependencies(img, depth); err != nil {
 		return nil, err
 	}
@@ -262,12 +286,6 @@ func (img *Image) checkFeatures() error {
 	h := &img.hdr
 	if unknown := h.IncompatibleFeatures &^ knownIncompat; unknown != 0 {
 		return &UnsupportedError{Feature: describeIncompat(unknown, img.ext.featureNames)}
-	}
-	switch h.CryptMethod {
-	case CryptAES:
-		return &UnsupportedError{Feature: "encryption (legacy AES, crypt_method 1)"}
-	case CryptLUKS:
-		return &UnsupportedError{Feature: "encryption (LUKS, crypt_method 2)"}
 	}
 	if h.IncompatibleFeatures&IncompatExternalData != 0 && !img.ext.hasDataFile {
 		return formatErr("incompatible_features", 72, "external data file bit is set but the image names no data file")

@@ -34,14 +34,15 @@ type FormatSpecific struct {
 
 // Qcow2Extra holds qcow2 details: qemu-img's keys first, then ours.
 type Qcow2Extra struct {
-	Compat          string `json:"compat"`
-	CompressionType string `json:"compression-type"`
-	LazyRefcounts   *bool  `json:"lazy-refcounts,omitempty"` // v3 only, as in qemu-img
-	RefcountBits    int    `json:"refcount-bits"`
-	Corrupt         *bool  `json:"corrupt,omitempty"`     // v3 only
-	ExtendedL2      *bool  `json:"extended-l2,omitempty"` // v3 only
-	DataFile        string `json:"data-file,omitempty"`
-	DataFileRaw     bool   `json:"data-file-raw,omitempty"`
+	Compat          string       `json:"compat"`
+	CompressionType string       `json:"compression-type"`
+	LazyRefcounts   *bool        `json:"lazy-refcounts,omitempty"` // v3 only, as in qemu-img
+	RefcountBits    int          `json:"refcount-bits"`
+	Corrupt         *bool        `json:"corrupt,omitempty"`     // v3 only
+	ExtendedL2      *bool        `json:"extended-l2,omitempty"` // v3 only
+	Encrypt         *EncryptInfo `json:"encrypt,omitempty"`
+	DataFile        string       `json:"data-file,omitempty"`
+	DataFileRaw     bool         `json:"data-file-raw,omitempty"`
 
 	Version              uint32   `json:"version"`
 	L1Size               uint32   `json:"l1-size"`
@@ -146,6 +147,7 @@ func (img *Image) Info() (Info, error) {
 		CompatibleFeatures:   img.featureNames(featureCompatible, h.CompatibleFeatures),
 		AutoclearFeatures:    img.featureNames(featureAutoclear, h.AutoclearFeatures),
 	}
+	extra.Encrypt = img.encryptInfo()
 	if h.Version >= 3 {
 		lazy, corrupt, extended := h.CompatibleFeatures&CompatLazyRefcounts != 0, h.IncompatibleFeatures&IncompatCorrupt != 0, img.extendedL2
 		extra.LazyRefcounts, extra.Corrupt, extra.ExtendedL2 = &lazy, &corrupt, &extended

@@ -21,7 +21,7 @@ const (
 
 // openQcow1 opens a qcow version 1 image whose first bytes are in first.
 // QEMU's checks on open are mirrored, plus: the L1 table lies in the file.
-func (c *chain) openQcow1(f *os.File, path string, first []byte, depth int, snapshot string) (*Image, error) {
+func (c *chain) openQcow1(f *os.File, path, name string, first []byte, depth int, snapshot string) (*Image, error) {
 	fail := func(err error) (*Image, error) { return nil, fmt.Errorf("%s: %w", path, err) }
 	if len(first) < qcow1HeaderLength {
 		return fail(formatErr("header", 0, "file is %d bytes, shorter than a qcow header (48)", len(first)))
@@ -45,9 +45,7 @@ func (c *chain) openQcow1(f *os.File, path string, first []byte, depth int, snap
 		return fail(formatErr("l2_bits", 33, "%d is outside %d..%d", l2Bits, qcow1MinClusterBits-3, qcow1MaxClusterBits-3))
 	}
 	switch cryptMethod {
-	case CryptNone:
-	case CryptAES:
-		return fail(&UnsupportedError{Feature: "encryption (legacy AES, crypt_method 1)"})
+	case CryptNone, CryptAES:
 	default:
 		return fail(formatErr("crypt_method", 36, "%d is not an encryption method (0 or 1)", cryptMethod))
 	}
@@ -63,7 +61,7 @@ func (c *chain) openQcow1(f *os.File, path string, first []byte, depth int, snap
 	if l1Off > math.MaxInt64-l1Entries*8 || l1Off+l1Entries*8 > uint64(st.Size()) {
 		return fail(formatErr("l1_table_offset", 40, "table [%#x, +%d) lies beyond the end of the file (%d bytes)", l1Off, l1Entries*8, st.Size()))
 	}
-	img := c.newImage(f, path, &Header{Version: 1, ClusterBits: clusterBits, Size: size, L1Size: uint32(l1Entries), L1TableOffset: l1Off}, l2Bits)
+	img := c.newImage(f, path, &Header{Version: 1, ClusterBits: clusterBits, Size: size, CryptMethod: cryptMethod, L1Size: uint32(l1Entries), L1TableOffset: l1Off}, l2Bits)
 	img.v1 = true
 	if backingOff != 0 {
 		if backingLen > qcow1BackingNameLimit || backingOff > uint64(len(first)) || uint64(backingLen) > uint64(len(first))-backingOff {
@@ -72,6 +70,10 @@ func (c *chain) openQcow1(f *os.File, path string, first []byte, depth int, snap
 		img.backingName = string(first[backingOff : backingOff+uint64(backingLen)])
 	}
 	img.l1Entries = int64(l1Entries)
+	img.fileSize = st.Size()
+	if err := c.openEncryption(img, name); err != nil {
+		return nil, err
+	}
 	if err := c.openDependencies(img, depth); err != nil {
 		return nil, err
 	}

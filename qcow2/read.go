@@ -66,10 +66,10 @@ func (img *Image) ReadAt(p []byte, off int64) (int, error) {
 // is one run of data in one host file, as it is for most reads of an
 // uncompressed image: the file and the offset in it. A caller can then
 // move the bytes without copying them through user space (splice). It
-// answers false for anything else, and for a range that reaches past the
+// answers false for anything else (encrypted data above all), and for a range that reaches past the
 // end of the file as it is now, which ReadAt reports as an error.
 func (img *Image) HostRange(off int64, n int) (*os.File, int64, bool) {
-	if off < 0 || n <= 0 || off+int64(n) > img.size {
+	if img.hdr.CryptMethod != CryptNone || off < 0 || n <= 0 || off+int64(n) > img.size {
 		return nil, 0, false
 	}
 	e, err := img.lookup(off, int64(n))
@@ -105,7 +105,11 @@ func (img *Image) read(p []byte, off int64) error {
 		case extentBacking:
 			err = img.readBacking(dst, off)
 		case extentData:
-			err = img.readData(dst, e.host)
+			if img.hdr.CryptMethod != CryptNone {
+				err = img.readEncrypted(dst, e.host, off)
+			} else {
+				err = img.readData(dst, e.host)
+			}
 		case extentCompressed:
 			if e.n == img.clusterSize() {
 				// A whole cluster: decompress straight into p, later and

@@ -33,7 +33,8 @@ func TestCommittedImages(t *testing.T) {
 		}
 		n++
 		t.Run(name, func(t *testing.T) {
-			img, err := qcow2.Open(filepath.Join(imagesDir, name), qcow2.Options{})
+			// The encrypted ones have the passphrase "qcowmount".
+			img, err := qcow2.Open(filepath.Join(imagesDir, name), qcow2.Options{Passphrase: passphrases(map[string]string{"": "qcowmount"})})
 			if err != nil {
 				t.Fatal(err)
 			}

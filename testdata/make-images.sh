@@ -3,6 +3,7 @@
 #   demo.qcow2       a GPT disk with an ext4 and a FAT partition (make demo)
 #   images/*.qcow2   tiny images of each kind, read by the format tests on
 #                    machines without QEMU and used as fuzz seeds
+#   images/*-luks.qcow2, *-aes.qcow*  encrypted, passphrase "qcowmount"
 #   images/SHA256SUMS  the sha256 of `qemu-img convert -O raw` of each
 # Needs qemu-utils, fdisk, e2fsprogs, dosfstools and mtools; no root.
 set -euo pipefail
@@ -62,6 +63,23 @@ qemu-io -f qcow2 -c 'write -P 0x55 4096 8192' images/v3-snapshot.qcow2 >/dev/nul
 qemu-img create -q -f qcow images/v1.qcow 256K
 qemu-io -f qcow -c 'write -c -P 0x66 0 4k' -c 'write -P 0x67 8192 10000' images/v1.qcow >/dev/null
 
+# Encrypted with the passphrase "qcowmount": LUKS (AES-128-CBC, whose key
+# slots are the smallest QEMU makes), legacy AES in qcow2 and in qcow v1.
+# The LUKS area also seeds the LUKS header fuzz target.
+key=(--object secret,id=s0,data=qcowmount)
+opts() { echo "driver=$1,file.filename=$2,encrypt.key-secret=s0"; }
+qemu-img create -q "${key[@]}" -f qcow2 -o cluster_size=4096,encrypt.format=luks,encrypt.key-secret=s0,encrypt.cipher-alg=aes-128,encrypt.cipher-mode=cbc,encrypt.iter-time=10 images/v3-luks.qcow2 256K
+qemu-img create -q "${key[@]}" -f qcow2 -o cluster_size=4096,encrypt.format=aes,encrypt.key-secret=s0 images/v3-aes.qcow2 256K
+qemu-img create -q "${key[@]}" -f qcow -o encrypt.format=aes,encrypt.key-secret=s0 images/v1-aes.qcow 256K
+for f in v3-luks.qcow2 v3-aes.qcow2; do
+	qemu-io "${key[@]}" --image-opts "$(opts qcow2 images/$f)" -c 'write -P 0x71 0 4k' -c 'write -P 0x72 5000 70000' -c 'write -c -P 0x73 128k 4k' >/dev/null
+done
+qemu-io "${key[@]}" --image-opts "$(opts qcow images/v1-aes.qcow)" -c 'write -P 0x71 0 4k' -c 'write -P 0x72 8192 70000' >/dev/null
+luks_at=$(LC_ALL=C grep -m1 -obUaP 'LUKS\xba\xbe' images/v3-luks.qcow2 | cut -d: -f1)
+mkdir -p ../qcow2/encryption/testdata
+# The header and the one active key slot's material (16 x 4000 bytes).
+dd if=images/v3-luks.qcow2 of=../qcow2/encryption/testdata/aes-128-cbc.luks bs=4096 skip=$((luks_at / 4096)) count=17 status=none
+
 # Tiny images of every kind, a few KiB each: the fuzz targets' seeds.
 tiny=images/tiny
 mkdir -p "$tiny"
@@ -84,7 +102,11 @@ qemu-img create -q -f qcow -o cluster_size=512 "$tiny/v1.qcow" 64K 2>/dev/null |
 qemu-io -f qcow -c 'write -c -P 0x66 0 4k' -c 'write -P 0x67 8192 1000' "$tiny/v1.qcow" >/dev/null
 
 (cd images && for f in *.qcow2 *.qcow; do
-	qemu-img convert -O raw "$f" "$work/$f.raw"
+	case $f in
+	*-luks.qcow2 | *-aes.qcow2) qemu-img convert "${key[@]}" --image-opts "$(opts qcow2 "$f")" -O raw "$work/$f.raw" ;;
+	*-aes.qcow) qemu-img convert "${key[@]}" --image-opts "$(opts qcow "$f")" -O raw "$work/$f.raw" ;;
+	*) qemu-img convert -O raw "$f" "$work/$f.raw" ;;
+	esac
 	echo "$(sha256sum < "$work/$f.raw" | cut -d' ' -f1)  $f"
 done) > images/SHA256SUMS
 ls -l demo.qcow2 images/

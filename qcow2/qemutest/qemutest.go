@@ -44,13 +44,18 @@ func Run(t testing.TB, name string, args ...string) string {
 // in the image's directory.
 func RunIn(t testing.TB, dir, name string, args ...string) string {
 	t.Helper()
-	cmd := exec.Command(name, args...)
-	cmd.Dir = dir
-	out, err := cmd.CombinedOutput()
+	out, err := runIn(dir, name, args...)
 	if err != nil {
 		t.Fatalf("%s %q: %v\n%s", name, args, err, out)
 	}
-	return string(out)
+	return out
+}
+
+func runIn(dir, name string, args ...string) (string, error) {
+	cmd := exec.Command(name, args...)
+	cmd.Dir = dir
+	out, err := cmd.CombinedOutput()
+	return string(out), err
 }
 
 // Create makes an image with qemu-img create; opts are -o options.

@@ -96,11 +96,16 @@ func TestInfoMatchesQemuImg(t *testing.T) {
 	qemutest.Run(t, "qemu-img", "convert", "-c", "-O", "qcow2", "-o", "compression_type=zstd,lazy_refcounts=on", top, zstd3)
 	data := filepath.Join(dir, "meta.qcow2")
 	qemutest.Create(t, data, "qcow2", "1M", "data_file=data.bin", "data_file_raw=on")
+	luks := filepath.Join(dir, "luks.qcow2")
+	qemutest.CreateEncrypted(t, luks, "qcow2", "1M", "p", "encrypt.format=luks", "encrypt.iter-time=10",
+		"encrypt.cipher-alg=aes-128", "encrypt.cipher-mode=cbc", "encrypt.ivgen-alg=essiv", "encrypt.ivgen-hash-alg=sha256")
+	aes := filepath.Join(dir, "aes.qcow2")
+	qemutest.CreateEncrypted(t, aes, "qcow2", "1M", "p", "encrypt.format=aes")
 	shared := []string{"filename", "format", "virtual-size", "cluster-size", "dirty-flag", "encrypted",
 		"backing-filename", "full-backing-filename", "backing-filename-format"}
-	sharedQcow2 := []string{"compat", "compression-type", "lazy-refcounts", "refcount-bits", "corrupt", "extended-l2", "data-file", "data-file-raw"}
+	sharedQcow2 := []string{"compat", "compression-type", "lazy-refcounts", "refcount-bits", "corrupt", "extended-l2", "data-file", "data-file-raw", "encrypt"}
 	sharedSnapshot := []string{"id", "name", "vm-state-size", "date-sec", "date-nsec", "vm-clock-sec", "vm-clock-nsec", "icount"}
-	for _, image := range []string{top, zstd, zstd3, data} {
+	for _, image := range []string{top, zstd, zstd3, data, luks, aes} {
 		t.Run(filepath.Base(image), func(t *testing.T) {
 			ours, code := run(t, "info", "--json", "--backing-chain", image)
 			if code != 0 {

@@ -22,13 +22,17 @@ func TestHostileCorpusFromTheCLI(t *testing.T) {
 	corpus := qemutest.HostileCorpus(t, t.TempDir())
 	for _, h := range corpus {
 		t.Run(h.Name, func(t *testing.T) {
-			out, code := run(t, "info", h.Path)
+			var key []string
+			if h.Passphrase != "" {
+				key = []string{"--key-file", keyFile(t, h.Passphrase)}
+			}
+			out, code := run(t, append([]string{"info", h.Path}, key...)...)
 			crashed := strings.Contains(out, "panic") || strings.Contains(out, "goroutine ")
 			if crashed || (h.OpenError != "" && (code == 0 || !strings.Contains(out, h.OpenError))) || (h.OpenError == "" && code != 0) {
 				t.Fatalf("info: exit %d: %s", code, out)
 			}
 			mnt := t.TempDir()
-			out, code = run(t, h.Path, mnt)
+			out, code = run(t, append([]string{h.Path, mnt}, key...)...)
 			if h.OpenError != "" {
 				if code == 0 || !strings.Contains(out, h.OpenError) || strings.Count(strings.TrimSpace(out), "\n") > 0 {
 					t.Fatalf("mount: exit %d, want one line naming %q: %s", code, h.OpenError, out)

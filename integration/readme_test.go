@@ -18,9 +18,16 @@ func readmeBlock(t *testing.T, name string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, after, ok := strings.Cut(string(b), "<!-- README test: "+name)
-	if !ok {
-		t.Fatalf("README.md has no block marked %q", name)
+	// The name ends at a space or the comment's end: "root" is not
+	// "rootless".
+	marker := "<!-- README test: " + name
+	after, found := string(b), false
+	for !found {
+		var ok bool
+		if _, after, ok = strings.Cut(after, marker); !ok {
+			t.Fatalf("README.md has no block marked %q", name)
+		}
+		found = strings.HasPrefix(after, " ")
 	}
 	var lines []string
 	started := false
@@ -45,9 +52,10 @@ func TestReadmeFlows(t *testing.T) {
 	if _, err := os.Stat("../bin/qcowmount"); err != nil {
 		qemutest.Missing(t, "bin/qcowmount is missing: make test builds it first")
 	}
-	for _, name := range []string{"rootless", "root", "whole disk"} {
+	qemutest.Require(t, "qemu-img")
+	for _, name := range []string{"rootless", "root", "whole disk", "encrypted"} {
 		t.Run(name, func(t *testing.T) {
-			if name != "rootless" {
+			if name == "root" || name == "whole disk" {
 				requireRoot(t)
 			}
 			script := readmeBlock(t, name)

@@ -65,6 +65,7 @@ func (c *chain) openEncryption(img *Image, name string) error {
 	case CryptNone:
 		return nil
 	case CryptAES:
+		img.warnings = append(img.warnings, "legacy AES encryption cannot check a passphrase: if the guest disk reads as noise, the passphrase was wrong")
 		return c.unlock(img, name, "AES", func(pass []byte) (*encryption.SectorCipher, error) {
 			return encryption.LegacyAES(pass), nil
 		})

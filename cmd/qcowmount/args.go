@@ -69,6 +69,8 @@ var ownOptions = map[string]string{
 	"cluster_cache_size":     "cluster-cache-size",
 	"debug":                  "debug",
 	"fuse_debug":             "fuse-debug",
+	"key_file":               "key-file",
+	"max_kdf_time":           "max-kdf-time",
 }
 
 // ignoredOptions are meant for mount(8) or its helper, not for the file

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"fmt"
 	"io"
@@ -16,25 +17,37 @@ import (
 // waits on a pipe until that copy has mounted (or failed), so that it
 // returns only once the mount is usable: the way gocryptfs and rclone do it,
 // since a Go process cannot fork safely.
-const readyFDEnv = "QCOWMOUNT_READY_FD"
+const (
+	readyFDEnv = "QCOWMOUNT_READY_FD"
+	keysFDEnv  = "QCOWMOUNT_KEYS_FD" // the starting command's answers to passphrase requests
+)
 
-// readyPipe returns the pipe to the starting command in the background
-// process, nil elsewhere.
-func readyPipe() *os.File {
-	s := os.Getenv(readyFDEnv)
+// inheritedFile returns the pipe whose descriptor the environment
+// variable names, in the background process; nil elsewhere.
+func inheritedFile(env, name string) *os.File {
+	s := os.Getenv(env)
 	if s == "" {
 		return nil
 	}
-	os.Unsetenv(readyFDEnv)
+	os.Unsetenv(env)
 	fd, err := strconv.Atoi(s)
 	if err != nil {
 		return nil
 	}
-	return os.NewFile(uintptr(fd), "ready")
+	return os.NewFile(uintptr(fd), name)
 }
 
+// readyPipe returns the pipe to the starting command in the background
+// process, nil elsewhere.
+func readyPipe() *os.File { return inheritedFile(readyFDEnv, "ready") }
+
+// keyAnswers returns the pipe on which the starting command answers the
+// background process's passphrase requests.
+func keyAnswers() *os.File { return inheritedFile(keysFDEnv, "keys") }
+
 // The background process answers on the pipe with one line: "ok", then
-// notes for the user, or "fail CODE", then the error.
+// notes for the user, or "fail CODE", then the error. Before that it may
+// ask for passphrases, a line each (keyRequestPrefix).
 
 // reportReady tells the starting command the outcome. In the background
 // process a failure becomes a quiet exit with the error's code (the
@@ -63,49 +76,49 @@ func reportReady(ready *os.File, err error, notes ...string) error {
 // startDaemon starts the background process with args and waits for its
 // answer. Its stderr comes back through a pipe: fusermount writes its
 // reasons there ("failed to open /dev/fuse: Permission denied"), and they
-// go into the error.
-func startDaemon(args []string) error {
+// go into the error. Passphrases it asks for come from keys.
+func startDaemon(args []string, keys *localKeys) error {
 	exe, err := os.Executable()
 	if err != nil {
 		return err
 	}
-	r, w, err := os.Pipe()
-	if err != nil {
-		return err
+	var pipes []*os.File // read and write ends: ready, stderr, key answers
+	for range 3 {
+		r, w, err := os.Pipe()
+		if err != nil {
+			closeAll(pipes)
+			return err
+		}
+		pipes = append(pipes, r, w)
 	}
-	er, ew, err := os.Pipe()
-	if err != nil {
-		r.Close()
-		w.Close()
-		return err
-	}
+	r, w, er, ew, kr, kw := pipes[0], pipes[1], pipes[2], pipes[3], pipes[4], pipes[5]
 	cmd := exec.Command(exe, args...)
-	cmd.Env = append(os.Environ(), readyFDEnv+"=3")
-	cmd.ExtraFiles = []*os.File{w}
+	cmd.Env = append(os.Environ(), readyFDEnv+"=3", keysFDEnv+"=4")
+	cmd.ExtraFiles = []*os.File{w, kr}
 	cmd.Stderr = ew
 	// Its own session: it must not hold the caller's terminal. (It moves
 	// to / itself once mounted, having resolved its relative paths.)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
-		for _, f := range []*os.File{r, w, er, ew} {
-			f.Close()
-		}
+		closeAll(pipes)
 		return fmt.Errorf("starting the background process: %w", err)
 	}
-	w.Close()
-	ew.Close()
+	closeAll([]*os.File{w, ew, kr})
 	var stderr bytes.Buffer
 	var copied sync.WaitGroup
 	copied.Go(func() { io.Copy(&stderr, io.LimitReader(er, 64<<10)) })
-	msg, _ := io.ReadAll(r)
+	msg := readAnswer(bufio.NewReader(r), keys, kw)
+	kw.Close()
 	r.Close()
-	status, rest, _ := strings.Cut(string(msg), "\n")
+	status, rest, _ := strings.Cut(msg, "\n")
 	if status == "ok" {
 		// The pipe closes once the process has let go of stderr.
 		copied.Wait()
 		er.Close()
-		if rest = strings.TrimSpace(rest); rest != "" {
-			fmt.Fprintln(os.Stderr, "qcowmount:", rest)
+		for _, note := range strings.Split(rest, "\n") {
+			if note = strings.TrimSpace(note); note != "" {
+				fmt.Fprintln(os.Stderr, "qcowmount:", note)
+			}
 		}
 		return cmd.Process.Release()
 	}
@@ -116,5 +129,30 @@ func startDaemon(args []string) error {
 	if err != nil || strings.TrimSpace(rest) == "" {
 		return fmt.Errorf("the background process exited before the mount was ready (%v): %s", werr, strings.TrimSpace(stderr.String()))
 	}
+	if code == exitKey && strings.Contains(rest, "opens with this passphrase") {
+		rest = strings.TrimSpace(rest) + keys.newlineHint()
+	}
 	return exitError{code, explainFailure(rest, stderr.String())}
+}
+
+// readAnswer reads the background process's ready pipe: it answers each
+// passphrase request on keys, and returns the final status and message.
+func readAnswer(r *bufio.Reader, keys *localKeys, answers io.Writer) string {
+	for {
+		line, err := r.ReadString('\n')
+		if strings.HasPrefix(line, keyRequestPrefix) && err == nil {
+			if answerKeyRequest(strings.TrimSuffix(line, "\n"), keys, answers) != nil {
+				return "" // it went away while asking
+			}
+			continue
+		}
+		rest, _ := io.ReadAll(r)
+		return line + string(rest)
+	}
+}
+
+func closeAll(files []*os.File) {
+	for _, f := range files {
+		f.Close()
+	}
 }

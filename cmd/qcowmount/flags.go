@@ -4,6 +4,7 @@ import (
 	"fmt"
 
 	"github.com/qcowmount/qcowmount/qcow2"
+	"github.com/qcowmount/qcowmount/qcow2/encryption"
 	"github.com/urfave/cli/v2"
 )
 
@@ -17,6 +18,9 @@ func imageFlags() []cli.Flag {
 		&cli.BoolFlag{Name: "allow-any-backing-path", Usage: "trust the image: open backing and data files wherever it says they are"},
 		&cli.BoolFlag{Name: "allow-devices", Usage: "allow backing and data files that are block devices"},
 		&cli.BoolFlag{Name: "force-share", Aliases: []string{"U"}, Usage: "open images that another process (a running VM) may be writing; reads may be inconsistent"},
+		&cli.StringSliceFlag{Name: "key-file", Usage: "read the passphrase of encrypted images from `[IMAGE=]FILE` (its exact bytes); IMAGE= for one image of a chain, by its path or backing file name"},
+		&cli.BoolFlag{Name: "password-stdin", Usage: "read the passphrase of encrypted images from standard input (one line)"},
+		&cli.DurationFlag{Name: "max-kdf-time", Value: encryption.DefaultMaxKDFTime, Usage: "refuse LUKS key slots whose key derivation would take longer than `DURATION` here (hostile images ask for hours)"},
 	}
 }
 
@@ -28,6 +32,10 @@ func imageOptions(c *cli.Context) (qcow2.Options, error) {
 		AllowAnyPath: c.Bool("allow-any-backing-path"),
 		AllowDevices: c.Bool("allow-devices"),
 		ForceShare:   c.Bool("force-share"),
+		MaxKDFTime:   c.Duration("max-kdf-time"),
+	}
+	if opts.MaxKDFTime <= 0 {
+		return opts, usageError{fmt.Errorf("--max-kdf-time %v: must be positive", opts.MaxKDFTime)}
 	}
 	for _, f := range []struct {
 		name string

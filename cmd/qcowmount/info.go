@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"math"
@@ -50,6 +51,13 @@ func infoAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	// Encrypted images are described without their passphrase, as
+	// qemu-img info does; with one, the guest disk inside is shown too.
+	keys, err := newLocalKeys(c, false)
+	if err != nil {
+		return err
+	}
+	opts.Passphrase, opts.AllowLocked = keys.passphrase, true
 	img, err := qcow2.Open(c.Args().First(), opts)
 	var chainErr error
 	if err != nil && !opts.NoBacking {
@@ -62,12 +70,16 @@ func infoAction(c *cli.Context) error {
 		}
 	}
 	if err != nil {
-		return imageError{err}
+		return imageError{keys.explain(err)}
 	}
 	defer img.Close()
 	out := bufio.NewWriter(os.Stdout)
 	layout, err := guest.Scan(img)
-	if err != nil {
+	switch {
+	case errors.Is(err, qcow2.ErrNoKey):
+		fmt.Fprintln(os.Stderr, "qcowmount: the guest disk is encrypted: give the passphrase (--key-file FILE or --password-stdin) to see its partitions")
+		layout = nil
+	case err != nil:
 		fmt.Fprintln(os.Stderr, "qcowmount: warning: reading the guest's partition table:", printable(err.Error()))
 		layout = nil
 	}
@@ -214,6 +226,9 @@ func writeInfo(w io.Writer, in qcow2.Info) {
 	fmt.Fprintf(w, "file format: %s\n", in.Format)
 	fmt.Fprintf(w, "virtual size: %s (%d bytes)\n", humanSize(in.VirtualSize), in.VirtualSize)
 	fmt.Fprintf(w, "disk size: %s\n", humanSize(in.ActualSize))
+	if in.Encrypted {
+		fmt.Fprintln(w, "encrypted: yes")
+	}
 	if in.ClusterSize != 0 {
 		fmt.Fprintf(w, "cluster_size: %d\n", in.ClusterSize)
 	}
@@ -253,6 +268,9 @@ func writeInfo(w io.Writer, in qcow2.Info) {
 			fmt.Fprintf(w, "    lazy refcounts: %t\n", *d.LazyRefcounts)
 		}
 		fmt.Fprintf(w, "    refcount bits: %d\n", d.RefcountBits)
+		if e := d.Encrypt; e != nil {
+			writeEncrypt(w, e)
+		}
 		if d.Corrupt != nil {
 			fmt.Fprintf(w, "    corrupt: %t\n", *d.Corrupt)
 			fmt.Fprintf(w, "    extended l2: %t\n", *d.ExtendedL2)
@@ -266,6 +284,35 @@ func writeInfo(w io.Writer, in qcow2.Info) {
 		fmt.Fprintf(w, "    compatible features: %s\n", listOrNone(d.CompatibleFeatures))
 		fmt.Fprintf(w, "    autoclear features: %s\n", listOrNone(d.AutoclearFeatures))
 	}
+}
+
+// writeEncrypt prints the encryption as qemu-img info does, fields in its
+// order.
+func writeEncrypt(w io.Writer, e *qcow2.EncryptInfo) {
+	fmt.Fprintln(w, "    encrypt:")
+	if e.Format == "luks" {
+		fmt.Fprintf(w, "        ivgen alg: %s\n        hash alg: %s\n        cipher alg: %s\n        uuid: %s\n",
+			e.IVGenAlg, e.HashAlg, e.CipherAlg, printable(e.UUID))
+		if e.IVGenHashAlg != "" {
+			fmt.Fprintf(w, "        ivgen hash alg: %s\n", e.IVGenHashAlg)
+		}
+	}
+	fmt.Fprintf(w, "        format: %s\n", e.Format)
+	if e.Format != "luks" {
+		return
+	}
+	fmt.Fprintf(w, "        cipher mode: %s\n        slots:\n", e.CipherMode)
+	for i, s := range e.Slots {
+		fmt.Fprintf(w, "            [%d]:\n                active: %t\n", i, s.Active)
+		if s.Iters != nil {
+			fmt.Fprintf(w, "                iters: %d\n", *s.Iters)
+		}
+		fmt.Fprintf(w, "                key offset: %d\n", s.KeyOffset)
+		if s.Stripes != nil {
+			fmt.Fprintf(w, "                stripes: %d\n", *s.Stripes)
+		}
+	}
+	fmt.Fprintf(w, "        payload offset: %d\n        master key iters: %d\n", e.PayloadOffset, e.MasterKeyIters)
 }
 
 func listOrNone(s []string) string {

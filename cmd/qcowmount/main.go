@@ -22,6 +22,7 @@ const (
 	exitImage   = 3 // the image or its chain cannot be opened
 	exitMount   = 4 // the mount cannot be made (mountpoint, FUSE, fusermount)
 	exitBusy    = 5 // umount: the mount is busy
+	exitKey     = 6 // an encrypted image's passphrase is missing or wrong
 )
 
 // usageError, imageError and mountError say which exit code an error
@@ -98,7 +99,8 @@ func newApp() *cli.App {
 			"background process serving it, with p1.raw, p2.raw, ... for the guest's partitions\n" +
 			"and VG-LV.raw for its LVM volumes. Unmount with `qcowmount umount MOUNTPOINT`.\n\n" +
 			"Exit codes: 0 success, 1 other failures, 2 usage, 3 the image or its chain cannot\n" +
-			"be opened, 4 the mount cannot be made, 5 umount: the mount is busy.",
+			"be opened, 4 the mount cannot be made, 5 umount: the mount is busy, 6 an encrypted\n" +
+			"image's passphrase is missing or opens no key slot.",
 		Flags:    mountFlags(),
 		Action:   mountAction,
 		Commands: []*cli.Command{infoCommand(), umountCommand(), versionCommand(), completionCommand(), manCommand()},

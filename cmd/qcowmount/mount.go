@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"errors"
 	"fmt"
 	"os"
@@ -28,20 +29,45 @@ func mountAction(c *cli.Context) error {
 		}
 		return usageError{fmt.Errorf("need IMAGE and MOUNTPOINT, got %d arguments (see qcowmount --help)", c.NArg())}
 	}
-	if c.Bool("foreground") {
-		return serve(c, nil)
-	}
+	// -o options first: they set flags (key_file, ...) that both the
+	// starting command and the server use.
+	fuseOpts, err := splitOptions(c)
 	if ready := readyPipe(); ready != nil {
-		return serve(c, ready)
+		answers := keyAnswers()
+		if err == nil && answers == nil {
+			err = errors.New("started without the passphrase pipe")
+		}
+		if err != nil {
+			return reportReady(ready, err)
+		}
+		defer answers.Close()
+		return serve(c, ready, fuseOpts, &remoteKeys{ready: ready, answers: bufio.NewReader(answers)})
+	}
+	if err != nil {
+		return err
+	}
+	keys, err := newLocalKeys(c, true)
+	if err != nil {
+		return err
+	}
+	if c.Bool("foreground") {
+		return serve(c, nil, fuseOpts, keys)
 	}
 	// Flags first, MOUNTPOINT last: ps shows the server by its mountpoint.
-	return startDaemon(interspersed(c.App, os.Args)[1:])
+	return startDaemon(interspersed(c.App, os.Args)[1:], keys)
+}
+
+// passphraser answers the reader's passphrase requests: from the user's
+// files and terminal (localKeys), or by asking the starting command
+// (remoteKeys).
+type passphraser interface {
+	passphrase(qcow2.KeyRequest) ([]byte, error)
 }
 
 // serve opens the image, mounts it and serves until unmounted. ready, when
 // not nil, is the pipe to the command that started this background process:
 // it gets "ok" once the mount is usable, or the error that stopped it.
-func serve(c *cli.Context, ready *os.File) (err error) {
+func serve(c *cli.Context, ready *os.File, fuseOpts []string, keys passphraser) (err error) {
 	image := c.Args().Get(0)
 	mountpoint, err := filepath.Abs(c.Args().Get(1))
 	if err != nil {
@@ -51,10 +77,6 @@ func serve(c *cli.Context, ready *os.File) (err error) {
 	// unmounts once the mount is up.
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
-	fuseOpts, err := splitOptions(c)
-	if err != nil {
-		return reportReady(ready, err)
-	}
 	log, logNote, err := newLogger(c, ready != nil, mountpoint)
 	if err != nil {
 		return reportReady(ready, err)
@@ -78,7 +100,7 @@ func serve(c *cli.Context, ready *os.File) (err error) {
 		}
 		defer os.Remove(pidfile)
 	}
-	server, img, err := mount(c, image, mountpoint, fuseOpts, log)
+	server, img, err := mount(c, image, mountpoint, fuseOpts, keys, log)
 	if err != nil {
 		return reportReady(ready, err)
 	}
@@ -89,7 +111,12 @@ func serve(c *cli.Context, ready *os.File) (err error) {
 	}
 	log.Info("mounted", zap.String("image", img.Path()), zap.String("mountpoint", mountpoint),
 		zap.Int64("size", img.Size()), zap.Int("pid", os.Getpid()))
-	if err := reportReady(ready, nil, logNote); err != nil {
+	// The user sees the image's warnings, not only the log.
+	notes := []string{logNote}
+	for _, w := range img.Warnings() {
+		notes = append(notes, "warning: "+printable(w))
+	}
+	if err := reportReady(ready, nil, notes...); err != nil {
 		log.Warn("could not tell the starting command that the mount is ready", zap.Error(err))
 	}
 	go unmountOnSignal(sigs, server, mountpoint, log)
@@ -99,7 +126,7 @@ func serve(c *cli.Context, ready *os.File) (err error) {
 }
 
 // mount checks the mountpoint, opens the image and mounts it.
-func mount(c *cli.Context, image, mountpoint string, fuseOpts []string, log *zap.Logger) (*fuse.Server, *qcow2.Image, error) {
+func mount(c *cli.Context, image, mountpoint string, fuseOpts []string, keys passphraser, log *zap.Logger) (*fuse.Server, *qcow2.Image, error) {
 	if err := checkMountpoint(mountpoint); err != nil {
 		return nil, nil, mountError{err}
 	}
@@ -110,8 +137,14 @@ func mount(c *cli.Context, image, mountpoint string, fuseOpts []string, log *zap
 	if err != nil {
 		return nil, nil, err
 	}
+	opts.Passphrase = keys.passphrase
 	img, err := qcow2.Open(image, opts)
 	if err != nil {
+		if lk, ok := keys.(*localKeys); ok {
+			err = lk.explain(err)
+		} else {
+			err = keyError(err) // the starting command adds what only it knows
+		}
 		return nil, nil, imageError{err}
 	}
 	// The caches are most of our memory: keep the heap near them instead

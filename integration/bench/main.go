@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"time"
 )
@@ -23,6 +24,7 @@ func main() {
 	runs := flag.Int("runs", 3, "runs of each measure; the best one counts, since shared machines are noisy")
 	out := flag.String("out", "", "also write the results as Markdown to this file")
 	ours := flag.String("qcowmount", "bin/qcowmount", "the qcowmount binary to measure")
+	only := flag.String("only", "", "measure only the built images whose name contains this (e.g. LUKS)")
 	serveRaw := flag.String("serve-raw", "", "internal: serve this raw file at the mountpoint given as argument")
 	flag.Parse()
 	if *serveRaw != "" {
@@ -32,13 +34,13 @@ func main() {
 		}
 		return
 	}
-	if err := run(*work, *image, *fill<<20, *seconds, *runs, *out, *ours); err != nil {
+	if err := run(*work, *image, *only, *fill<<20, *seconds, *runs, *out, *ours); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
 }
 
-func run(work, image string, fill int64, seconds, runs int, out, ours string) error {
+func run(work, image, only string, fill int64, seconds, runs int, out, ours string) error {
 	ours, err := filepath.Abs(ours)
 	if err != nil {
 		return err
@@ -56,6 +58,7 @@ func run(work, image string, fill int64, seconds, runs int, out, ours string) er
 	} else if images, err = buildImages(work, fill); err != nil {
 		return err
 	}
+	images = slices.DeleteFunc(images, func(img benchImage) bool { return !strings.Contains(img.name, only) })
 	o := options{seconds: seconds, work: work}
 	ms := metrics()
 	var report strings.Builder

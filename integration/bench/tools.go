@@ -33,7 +33,11 @@ func tools(ours, raw string) []tool {
 	ceiling := func(img benchImage) bool { return img.ceilings }
 	return []tool{
 		{name: "qcowmount (ours)", reads: all, mount: func(img benchImage, dir string) (*mounted, error) {
-			if err := sh(ours, img.path, dir); err != nil {
+			args := []string{img.path, dir}
+			if img.keyFile != "" {
+				args = append(args, "--key-file", img.keyFile)
+			}
+			if err := sh(ours, args...); err != nil {
 				return nil, err
 			}
 			return fuseDirMount(dir, filepath.Join(dir, "disk.raw"), ours)
@@ -43,13 +47,20 @@ func tools(ours, raw string) []tool {
 			if err := os.WriteFile(file, nil, 0o644); err != nil {
 				return nil, err
 			}
-			cmd := exec.Command("qemu-storage-daemon",
+			qcow2 := "driver=qcow2,node-name=disk,read-only=on,file=file"
+			var secret []string
+			if img.keyFile != "" {
+				secret = []string{"--object", "secret,id=s0,file=" + img.keyFile}
+				qcow2 += ",encrypt.key-secret=s0"
+			}
+			cmd := exec.Command("qemu-storage-daemon", append(secret,
 				"--blockdev", "driver=file,node-name=file,read-only=on,filename="+img.path,
-				"--blockdev", "driver=qcow2,node-name=disk,read-only=on,file=file",
-				"--export", "type=fuse,id=exp,node-name=disk,writable=off,mountpoint="+file)
+				"--blockdev", qcow2,
+				"--export", "type=fuse,id=exp,node-name=disk,writable=off,mountpoint="+file)...)
 			return processMount(cmd, file, func() error { return cmd.Process.Signal(syscall.SIGTERM) })
 		}},
-		{name: "libqcow qcowmount", peer: true, reads: func(img benchImage) bool { return img.compression != "zstd" },
+		// libqcow reads neither zstd nor LUKS.
+		{name: "libqcow qcowmount", peer: true, reads: func(img benchImage) bool { return img.compression != "zstd" && img.keyFile == "" },
 			mount: func(img benchImage, dir string) (*mounted, error) {
 				if err := sh("/usr/bin/qcowmount", img.path, dir); err != nil {
 					return nil, err

@@ -39,9 +39,24 @@ func CreateEncrypted(t testing.TB, path, format, size, passphrase string, opts .
 	t.Helper()
 	objects, _ := secretArgs([]string{passphrase})
 	args := append([]string{"create", "-q"}, objects...)
-	args = append(args, "-f", format, "-o", strings.Join(append(opts, "encrypt.key-secret=s0"), ","), path, size)
+	runEncrypting(t, filepath.Dir(path), append(args, "-f", format, "-o", strings.Join(append(opts, "encrypt.key-secret=s0"), ","), path, size)...)
+}
+
+// ConvertEncrypted converts a raw file into an image encrypted with
+// passphrase; opts are as CreateEncrypted's.
+func ConvertEncrypted(t testing.TB, raw, path, format, passphrase string, opts ...string) {
+	t.Helper()
+	objects, _ := secretArgs([]string{passphrase})
+	args := append([]string{"convert", "-q"}, objects...)
+	runEncrypting(t, filepath.Dir(path), append(args, "-f", "raw", "-O", format, "-o", strings.Join(append(opts, "encrypt.key-secret=s0"), ","), raw, path)...)
+}
+
+// runEncrypting runs qemu-img to make an encrypted image, trying again
+// where its PBKDF2 measurement failed.
+func runEncrypting(t testing.TB, dir string, args ...string) {
+	t.Helper()
 	for try := 1; ; try++ {
-		out, err := runIn(filepath.Dir(path), "qemu-img", args...)
+		out, err := runIn(dir, "qemu-img", args...)
 		if err == nil {
 			return
 		}

@@ -26,7 +26,13 @@ type Hostile struct {
 	Bad [][2]int64
 	// Want is QEMU's raw output of the image before the damage.
 	Want string
+	// Passphrase opens the image where it is encrypted.
+	Passphrase string
 }
+
+// HostilePassphrase is the passphrase of the encrypted images of the
+// corpus.
+const HostilePassphrase = "hostile corpus"
 
 // IsBad reports whether guest offset off lies in a damaged range.
 func (h Hostile) IsBad(off int64) bool {
@@ -46,6 +52,7 @@ type hostileBase struct {
 	l1Off    int64
 	l2Off    int64 // the first L2 table
 	clusters int64 // cluster size
+	luksOff  int64 // where an encrypted base keeps its LUKS header
 }
 
 // The base images have 4 KiB clusters, so one L2 table maps 2 MiB; they
@@ -115,6 +122,7 @@ func HostileCorpus(t testing.TB, dir string) []Hostile {
 	zst := buildHostileBase(t, dir, "zstd", "1.1", "zstd")
 	snap := buildHostileBase(t, dir, "snap", "1.1", "")
 	Run(t, "qemu-img", "snapshot", "-c", "s1", snap.path)
+	luks := buildHostileLUKS(t, dir)
 	snapTable := int64(binary.BigEndian.Uint64(readAll(t, snap.path)[64:]))
 
 	var out []Hostile
@@ -125,6 +133,9 @@ func HostileCorpus(t testing.TB, dir string) []Hostile {
 			t.Fatal(err)
 		}
 		out = append(out, Hostile{Name: name, Path: p, OpenError: openErr, Bad: bad, Want: base.raw})
+		if base.path == luks.path {
+			out[len(out)-1].Passphrase = HostilePassphrase
+		}
 	}
 	u32 := func(off int64, v uint32) func([]byte) []byte {
 		return func(b []byte) []byte { binary.BigEndian.PutUint32(b[off:], v); return b }
@@ -278,7 +289,35 @@ func HostileCorpus(t testing.TB, dir string) []Hostile {
 	add("truncated in an L2 table", v3, cut(v3.l2Off+100), "", [2]int64{0, hostileSize})
 	add("truncated in the data", v3, cut(last.host+hostileCluster/2), "", cluster(last.index))
 	add("undamaged", v3, keep, "")
+
+	// LUKS: the header inside the image, its key slots and PBKDF2 counts.
+	lk := luks.luksOff
+	slot0 := lk + 208
+	add("LUKS area cut short", luks, cut(lk+1000), "full disk encryption extension")
+	add("LUKS key slot outside the file", luks, u32(slot0+40, 0x7fffffff), "key slot offset")
+	add("LUKS stripes for gigabytes", luks, u32(slot0+44, 1<<30), "stripes")
+	add("LUKS payload outside the area", luks, u32(lk+104, 0xffffffff), "payload_offset")
+	add("LUKS PBKDF2 iterations 2^32-1", luks, u32(slot0+4, 0xffffffff), "no key slot can be tried within")
+	add("LUKS digest iterations 2^32-1", luks, u32(lk+164, 0xffffffff), "no key slot can be tried within")
+	add("LUKS key bytes huge", luks, u32(lk+108, 0xfffffff0), "LUKS cipher")
+	add("LUKS undamaged", luks, keep, "")
 	return out
+}
+
+// buildHostileLUKS is a LUKS-encrypted base image, with the offset of its
+// LUKS header in luksOff.
+func buildHostileLUKS(t testing.TB, dir string) hostileBase {
+	t.Helper()
+	path := filepath.Join(dir, "luks.qcow2")
+	CreateEncrypted(t, path, "qcow2", "4M", HostilePassphrase, "encrypt.format=luks", "encrypt.iter-time=10",
+		"encrypt.cipher-alg=aes-128", "encrypt.cipher-mode=cbc", fmt.Sprintf("cluster_size=%d", hostileCluster))
+	IOEncrypted(t, path, "qcow2", []string{HostilePassphrase}, "write -P 0x61 0 64k", "write -P 0x62 3M 100k")
+	b := readAll(t, path)
+	at := strings.Index(string(b), "LUKS\xba\xbe")
+	if at < 0 {
+		t.Fatal("no LUKS header in the image QEMU made")
+	}
+	return hostileBase{path: path, raw: RawEncrypted(t, path, "qcow2", HostilePassphrase), size: 4 << 20, clusters: hostileCluster, luksOff: int64(at)}
 }
 
 type dataCluster struct{ index, host int64 }

@@ -3,7 +3,6 @@ package encryption
 import (
 	"bytes"
 	"crypto/md5"
-	"crypto/pbkdf2"
 	"crypto/sha1"
 	"crypto/sha256"
 	"crypto/sha512"
@@ -266,19 +265,24 @@ func (l *LUKS) Unlock(passphrase []byte, maxKDF time.Duration) (*SectorCipher, e
 		})
 	}
 	wg.Wait()
+	var master []byte
 	var errs []error
 	for _, r := range results {
-		if r.key != nil {
-			c, err := NewSectorCipher(l.Spec, r.key)
-			clear(r.key)
-			return c, err
-		}
-		if r.err != nil {
+		switch {
+		case r.key != nil && master == nil:
+			master = r.key
+			defer clear(master)
+		case r.key != nil:
+			clear(r.key) // another slot with the same passphrase
+		case r.err != nil:
 			errs = append(errs, r.err)
 		}
 	}
-	if err := errors.Join(errs...); err != nil {
-		return nil, err
+	switch {
+	case master != nil:
+		return NewSectorCipher(l.Spec, master)
+	case len(errs) > 0:
+		return nil, errors.Join(errs...)
 	}
 	return nil, &WrongPassphraseError{NotTried: tooSlow}
 }
@@ -289,10 +293,7 @@ func (l *LUKS) tryslot(i int, passphrase []byte) ([]byte, error) {
 	s := &l.Slots[i]
 	h := hashes[l.Hash]
 	keyLen := l.Spec.KeyBytes
-	slotKey, err := pbkdf2.Key(h, string(passphrase), s.Salt[:], int(s.Iterations), keyLen)
-	if err != nil {
-		return nil, fmt.Errorf("key slot %d: %w", i, err)
-	}
+	slotKey := pbkdf2Key(h, passphrase, s.Salt[:], int(s.Iterations), keyLen)
 	defer clear(slotKey)
 	material := make([]byte, alignUp(int64(keyLen)*luksStripes, SectorSize))
 	defer clear(material)
@@ -310,10 +311,7 @@ func (l *LUKS) tryslot(i int, passphrase []byte) ([]byte, error) {
 		return nil, err
 	}
 	master := afMerge(h, material[:keyLen*luksStripes], keyLen, luksStripes)
-	digest, err := pbkdf2.Key(h, string(master), l.salt[:], int(l.DigestIters), luksDigestBytes)
-	if err != nil {
-		return nil, fmt.Errorf("master key digest: %w", err)
-	}
+	digest := pbkdf2Key(h, master, l.salt[:], int(l.DigestIters), luksDigestBytes)
 	if !bytes.Equal(digest, l.digest[:]) {
 		clear(master)
 		return nil, nil

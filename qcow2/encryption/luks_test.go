@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/aes"
 	"crypto/cipher"
+	"crypto/pbkdf2"
 	"crypto/rand"
 	"encoding/binary"
 	"errors"
@@ -240,4 +241,20 @@ func FuzzLUKS(f *testing.F) {
 		l.DigestIters = min(l.DigestIters, 16)
 		l.Unlock([]byte("qcowmount"), time.Second)
 	})
+}
+
+// TestPBKDF2MatchesTheStandardLibrary: the parallel derivation gives
+// crypto/pbkdf2's bytes, for keys of one block, several, and a part.
+func TestPBKDF2MatchesTheStandardLibrary(t *testing.T) {
+	for name, h := range hashes {
+		for _, keyLen := range []int{16, 20, 32, 64, 100} {
+			want, err := pbkdf2.Key(h, "pass phrase", []byte("salt of 32 bytes, more or less.."), 1000, keyLen)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := pbkdf2Key(h, []byte("pass phrase"), []byte("salt of 32 bytes, more or less.."), 1000, keyLen); !bytes.Equal(got, want) {
+				t.Errorf("%s, %d bytes: differs from crypto/pbkdf2", name, keyLen)
+			}
+		}
+	}
 }

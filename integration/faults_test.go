@@ -16,7 +16,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/qcowmount/qcowmount/integration/proc"
+	"github.com/qcowmount/qcowmount/integration/internal/proc"
 	"github.com/qcowmount/qcowmount/qcow2/qemutest"
 )
 

@@ -11,7 +11,7 @@ import (
 	"syscall"
 	"testing"
 
-	"github.com/qcowmount/qcowmount/integration/proc"
+	"github.com/qcowmount/qcowmount/integration/internal/proc"
 	"github.com/qcowmount/qcowmount/qcow2/qemutest"
 )
 

@@ -19,7 +19,7 @@ func (img *Image) Allocation(off, limit int64) (data bool, n int64, err error) {
 	}
 	e, err := img.lookup(off, min(limit, img.size-off))
 	if err != nil {
-		return false, 0, fmt.Errorf("%s: guest offset %#x: %w", img.path, off, err)
+		return false, 0, fmt.Errorf("%s: guest offset %#x: %w", img.path, off, withPath(img.path, err))
 	}
 	switch e.kind {
 	case extentZero:
@@ -53,7 +53,11 @@ func allocationBelow(backing Disk, off, n int64) (bool, int64, error) {
 // data and holes are.
 func (r *rawDisk) Allocation(off, limit int64) (bool, int64, error) {
 	limit = min(limit, r.size-off)
-	fd := int(r.f.Fd())
+	f, ok := osFile(r.f)
+	if !ok {
+		return true, limit, nil // nothing to ask
+	}
+	fd := int(f.Fd())
 	next, err := unix.Seek(fd, off, unix.SEEK_DATA)
 	switch {
 	case errors.Is(err, unix.ENXIO):

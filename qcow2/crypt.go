@@ -84,7 +84,7 @@ func (c *chain) openEncryption(img *Image, name string) error {
 	if err != nil {
 		var he *encryption.HeaderError
 		if errors.As(err, &he) {
-			return &FormatError{Field: "LUKS " + he.Field, Offset: int64(off) + he.Offset, Msg: he.Msg}
+			return &FormatError{Path: img.path, Field: "LUKS " + he.Field, Offset: int64(off) + he.Offset, Msg: he.Msg}
 		}
 		return err
 	}

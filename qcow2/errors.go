@@ -6,10 +6,13 @@ import (
 )
 
 // FormatError reports a field of the image that breaks the format or one
-// of QEMU's limits. Offset is where the field lies in the image file, or -1
-// when the problem is not tied to one place; Err is the cause, where there
-// is one (a decoder's error for a corrupt compressed cluster).
+// of QEMU's limits. Path is the image file of the chain it lies in (the
+// error's text starts with it already); Offset is where the field lies in
+// that file, or -1 when the problem is not tied to one place; Err is the
+// cause, where there is one (a decoder's error for a corrupt compressed
+// cluster).
 type FormatError struct {
+	Path   string
 	Field  string
 	Offset int64
 	Msg    string
@@ -29,6 +32,23 @@ func (e *FormatError) Error() string {
 }
 
 func (e *FormatError) Unwrap() error { return e.Err }
+
+// inFile prefixes err with the image file it is about, and gives a
+// FormatError in it that file's path.
+func inFile(path string, err error) error {
+	return fmt.Errorf("%s: %w", path, withPath(path, err))
+}
+
+// withPath sets the path of a FormatError in err that has none. Errors
+// that several reads share (a failed compressed cluster) get theirs when
+// they are made, so this never writes to one another goroutine may see.
+func withPath(path string, err error) error {
+	var fe *FormatError
+	if errors.As(err, &fe) && fe.Path == "" {
+		fe.Path = path
+	}
+	return err
+}
 
 func formatErr(field string, off int64, format string, args ...any) error {
 	return &FormatError{Field: field, Offset: off, Msg: fmt.Sprintf(format, args...)}

@@ -81,7 +81,7 @@ type Header struct {
 }
 
 // parseHeader decodes and checks the header in buf, the start of the file
-// (at most one cluster, at least the header), whose magic openQcow2 has
+// (at most one cluster, at least the header), whose magic openImage has
 // checked. fileSize bounds the tables.
 func parseHeader(buf []byte, fileSize int64) (*Header, error) {
 	be := binary.BigEndian

@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"os"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -71,6 +70,11 @@ type Options struct {
 	// MaxKDFTime bounds the time trying one LUKS key slot may take, as
 	// estimated on this machine; 0 means encryption.DefaultMaxKDFTime.
 	MaxKDFTime time.Duration
+	// Name names the image in messages and passphrase requests, and
+	// Resolver opens the backing and data files it names: for New only
+	// (Open names images by path and opens local files its own way).
+	Name     string
+	Resolver Resolver
 }
 
 // cacheKey names a table slice or a cluster: which image of the chain,
@@ -90,8 +94,7 @@ type chain struct {
 	anyFailed atomic.Bool                    // failed holds anything
 	spare     sync.Pool                      // cluster buffers the cache let go
 	nextID    atomic.Uint32
-	seen      map[fileID]string // files already in the chain, to catch loops
-	paths     *pathPolicy       // while opening: where backing and data files may lie
+	resolver  Resolver // opens backing and data files; nil: there are none
 }
 
 // clusterBuf returns a buffer of n bytes for a decompressed cluster.
@@ -107,25 +110,32 @@ func (c *chain) recycleCluster(b []byte) { c.spare.Put(&b) }
 // Image is an opened qcow2 (or qcow) image, read as its guest disk. It is
 // safe for concurrent use.
 type Image struct {
-	path  string
-	file  *os.File // the image file: metadata, and data unless external
-	data  *os.File // where guest data clusters live
-	id    uint32
-	chain *chain
+	path     string
+	file     File // the image file: metadata, and data unless external
+	data     File // where guest data clusters live
+	external bool // data is an external data file
+	ownsFile bool // Close closes file (not for New's caller's reader)
+	id       uint32
+	chain    *chain
 
-	v1           bool // the old qcow format: no flags in L1 entries, other descriptors
-	hdr          Header
-	ext          extensions
-	size         int64 // of the view: the active state or the snapshot
-	clusterBits  uint32
-	l2Bits       uint32 // log2 of the entries in one L2 table
-	sliceEntries int64  // L2 entries in one cached slice of a table
-	extendedL2   bool
-	l1Entries    int64 // of the L1 table, those that cover the view
-	lastL1       atomic.Pointer[l1Slice]
-	l1Offset     uint64
-	decompress   decompressFunc
-	fileSize     int64 // when opened
+	// How entries decode, chosen at open: qcow2's (flags and checks in
+	// L1 and L2 entries, sector counts in compressed descriptors) or the
+	// old qcow's (plain offsets, a compressed flag and an exact length).
+	l2Offset        func(entry uint64, at int64) (uint64, error)
+	clusterExtent   func(table []uint64, tableOff uint64, off int64) (extent, error)
+	compressedRange func(desc uint64) (host uint64, length int64)
+	hdr             Header
+	ext             extensions
+	size            int64 // of the view: the active state or the snapshot
+	clusterBits     uint32
+	l2Bits          uint32 // log2 of the entries in one L2 table
+	sliceEntries    int64  // L2 entries in one cached slice of a table
+	extendedL2      bool
+	l1Entries       int64 // of the L1 table, those that cover the view
+	lastL1          atomic.Pointer[l1Slice]
+	l1Offset        uint64
+	decompress      decompressFunc
+	fileSize        int64 // when opened
 
 	crypt     *encryption.SectorCipher // nil unless encrypted and unlocked
 	cryptHost bool                     // IVs from host offsets (LUKS), not guest ones
@@ -133,12 +143,51 @@ type Image struct {
 
 	backing     Disk // nil without a backing file or with NoBacking
 	backingName string
+	backingPath string // as the resolver named the file it opened
 	backingFmt  string
 	warnings    []string
 }
 
-// Open opens the image at path, and its backing chain, for reading.
+// Open opens the image at path, and its backing chain, for reading: the
+// local files of a chain, as the path rules allow, with QEMU's locks.
 func Open(path string, opts Options) (*Image, error) {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return nil, err
+	}
+	local, err := newLocalFiles(abs, opts)
+	if err != nil {
+		return nil, err
+	}
+	defer local.close()
+	f, size, err := local.openTop(abs)
+	if err != nil {
+		return nil, err
+	}
+	img, err := newChain(opts, local).openImage(f, size, abs, path, 0, opts.Snapshot)
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	img.ownsFile = true
+	if opts.ForceShare {
+		img.warnings = append(img.warnings, "opened with --force-share: another process may change the image while it is mounted, and reads may then be inconsistent")
+	}
+	return img, nil
+}
+
+// New reads the image in r, size bytes from any source (a remote object,
+// memory), named opts.Name in messages; opts.Resolver opens the files it
+// names. Close does not close r.
+func New(r io.ReaderAt, size int64, opts Options) (*Image, error) {
+	name := opts.Name
+	if name == "" {
+		name = "image"
+	}
+	return newChain(opts, opts.Resolver).openImage(namedReader{r, name}, size, name, name, 0, opts.Snapshot)
+}
+
+func newChain(opts Options, resolver Resolver) *chain {
 	if opts.L2CacheSize <= 0 {
 		opts.L2CacheSize = DefaultL2CacheSize
 	}
@@ -146,62 +195,35 @@ func Open(path string, opts Options) (*Image, error) {
 		opts.ClusterCacheSize = DefaultClusterCacheSize
 	}
 	c := &chain{
-		opts:   opts,
-		tables: lru.New[cacheKey, []uint64](opts.L2CacheSize),
-		seen:   map[fileID]string{},
+		opts:     opts,
+		tables:   lru.New[cacheKey, []uint64](opts.L2CacheSize),
+		failed:   lru.New[cacheKey, error](maxFailedClusters),
+		resolver: resolver,
 	}
-	c.failed = lru.New[cacheKey, error](maxFailedClusters)
 	c.clusters = lru.NewRecycling[cacheKey, []byte](opts.ClusterCacheSize, c.recycleCluster)
-	abs, err := filepath.Abs(path)
-	if err != nil {
-		return nil, err
-	}
-	if c.paths, err = newPathPolicy(abs, opts); err != nil {
-		return nil, err
-	}
-	defer c.paths.close()
-	f, err := c.openImageFile(abs, true)
-	if err != nil {
-		return nil, err
-	}
-	img, err := c.openQcow2(f, abs, path, 0, opts.Snapshot)
-	if err != nil {
-		f.Close()
-		return nil, err
-	}
-	if opts.ForceShare {
-		img.warnings = append(img.warnings, "opened with --force-share: another process may change the image while it is mounted, and reads may then be inconsistent")
-	}
-	return img, nil
+	return c
 }
 
-// openQcow2 reads the header and tables of the image in f (qcow2, or qcow
-// version 1) and opens what it refers to. On error the caller closes f;
-// what openQcow2 opened itself is closed already. name is the image as
-// the chain names it, for passphrase requests.
-func (c *chain) openQcow2(f *os.File, path, name string, depth int, snapshot string) (*Image, error) {
-	if err := c.remember(f, path); err != nil {
-		return nil, err
-	}
-	st, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	fileSize := st.Size()
+// openImage reads the header and tables of the image in f, fileSize
+// bytes (qcow2, or qcow version 1), and opens what it refers to. On error
+// the caller closes f; what openImage opened itself is closed already.
+// path names it in messages, name as the chain names it (passphrase
+// requests).
+func (c *chain) openImage(f File, fileSize int64, path, name string, depth int, snapshot string) (*Image, error) {
 	// The header and its extensions lie in the first cluster, at most 2 MiB.
 	first := make([]byte, min(fileSize, 1<<maxClusterBits))
 	if _, err := io.ReadFull(io.NewSectionReader(f, 0, int64(len(first))), first); err != nil {
 		return nil, fmt.Errorf("%s: reading the header: %w", path, err)
 	}
 	if len(first) >= 8 && binary.BigEndian.Uint32(first) == Magic && binary.BigEndian.Uint32(first[4:]) == 1 {
-		return c.openQcow1(f, path, name, first, depth, snapshot)
+		return c.openQcow1(f, fileSize, path, name, first, depth, snapshot)
 	}
 	if len(first) >= 4 && binary.BigEndian.Uint32(first) != Magic {
-		return nil, fmt.Errorf("%s: %w", path, notQcow(first, f, fileSize))
+		return nil, inFile(path, notQcow(first, f, fileSize))
 	}
 	h, err := parseHeader(first, fileSize)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
+		return nil, inFile(path, err)
 	}
 	clusterSize := uint64(1) << h.ClusterBits
 	if uint64(len(first)) > clusterSize {
@@ -213,17 +235,17 @@ func (c *chain) openQcow2(f *os.File, path, name string, depth int, snapshot str
 	}
 	ext, err := parseExtensions(first, uint64(h.HeaderLength), extEnd)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
+		return nil, inFile(path, err)
 	}
 	img := c.newImage(f, path, h, uint32(bitsOf(h.l2Entries())))
 	img.ext = *ext
 	if err := img.checkFeatures(); err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
+		return nil, inFile(path, err)
 	}
 	if h.BackingFileOffset != 0 {
 		end := h.BackingFileOffset + uint64(h.BackingFileSize)
 		if end > uint64(len(first)) {
-			return nil, fmt.Errorf("%s: %w", path, formatErr("backing file name", int64(h.BackingFileOffset), "runs past the end of the file"))
+			return nil, inFile(path, formatErr("backing file name", int64(h.BackingFileOffset), "runs past the end of the file"))
 		}
 		img.backingName = string(first[h.BackingFileOffset:end])
 		img.backingFmt = ext.backingFormat
@@ -231,15 +253,15 @@ func (c *chain) openQcow2(f *os.File, path, name string, depth int, snapshot str
 	img.fileSize = fileSize
 	sn, err := img.checkSnapshots(snapshot)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
+		return nil, inFile(path, err)
 	}
 	l1Size := uint64(h.L1Size)
 	if sn != nil {
 		if err := checkTable("snapshot L1 table", sn.entryOffset, sn.L1Offset, uint64(sn.L1Size), 8, maxL1Bytes, h.ClusterBits, fileSize); err != nil {
-			return nil, fmt.Errorf("%s: snapshot %s: %w", path, sn.ID, err)
+			return nil, inFile(path, fmt.Errorf("snapshot %s: %w", sn.ID, err))
 		}
 		if sn.DiskSize > math.MaxInt64 {
-			return nil, fmt.Errorf("%s: %w", path, formatErr("snapshot disk_size", sn.entryOffset+48, "%d exceeds 2^63-1", sn.DiskSize))
+			return nil, inFile(path, formatErr("snapshot disk_size", sn.entryOffset+48, "%d exceeds 2^63-1", sn.DiskSize))
 		}
 		img.l1Offset, l1Size = sn.L1Offset, uint64(sn.L1Size)
 		img.size = int64(sn.DiskSize &^ 511)
@@ -250,7 +272,7 @@ func (c *chain) openQcow2(f *os.File, path, name string, depth int, snapshot str
 		if errors.As(err, &pe) {
 			return nil, err // names the image already
 		}
-		return nil, fmt.Errorf("%s: %w", path, err)
+		return nil, inFile(path, err)
 	}
 	if err := c.openDependencies(img, depth); err != nil {
 		return nil, err
@@ -260,7 +282,7 @@ func (c *chain) openQcow2(f *os.File, path, name string, depth int, snapshot str
 
 // newImage makes the Image for file f with header h, whose L2 tables hold
 // 2^l2Bits entries.
-func (c *chain) newImage(f *os.File, path string, h *Header, l2Bits uint32) *Image {
+func (c *chain) newImage(f File, path string, h *Header, l2Bits uint32) *Image {
 	img := &Image{
 		path:        path,
 		file:        f,
@@ -277,6 +299,7 @@ func (c *chain) newImage(f *os.File, path string, h *Header, l2Bits uint32) *Ima
 		l1Offset: h.L1TableOffset,
 	}
 	img.sliceEntries = min(tableSliceBytes, img.l2TableBytes()) / (8 * img.l2EntryWords())
+	img.l2Offset, img.clusterExtent, img.compressedRange = img.qcow2L2Offset, img.qcow2Extent, img.qcow2CompressedRange
 	return img
 }
 
@@ -302,6 +325,10 @@ func (img *Image) checkFeatures() error {
 
 // Size returns the size of the guest disk in bytes.
 func (img *Image) Size() int64 { return img.size }
+
+// Header returns the image's header as the file holds it (for qcow
+// version 1, the fields that format has, Version 1).
+func (img *Image) Header() Header { return img.hdr }
 
 // CacheBudget is the most the chain's caches hold, in bytes.
 func (img *Image) CacheBudget() int64 {
@@ -333,9 +360,11 @@ func (img *Image) closeFiles() error {
 	if img.backing != nil {
 		errs = append(errs, img.backing.Close())
 	}
-	if img.data != img.file {
-		errs = append(errs, img.data.Close())
+	if img.external {
+		errs = append(errs, closeFile(img.data))
 	}
-	errs = append(errs, img.file.Close())
+	if img.ownsFile {
+		errs = append(errs, closeFile(img.file))
+	}
 	return errors.Join(errs...)
 }

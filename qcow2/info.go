@@ -2,7 +2,6 @@ package qcow2
 
 import (
 	"fmt"
-	"os"
 	"syscall"
 )
 
@@ -104,14 +103,19 @@ func (img *Image) Info() (Info, error) {
 		Filename:              img.path,
 		Format:                "qcow2",
 		VirtualSize:           img.size,
-		ActualSize:            allocatedBytes(img.file),
+		ActualSize:            allocatedBytes(img.file, img.fileSize),
 		ClusterSize:           img.clusterSize(),
 		DirtyFlag:             h.IncompatibleFeatures&IncompatDirty != 0,
 		Encrypted:             h.CryptMethod != CryptNone,
 		BackingFilename:       img.backingName,
 		BackingFilenameFormat: img.backingFmt,
 	}
-	if img.backingName != "" {
+	_, local := img.chain.resolver.(*localFiles)
+	switch {
+	case img.backingPath != "":
+		in.FullBackingFilename = img.backingPath
+	case img.backingName != "" && local:
+		// Not opened (--no-backing, or refused): where it would be.
 		if p, err := resolveReference(img.path, img.backingName, "backing file"); err == nil {
 			in.FullBackingFilename = p
 		}
@@ -133,7 +137,7 @@ func (img *Image) Info() (Info, error) {
 		}
 		in.Snapshots = append(in.Snapshots, si)
 	}
-	if img.v1 {
+	if img.hdr.Version == 1 {
 		in.Format = "qcow"
 		return in, nil
 	}
@@ -185,13 +189,18 @@ func (r *rawDisk) Info() (Info, error) {
 		Filename:    r.f.Name(),
 		Format:      "raw",
 		VirtualSize: r.size,
-		ActualSize:  allocatedBytes(r.f),
+		ActualSize:  allocatedBytes(r.f, r.size),
 	}, nil
 }
 
-// allocatedBytes is what the file takes on disk, as qemu-img's actual-size.
-func allocatedBytes(f *os.File) int64 {
-	st, err := f.Stat()
+// allocatedBytes is what the file takes on disk, as qemu-img's
+// actual-size; for a file that is not local, its size.
+func allocatedBytes(f File, size int64) int64 {
+	of, ok := osFile(f)
+	if !ok {
+		return size
+	}
+	st, err := of.Stat()
 	if err != nil {
 		return 0
 	}

@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"fmt"
 	"math"
-	"os"
 )
 
 // The old qcow format (version 1), which QEMU still reads: a 48-byte
@@ -21,8 +20,8 @@ const (
 
 // openQcow1 opens a qcow version 1 image whose first bytes are in first.
 // QEMU's checks on open are mirrored, plus: the L1 table lies in the file.
-func (c *chain) openQcow1(f *os.File, path, name string, first []byte, depth int, snapshot string) (*Image, error) {
-	fail := func(err error) (*Image, error) { return nil, fmt.Errorf("%s: %w", path, err) }
+func (c *chain) openQcow1(f File, fileSize int64, path, name string, first []byte, depth int, snapshot string) (*Image, error) {
+	fail := func(err error) (*Image, error) { return nil, inFile(path, err) }
 	if len(first) < qcow1HeaderLength {
 		return fail(formatErr("header", 0, "file is %d bytes, shorter than a qcow header (48)", len(first)))
 	}
@@ -54,15 +53,11 @@ func (c *chain) openQcow1(f *os.File, path, name string, first []byte, depth int
 	if l1Entries > qcow1MaxL1Entries {
 		return fail(formatErr("size", 24, "virtual size %d is too big", size))
 	}
-	st, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	if l1Off > math.MaxInt64-l1Entries*8 || l1Off+l1Entries*8 > uint64(st.Size()) {
-		return fail(formatErr("l1_table_offset", 40, "table [%#x, +%d) lies beyond the end of the file (%d bytes)", l1Off, l1Entries*8, st.Size()))
+	if l1Off > math.MaxInt64-l1Entries*8 || l1Off+l1Entries*8 > uint64(fileSize) {
+		return fail(formatErr("l1_table_offset", 40, "table [%#x, +%d) lies beyond the end of the file (%d bytes)", l1Off, l1Entries*8, fileSize))
 	}
 	img := c.newImage(f, path, &Header{Version: 1, ClusterBits: clusterBits, Size: size, CryptMethod: cryptMethod, L1Size: uint32(l1Entries), L1TableOffset: l1Off}, l2Bits)
-	img.v1 = true
+	img.l2Offset, img.clusterExtent, img.compressedRange = qcow1L2Offset, img.qcow1Extent, img.qcow1CompressedRange
 	if backingOff != 0 {
 		if backingLen > qcow1BackingNameLimit || backingOff > uint64(len(first)) || uint64(backingLen) > uint64(len(first))-backingOff {
 			return fail(formatErr("backing_file_size", 16, "backing file name at %#x, %d bytes, is too long or past the end of the file", backingOff, backingLen))
@@ -70,7 +65,7 @@ func (c *chain) openQcow1(f *os.File, path, name string, first []byte, depth int
 		img.backingName = string(first[backingOff : backingOff+uint64(backingLen)])
 	}
 	img.l1Entries = int64(l1Entries)
-	img.fileSize = st.Size()
+	img.fileSize = fileSize
 	if err := c.openEncryption(img, name); err != nil {
 		return nil, err
 	}
@@ -80,15 +75,28 @@ func (c *chain) openQcow1(f *os.File, path, name string, first []byte, depth int
 	return img, nil
 }
 
-// qcow1Extent classifies n bytes of a qcow version 1 cluster from its L2
-// entry; in is the offset inside the cluster.
-func qcow1Extent(entry uint64, n, in int64) extent {
+// qcow1L2Offset: an L1 entry is the plain offset of its L2 table.
+func qcow1L2Offset(entry uint64, _ int64) (uint64, error) { return entry, nil }
+
+// qcow1Extent classifies the bytes from guest offset off to the end of
+// their cluster, from its L2 entry.
+func (img *Image) qcow1Extent(table []uint64, _ uint64, off int64) (extent, error) {
+	cs := img.clusterSize()
+	in := off & (cs - 1)
+	entry := table[(off>>img.clusterBits)&(img.sliceEntries-1)]
 	switch {
 	case entry&qcow1CompressedFlag != 0:
-		return extent{kind: extentCompressed, n: n, host: entry}
+		return extent{kind: extentCompressed, n: cs - in, host: entry}, nil
 	case entry == 0:
-		return extent{kind: extentBacking, n: n}
+		return extent{kind: extentBacking, n: cs - in}, nil
 	default:
-		return extent{kind: extentData, n: n, host: entry + uint64(in)}
+		return extent{kind: extentData, n: cs - in, host: entry + uint64(in)}, nil
 	}
+}
+
+// qcow1CompressedRange: bits 63-cluster_bits..62 of the descriptor hold
+// the exact byte count, the bits below the host offset.
+func (img *Image) qcow1CompressedRange(desc uint64) (uint64, int64) {
+	shift := 63 - img.clusterBits
+	return desc & (1<<shift - 1), int64((desc >> shift) & (1<<img.clusterBits - 1))
 }

@@ -57,7 +57,7 @@ func (img *Image) ReadAt(p []byte, off int64) (int, error) {
 		p, eof = p[:img.size-off], io.EOF
 	}
 	if err := img.read(p, off); err != nil {
-		return 0, fmt.Errorf("%s: guest offset %#x: %w", img.path, off, err)
+		return 0, fmt.Errorf("%s: guest offset %#x: %w", img.path, off, withPath(img.path, err))
 	}
 	return len(p), eof
 }
@@ -72,15 +72,19 @@ func (img *Image) HostRange(off int64, n int) (*os.File, int64, bool) {
 	if img.hdr.CryptMethod != CryptNone || off < 0 || n <= 0 || off+int64(n) > img.size {
 		return nil, 0, false
 	}
+	data, local := osFile(img.data)
+	if !local {
+		return nil, 0, false
+	}
 	e, err := img.lookup(off, int64(n))
 	if err != nil || e.kind != extentData || e.n < int64(n) {
 		return nil, 0, false
 	}
-	st, err := img.data.Stat()
+	st, err := data.Stat()
 	if err != nil || int64(e.host)+int64(n) > st.Size() {
 		return nil, 0, false
 	}
-	return img.data, int64(e.host), true
+	return data, int64(e.host), true
 }
 
 // compressedJob is a compressed cluster to decompress into a whole cluster
@@ -252,7 +256,7 @@ func (img *Image) decompressCluster(dst []byte, desc uint64) error {
 		return fmt.Errorf("reading compressed cluster at host offset %#x: %w", host, err)
 	}
 	if err := img.decompress(dst, src[:n]); err != nil {
-		err = &FormatError{Field: "compressed cluster", Offset: int64(host), Msg: fmt.Sprintf("%d bytes do not decompress", length), Err: err}
+		err = &FormatError{Path: img.path, Field: "compressed cluster", Offset: int64(host), Msg: fmt.Sprintf("%d bytes do not decompress", length), Err: err}
 		img.chain.failed.Add(key, err, 1)
 		img.chain.anyFailed.Store(true)
 		return err
@@ -260,14 +264,9 @@ func (img *Image) decompressCluster(dst []byte, desc uint64) error {
 	return nil
 }
 
-// compressedRange decodes a compressed cluster descriptor: where the
+// qcow2CompressedRange decodes a compressed cluster descriptor: where the
 // compressed bytes start and how many there are at most.
-func (img *Image) compressedRange(desc uint64) (host uint64, length int64) {
-	if img.v1 {
-		// Bits 63-cluster_bits..62: the exact byte count.
-		shift := 63 - img.clusterBits
-		return desc & (1<<shift - 1), int64((desc >> shift) & (1<<img.clusterBits - 1))
-	}
+func (img *Image) qcow2CompressedRange(desc uint64) (host uint64, length int64) {
 	// The count of additional 512-byte sectors, above the host offset.
 	x := 62 - (img.clusterBits - 8)
 	host = desc & (1<<x - 1)
@@ -324,18 +323,9 @@ func (img *Image) l2Slice(cluster int64) ([]uint64, uint64, error) {
 	if err != nil || entry == 0 {
 		return nil, 0, err
 	}
-	tableOff := entry // qcow version 1: a plain offset
-	if !img.v1 {
-		if entry&l1ReservedMask != 0 {
-			return nil, 0, formatErr("L1 entry", at, "%#016x has reserved bits %#x set", entry, entry&l1ReservedMask)
-		}
-		tableOff = entry & entryOffsetMask
-		if tableOff&uint64(img.clusterSize()-1) != 0 {
-			return nil, 0, formatErr("L1 entry", at, "L2 table offset %#x is not cluster aligned", tableOff)
-		}
-		if tableOff == 0 {
-			return nil, 0, nil
-		}
+	tableOff, err := img.l2Offset(entry, at)
+	if err != nil || tableOff == 0 {
+		return nil, 0, err
 	}
 	perSlice := img.sliceEntries
 	words := perSlice * img.l2EntryWords()
@@ -412,20 +402,30 @@ func (img *Image) lookup(off, limit int64) (extent, error) {
 	return run, nil
 }
 
-// clusterExtent classifies the bytes from guest offset off to the end of
+// qcow2L2Offset checks an L1 entry and returns the offset of the L2
+// table it points to; 0 for none.
+func (img *Image) qcow2L2Offset(entry uint64, at int64) (uint64, error) {
+	if entry&l1ReservedMask != 0 {
+		return 0, formatErr("L1 entry", at, "%#016x has reserved bits %#x set", entry, entry&l1ReservedMask)
+	}
+	tableOff := entry & entryOffsetMask
+	if tableOff&uint64(img.clusterSize()-1) != 0 {
+		return 0, formatErr("L1 entry", at, "L2 table offset %#x is not cluster aligned", tableOff)
+	}
+	return tableOff, nil
+}
+
+// qcow2Extent classifies the bytes from guest offset off to the end of
 // their run inside off's cluster, from the L2 slice at host offset tableOff.
-func (img *Image) clusterExtent(table []uint64, tableOff uint64, off int64) (extent, error) {
+func (img *Image) qcow2Extent(table []uint64, tableOff uint64, off int64) (extent, error) {
 	cs := img.clusterSize()
 	in := off & (cs - 1)
 	index := (off >> img.clusterBits) & (img.sliceEntries - 1)
 	stride := img.l2EntryWords()
 	entry := table[index*stride]
 	at := int64(tableOff) + index*stride*8
-	if img.v1 {
-		return qcow1Extent(entry, cs-in, in), nil
-	}
 	if entry&l2Compressed != 0 {
-		if img.data != img.file {
+		if img.external {
 			return extent{}, formatErr("L2 entry", at, "compressed cluster in an image with an external data file")
 		}
 		return extent{kind: extentCompressed, n: cs - in, host: entry &^ (l2Copied | l2Compressed)}, nil
@@ -434,12 +434,12 @@ func (img *Image) clusterExtent(table []uint64, tableOff uint64, off int64) (ext
 		return extent{}, formatErr("L2 entry", at, "%#016x has reserved bits %#x set", entry, entry&l2ReservedMask)
 	}
 	host := entry & entryOffsetMask
-	allocated := host != 0 || (img.data != img.file && entry&l2Copied != 0)
+	allocated := host != 0 || (img.external && entry&l2Copied != 0)
 	if allocated {
 		if host&uint64(cs-1) != 0 {
 			return extent{}, formatErr("L2 entry", at, "data cluster offset %#x is not cluster aligned", host)
 		}
-		if img.data != img.file && host != uint64(off-in) {
+		if img.external && host != uint64(off-in) {
 			return extent{}, formatErr("L2 entry", at, "external data file offset %#x differs from the guest offset %#x", host, off-in)
 		}
 	}

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"strings"
 	"time"
 )
@@ -37,7 +36,7 @@ const (
 // walkSnapshots reads the snapshot table, whose position parseHeader has
 // checked, entry by entry, calling fn for each: memory stays bounded
 // whatever the table declares. It returns how many IDs or names it cut.
-func walkSnapshots(f *os.File, h *Header, fileSize int64, fn func(Snapshot) error) (cut int, err error) {
+func walkSnapshots(f File, h *Header, fileSize int64, fn func(Snapshot) error) (cut int, err error) {
 	if h.NbSnapshots == 0 {
 		return 0, nil
 	}
@@ -113,9 +112,6 @@ func walkSnapshots(f *os.File, h *Header, fileSize int64, fn func(Snapshot) erro
 // Snapshots returns the image's internal snapshots, as the table holds
 // them now.
 func (img *Image) Snapshots() ([]Snapshot, error) {
-	if img.v1 {
-		return nil, nil
-	}
 	var snaps []Snapshot
 	_, err := walkSnapshots(img.file, &img.hdr, img.fileSize, func(sn Snapshot) error {
 		snaps = append(snaps, sn)

@@ -32,6 +32,7 @@ func fakeImage(t *testing.T, version uint32, extended bool, entries map[int][2]u
 		img.l2Bits, stride = 12, 2
 	}
 	img.sliceEntries = int64(tableSliceBytes / 8 / stride)
+	img.l2Offset, img.clusterExtent, img.compressedRange = img.qcow2L2Offset, img.qcow2Extent, img.qcow2CompressedRange
 	table := make([]uint64, 8192)
 	for i, e := range entries {
 		table[i*stride] = e[0]

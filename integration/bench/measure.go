@@ -12,7 +12,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/qcowmount/qcowmount/integration/proc"
+	"github.com/qcowmount/qcowmount/integration/internal/proc"
 )
 
 // A metric is one figure each tool gets on an image, measured on a fresh

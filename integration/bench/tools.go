@@ -9,7 +9,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/qcowmount/qcowmount/integration/proc"
+	"github.com/qcowmount/qcowmount/integration/internal/proc"
 )
 
 // tool is a way to expose an image's guest disk as a file.
@@ -51,7 +51,7 @@ func tools(ours, raw string) []tool {
 			var secret []string
 			if img.keyFile != "" {
 				secret = []string{"--object", "secret,id=s0,file=" + img.keyFile}
-				qcow2 += ",encrypt.key-secret=s0"
+				qcow2 += ",encrypt.format=luks,encrypt.key-secret=s0"
 			}
 			cmd := exec.Command("qemu-storage-daemon", append(secret,
 				"--blockdev", "driver=file,node-name=file,read-only=on,filename="+img.path,

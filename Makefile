@@ -6,9 +6,9 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 # Debian packages the tests need: QEMU as the oracle, FUSE, tools to make
 # and read guest disks (file systems, LVM, fuse2fs for the rootless flow),
 # python3 for C zlib as the deflate decoder's oracle, GNU time for peak
-# memory.
+# memory, nginx to serve remote images.
 TEST_PACKAGES := qemu-utils fuse3 e2fsprogs fdisk dosfstools mtools util-linux fio python3 time \
-	xfsprogs btrfs-progs ntfs-3g lvm2 fuse2fs
+	xfsprogs btrfs-progs ntfs-3g lvm2 fuse2fs nginx-light
 # ... and the peers the benchmark measures us against.
 BENCH_PACKAGES := qemu-system-common libqcow-utils
 
@@ -59,7 +59,7 @@ demo: deps build
 # passes flags, e.g. BENCH_ARGS="-image my.qcow2 -seconds 20".
 bench: build
 	@$(MAKE) --no-print-directory deps EXTRA_PACKAGES="$(BENCH_PACKAGES)"
-	$(GO) test -run '^$$' -bench . -benchmem ./qcow2
+	$(GO) test -run '^$$' -bench . -benchmem ./qcow2 ./qcow2/encryption
 	$(GO) run ./integration/bench -out integration/bench/RESULTS.md $(BENCH_ARGS)
 
 # man and completions come from the command line's own definition.

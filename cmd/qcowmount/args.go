@@ -71,6 +71,9 @@ var ownOptions = map[string]string{
 	"fuse_debug":             "fuse-debug",
 	"key_file":               "key-file",
 	"max_kdf_time":           "max-kdf-time",
+	"ca_file":                "ca-file",
+	"header_file":            "header-file",
+	"remote_cache_size":      "remote-cache-size",
 }
 
 // ignoredOptions are meant for mount(8) or its helper, not for the file

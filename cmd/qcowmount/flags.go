@@ -11,7 +11,7 @@ import (
 // imageFlags choose how an image and its chain are opened; mount and info
 // share them.
 func imageFlags() []cli.Flag {
-	return []cli.Flag{
+	return append([]cli.Flag{
 		&cli.StringFlag{Name: "snapshot", Aliases: []string{"s"}, Usage: "read internal snapshot `ID|NAME` instead of the current state"},
 		&cli.BoolFlag{Name: "no-backing", Usage: "read the top image alone: unallocated clusters read as zeros"},
 		&cli.StringFlag{Name: "backing-dir", Usage: "also allow backing and data files beneath `DIR` (by default only beneath the image's own directory)"},
@@ -21,7 +21,7 @@ func imageFlags() []cli.Flag {
 		&cli.StringSliceFlag{Name: "key-file", Usage: "read the passphrase of encrypted images from `[IMAGE=]FILE` (its exact bytes); IMAGE= for one image of a chain, by its path or backing file name"},
 		&cli.BoolFlag{Name: "password-stdin", Usage: "read the passphrase of encrypted images from standard input (one line)"},
 		&cli.DurationFlag{Name: "max-kdf-time", Value: encryption.DefaultMaxKDFTime, Usage: "refuse LUKS key slots whose key derivation would take longer than `DURATION` here (hostile images ask for hours)"},
-	}
+	}, remoteFlags()...)
 }
 
 func imageOptions(c *cli.Context) (qcow2.Options, error) {

@@ -58,13 +58,13 @@ func infoAction(c *cli.Context) error {
 		return err
 	}
 	opts.Passphrase, opts.AllowLocked = keys.passphrase, true
-	img, err := qcow2.Open(c.Args().First(), opts)
+	img, err := openImage(c, c.Args().First(), opts, nil)
 	var chainErr error
 	if err != nil && !opts.NoBacking {
 		// Describe the image even when its chain cannot be opened, as
 		// qemu-img info does, and say what is wrong with the chain.
 		opts.NoBacking = true
-		if top, topErr := qcow2.Open(c.Args().First(), opts); topErr == nil {
+		if top, topErr := openImage(c, c.Args().First(), opts, nil); topErr == nil {
 			fmt.Fprintln(os.Stderr, "qcowmount: warning:", printable(err.Error()))
 			img, err, chainErr = top, nil, err
 		}
@@ -74,7 +74,7 @@ func infoAction(c *cli.Context) error {
 	}
 	defer img.Close()
 	out := bufio.NewWriter(os.Stdout)
-	layout, err := guest.Scan(img)
+	layout, err := guest.Scan(img.Image)
 	switch {
 	case errors.Is(err, qcow2.ErrNoKey):
 		fmt.Fprintln(os.Stderr, "qcowmount: the guest disk is encrypted: give the passphrase (--key-file FILE or --password-stdin) to see its partitions")
@@ -93,9 +93,12 @@ func infoAction(c *cli.Context) error {
 		if err != nil {
 			return err
 		}
-		if i == 0 {
-			// As qemu-img: the top image by the name it was given.
+		if i == 0 && !isURL(c.Args().First()) {
+			// As qemu-img: the top image by the name it was given (a
+			// URL without its query, which may be a credential).
 			in.Filename = c.Args().First()
+		}
+		if i == 0 {
 			if chainErr != nil {
 				in.BackingError = chainErr.Error()
 			}
@@ -134,7 +137,13 @@ func infoAction(c *cli.Context) error {
 		fmt.Fprintln(out)
 		writeLayout(out, layout)
 	}
-	return out.Flush()
+	if err := out.Flush(); err != nil {
+		return err
+	}
+	if bytes, requests := img.fetched(); requests > 0 {
+		fmt.Fprintf(os.Stderr, "qcowmount: fetched %s in %d range requests\n", humanSize(bytes), requests)
+	}
+	return nil
 }
 
 // writeLayout prints what lies inside the guest disk: partitions, LVM

@@ -126,7 +126,7 @@ func serve(c *cli.Context, ready *os.File, fuseOpts []string, keys passphraser) 
 }
 
 // mount checks the mountpoint, opens the image and mounts it.
-func mount(c *cli.Context, image, mountpoint string, fuseOpts []string, keys passphraser, log *zap.Logger) (*fuse.Server, *qcow2.Image, error) {
+func mount(c *cli.Context, image, mountpoint string, fuseOpts []string, keys passphraser, log *zap.Logger) (*fuse.Server, *openedImage, error) {
 	if err := checkMountpoint(mountpoint); err != nil {
 		return nil, nil, mountError{err}
 	}
@@ -138,7 +138,7 @@ func mount(c *cli.Context, image, mountpoint string, fuseOpts []string, keys pas
 		return nil, nil, err
 	}
 	opts.Passphrase = keys.passphrase
-	img, err := qcow2.Open(image, opts)
+	img, err := openImage(c, image, opts, log)
 	if err != nil {
 		if lk, ok := keys.(*localKeys); ok {
 			err = lk.explain(err)
@@ -149,18 +149,13 @@ func mount(c *cli.Context, image, mountpoint string, fuseOpts []string, keys pas
 	}
 	// The caches are most of our memory: keep the heap near them instead
 	// of letting the garbage collector double it.
-	debug.SetMemoryLimit(img.CacheBudget() + memoryHeadroom)
+	debug.SetMemoryLimit(img.cacheBudget() + memoryHeadroom)
 	for _, w := range img.Warnings() {
 		log.Warn(w, zap.String("image", img.Path()))
 	}
-	st, err := os.Stat(img.Path())
-	if err != nil {
-		img.Close()
-		return nil, nil, err
-	}
-	server, err := fusefs.Mount(mountpoint, diskFiles(img, !c.Bool("no-partitions"), log), fusefs.Options{
+	server, err := fusefs.Mount(mountpoint, diskFiles(img.Image, !c.Bool("no-partitions"), log), fusefs.Options{
 		Source:       img.Path(),
-		ModTime:      st.ModTime(),
+		ModTime:      img.modTime,
 		MountOptions: fuseOpts,
 		Log:          log,
 		Debug:        c.Bool("fuse-debug"),

@@ -24,7 +24,7 @@ func main() {
 	runs := flag.Int("runs", 3, "runs of each measure; the best one counts, since shared machines are noisy")
 	out := flag.String("out", "", "also write the results as Markdown to this file")
 	ours := flag.String("qcowmount", "bin/qcowmount", "the qcowmount binary to measure")
-	only := flag.String("only", "", "measure only the built images whose name contains this (e.g. LUKS)")
+	only := flag.String("only", "", "measure only the built images whose name contains this (e.g. LUKS), or only the remote measures (remote)")
 	serveRaw := flag.String("serve-raw", "", "internal: serve this raw file at the mountpoint given as argument")
 	flag.Parse()
 	if *serveRaw != "" {
@@ -58,6 +58,7 @@ func run(work, image, only string, fill int64, seconds, runs int, out, ours stri
 	} else if images, err = buildImages(work, fill); err != nil {
 		return err
 	}
+	remoteImage := images[0] // the data-full uncompressed guest: the remote measures use it
 	images = slices.DeleteFunc(images, func(img benchImage) bool { return !strings.Contains(img.name, only) })
 	o := options{seconds: seconds, work: work}
 	ms := metrics()
@@ -97,6 +98,14 @@ func run(work, image, only string, fill int64, seconds, runs int, out, ours stri
 			}
 		}
 		table := formatTable(img, ms, results)
+		fmt.Print("\n" + table)
+		report.WriteString("\n" + table)
+	}
+	if image == "" && strings.Contains("remote", only) {
+		table, err := remoteFigures(remoteImage, ours, work, runs)
+		if err != nil {
+			return err
+		}
 		fmt.Print("\n" + table)
 		report.WriteString("\n" + table)
 	}

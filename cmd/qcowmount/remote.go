@@ -1,0 +1,202 @@
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/qcowmount/qcowmount/qcow2"
+	"github.com/qcowmount/qcowmount/qcow2/remote"
+	"github.com/urfave/cli/v2"
+	"go.uber.org/zap"
+)
+
+// Image arguments that are http:// or https:// URLs are read with range
+// requests (qcow2/remote); their backing and data files resolve against
+// the URL, on its origin only.
+
+func isURL(arg string) bool {
+	return strings.HasPrefix(arg, "http://") || strings.HasPrefix(arg, "https://")
+}
+
+// remoteFlags are the image flags for remote images.
+func remoteFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "ca-file", Usage: "for https:// images, also trust the certificates in PEM `FILE` (a private CA)"},
+		&cli.StringFlag{Name: "header-file", Usage: "send the HTTP headers in `FILE` (Name: value, one a line) with every request for a remote image, e.g. an Authorization token"},
+		&cli.StringFlag{Name: "remote-cache-size", Value: "64M", Usage: "`SIZE` of a remote image's fetched bytes kept in memory"},
+	}
+}
+
+// openedImage is an image argument opened: the image, and for a remote
+// one its top file (which qcow2.New leaves to its caller) and the rest.
+type openedImage struct {
+	*qcow2.Image
+	modTime time.Time
+	top     *remote.File
+	remotes *remoteFiles
+}
+
+func (o *openedImage) Close() error {
+	err := o.Image.Close()
+	if o.top != nil {
+		o.top.Close()
+	}
+	return err
+}
+
+// cacheBudget is the most the caches hold: the chain's, and the fetched
+// blocks of each remote file.
+func (o *openedImage) cacheBudget() int64 {
+	n := o.CacheBudget()
+	if o.remotes != nil {
+		o.remotes.mu.Lock()
+		n += int64(len(o.remotes.all)) * max(o.remotes.opts.CacheSize, remote.DefaultCacheSize)
+		o.remotes.mu.Unlock()
+	}
+	return n
+}
+
+// fetched sums what the chain's remote files fetched.
+func (o *openedImage) fetched() (bytes, requests int64) {
+	if o.remotes == nil {
+		return 0, 0
+	}
+	o.remotes.mu.Lock()
+	defer o.remotes.mu.Unlock()
+	for _, f := range o.remotes.all {
+		b, r := f.Fetched()
+		bytes, requests = bytes+b, requests+r
+	}
+	return bytes, requests
+}
+
+// openImage opens an image argument: a local path, or a URL.
+func openImage(c *cli.Context, arg string, opts qcow2.Options, log *zap.Logger) (*openedImage, error) {
+	if !isURL(arg) {
+		img, err := qcow2.Open(arg, opts)
+		if err != nil {
+			return nil, err
+		}
+		o := &openedImage{Image: img}
+		if st, err := os.Stat(img.Path()); err == nil {
+			o.modTime = st.ModTime()
+		}
+		return o, nil
+	}
+	ropts, err := remoteOptions(c, log)
+	if err != nil {
+		return nil, err
+	}
+	top, err := remote.Open(arg, ropts)
+	if err != nil {
+		return nil, err
+	}
+	res := newRemoteFiles(ropts, top)
+	opts.Name, opts.Resolver = top.Name(), res
+	img, err := qcow2.New(top, top.Size(), opts)
+	if err != nil {
+		top.Close()
+		return nil, err
+	}
+	o := &openedImage{Image: img, modTime: top.ModTime(), top: top, remotes: res}
+	if o.modTime.IsZero() {
+		o.modTime = time.Now()
+	}
+	return o, nil
+}
+
+func remoteOptions(c *cli.Context, log *zap.Logger) (remote.Options, error) {
+	o := remote.Options{CAFile: c.String("ca-file")}
+	if c.IsSet("remote-cache-size") {
+		n, err := parseSize(c.String("remote-cache-size"))
+		if err == nil && (n < minCacheSize || n > maxCacheSize) {
+			err = fmt.Errorf("%d bytes is outside %s..%s", n, humanSize(minCacheSize), humanSize(maxCacheSize))
+		}
+		if err != nil {
+			return o, usageError{fmt.Errorf("--remote-cache-size: %w", err)}
+		}
+		o.CacheSize = n
+	}
+	if path := c.String("header-file"); path != "" {
+		h, err := readHeaderFile(path)
+		if err != nil {
+			return o, usageError{err}
+		}
+		o.Header = h
+	}
+	if log != nil && c.Bool("debug") {
+		o.Trace = func(name string, start, end int64, status int, took time.Duration, err error) {
+			log.Debug("http range request", zap.String("url", name), zap.Int64("start", start), zap.Int64("end", end),
+				zap.Int("status", status), zap.Duration("took", took), zap.Error(err))
+		}
+	}
+	return o, nil
+}
+
+// readHeaderFile reads "Name: value" lines; blank lines and lines
+// starting with # are skipped.
+func readHeaderFile(path string) (http.Header, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("--header-file: %w", err)
+	}
+	defer f.Close()
+	h := http.Header{}
+	s := bufio.NewScanner(f)
+	for n := 1; s.Scan(); n++ {
+		line := strings.TrimSpace(s.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		name, value, ok := strings.Cut(line, ":")
+		if !ok || strings.TrimSpace(name) == "" || strings.ContainsAny(name, " \t") {
+			return nil, fmt.Errorf("--header-file %s: line %d is not \"Name: value\"", path, n)
+		}
+		h.Add(strings.TrimSpace(name), strings.TrimSpace(value))
+	}
+	if err := s.Err(); err != nil {
+		return nil, fmt.Errorf("--header-file %s: %w", path, err)
+	}
+	return h, nil
+}
+
+// remoteFiles resolves a remote image's backing and data file names
+// against its URL, on its origin, and opens them the same way. The chain
+// closes what it opened; all keeps every file, top first, for the counts.
+type remoteFiles struct {
+	opts   remote.Options
+	mu     sync.Mutex
+	byName map[string]*remote.File // by name (the URL without its query)
+	all    []*remote.File
+}
+
+func newRemoteFiles(opts remote.Options, top *remote.File) *remoteFiles {
+	return &remoteFiles{opts: opts, byName: map[string]*remote.File{top.Name(): top}, all: []*remote.File{top}}
+}
+
+func (r *remoteFiles) Resolve(from, name, what string) (qcow2.File, int64, string, error) {
+	r.mu.Lock()
+	base := r.byName[from]
+	r.mu.Unlock()
+	if base == nil {
+		return nil, 0, "", fmt.Errorf("%s: not a remote file of this chain", from)
+	}
+	u, err := remote.ResolveReference(base.URL(), name)
+	if err != nil {
+		return nil, 0, "", err
+	}
+	f, err := remote.Open(u.String(), r.opts)
+	if err != nil {
+		return nil, 0, "", err
+	}
+	r.mu.Lock()
+	r.byName[f.Name()] = f
+	r.all = append(r.all, f)
+	r.mu.Unlock()
+	return f, f.Size(), f.Name(), nil
+}

@@ -1,0 +1,188 @@
+package integration
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"fmt"
+	"math/big"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/qcowmount/qcowmount/qcow2/qemutest"
+)
+
+// startNginx serves root on a free loopback port with its own
+// configuration, over TLS with the given certificate and key when they
+// are set, and returns the base URL. It stops when the test ends.
+func startNginx(t *testing.T, root, cert, key string) string {
+	t.Helper()
+	qemutest.Require(t, "nginx")
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	dir := t.TempDir()
+	scheme, listen := "http", addr
+	tls := ""
+	if cert != "" {
+		scheme, listen = "https", addr+" ssl"
+		tls = fmt.Sprintf("ssl_certificate %s; ssl_certificate_key %s;", cert, key)
+	}
+	conf := filepath.Join(dir, "nginx.conf")
+	// Workers run as root, as this process: the files are in test
+	// directories only root can read.
+	config := fmt.Sprintf(`daemon off; user root; worker_processes 2; pid %[1]s/nginx.pid; error_log %[1]s/error.log;
+events {}
+http {
+	access_log off; client_body_temp_path %[1]s/body; proxy_temp_path %[1]s/proxy;
+	fastcgi_temp_path %[1]s/fastcgi; uwsgi_temp_path %[1]s/uwsgi; scgi_temp_path %[1]s/scgi;
+	server { listen %[2]s; %[3]s root %[4]s; }
+}
+`, dir, listen, tls, root)
+	if err := os.WriteFile(conf, []byte(config), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("nginx", "-p", dir, "-c", conf)
+	out := &lockedBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	// A group of its own: the workers go with the master.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.WaitDelay = 5 * time.Second
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL); cmd.Wait() })
+	waitFor(t, "nginx to listen", 10*time.Second, func() bool {
+		c, err := net.Dial("tcp", addr)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
+	return scheme + "://" + addr
+}
+
+// throwawayCA makes a CA and a certificate for 127.0.0.1 signed by it,
+// as PEM files in dir.
+func throwawayCA(t *testing.T, dir string) (ca, cert, key string) {
+	t.Helper()
+	newKey := func() *ecdsa.PrivateKey {
+		k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return k
+	}
+	write := func(name, typ string, der []byte) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	caKey, srvKey := newKey(), newKey()
+	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "qcowmount test CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caCert, _ := x509.ParseCertificate(caDER)
+	srvTmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "127.0.0.1"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+	srvDER, err := x509.CreateCertificate(rand.Reader, srvTmpl, caCert, &srvKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, err := x509.MarshalECPrivateKey(srvKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return write("ca.pem", "CERTIFICATE", caDER), write("server.pem", "CERTIFICATE", srvDER), write("server.key", "EC PRIVATE KEY", keyDER)
+}
+
+// servedImages makes, in dir, a zstd-compressed base under an overlay that
+// names it relatively, an image with an internal snapshot, and one whose
+// backing file is a local path.
+func servedImages(t *testing.T, dir string) {
+	t.Helper()
+	plain := filepath.Join(dir, "plain.qcow2")
+	qemutest.Create(t, plain, "qcow2", "8M")
+	qemutest.IO(t, plain, "write -P 0x11 0 3M", "write -P 0x12 5M 1M")
+	qemutest.Run(t, "qemu-img", "convert", "-c", "-O", "qcow2", "-o", "compression_type=zstd", plain, filepath.Join(dir, "base.qcow2"))
+	os.Remove(plain)
+	top := filepath.Join(dir, "top.qcow2")
+	qemutest.Create(t, top, "qcow2", "8M", "backing_file=base.qcow2", "backing_fmt=qcow2")
+	qemutest.IO(t, top, "write -P 0x21 1M 3M", "write -z 6M 64k")
+	snap := filepath.Join(dir, "snap.qcow2")
+	qemutest.Create(t, snap, "qcow2", "2M")
+	qemutest.IO(t, snap, "write -P 0x31 0 1M")
+	qemutest.Run(t, "qemu-img", "snapshot", "-c", "s1", snap)
+	qemutest.IO(t, snap, "write -P 0x32 512k 1M")
+	qemutest.Run(t, "qemu-img", "create", "-q", "-f", "qcow2", "-u", "-b", "/etc/passwd", "-F", "raw", filepath.Join(dir, "local-backing.qcow2"), "1M")
+}
+
+// TestRemoteImages mounts images from a real web server, over HTTP and
+// HTTPS with a private CA: each reads as QEMU reads the local files.
+func TestRemoteImages(t *testing.T) {
+	requireFUSE(t)
+	qemutest.Require(t, "qemu-img", "qemu-io")
+	root := t.TempDir()
+	servedImages(t, root)
+	ca, cert, key := throwawayCA(t, t.TempDir())
+	for _, tls := range []bool{false, true} {
+		name, args := "http", []string(nil)
+		base := ""
+		if tls {
+			name, args = "https", []string{"--ca-file", ca}
+			base = startNginx(t, root, cert, key)
+		} else {
+			base = startNginx(t, root, "", "")
+		}
+		t.Run(name, func(t *testing.T) {
+			tests := []struct {
+				image string
+				args  []string
+				want  string
+			}{
+				{"top.qcow2", nil, qemutest.Raw(t, filepath.Join(root, "top.qcow2"))},
+				{"snap.qcow2", []string{"--snapshot", "s1"}, qemutest.Raw(t, filepath.Join(root, "snap.qcow2"), "-l", "snapshot.name=s1")},
+				{"snap.qcow2", nil, qemutest.Raw(t, filepath.Join(root, "snap.qcow2"))},
+			}
+			for _, tc := range tests {
+				mnt := mountImage(t, base+"/"+tc.image, append(append([]string{}, args...), tc.args...)...)
+				cmpFiles(t, filepath.Join(mnt, "disk.raw"), tc.want)
+			}
+			out, code := run(t, append([]string{"info", base + "/top.qcow2?token=secret"}, args...)...)
+			if code != 0 || !strings.Contains(out, "image: "+base+"/top.qcow2\n") || !strings.Contains(out, "backing file: base.qcow2 (actual path: "+base+"/base.qcow2)") ||
+				!strings.Contains(out, "fetched ") || strings.Contains(out, "secret") {
+				t.Errorf("info: exit %d: %s", code, out)
+			}
+			out, code = run(t, append([]string{base + "/local-backing.qcow2", t.TempDir()}, args...)...)
+			if code != 3 || !strings.Contains(out, `"/etc/passwd" is an absolute path`) {
+				t.Errorf("a local backing path in a remote image: exit %d: %s", code, out)
+			}
+		})
+	}
+	t.Run("https without the CA", func(t *testing.T) {
+		base := startNginx(t, root, cert, key)
+		out, code := run(t, "info", base+"/top.qcow2")
+		if code != 3 || !strings.Contains(out, "certificate") {
+			t.Fatalf("exit %d: %s", code, out)
+		}
+	})
+}

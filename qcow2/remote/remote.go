@@ -1,0 +1,521 @@
+// Package remote reads a file over HTTP(S) as an io.ReaderAt, with range
+// requests: only the blocks that are read are fetched, into a bounded
+// cache, with readahead that grows while reads are sequential, several
+// requests in flight, retries with backoff, and timeouts. It refuses a
+// server that ignores byte ranges rather than download a whole image, and
+// once the object changes (ETag, Last-Modified, length) every read fails
+// instead of mixing two versions. It knows nothing of what the file holds.
+package remote
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/qcowmount/qcowmount/qcow2/internal/lru"
+)
+
+// Defaults for Options.
+const (
+	DefaultBlockSize    = 256 << 10
+	DefaultCacheSize    = 64 << 20
+	DefaultMaxInFlight  = 8
+	DefaultRetries      = 4
+	maxReadahead        = 8 << 20
+	maxBlocksPerRequest = 16
+	requestTimeout      = 60 * time.Second
+)
+
+// Options control fetching. The zero value works.
+type Options struct {
+	// Header is sent with every request (an Authorization token).
+	Header http.Header
+	// CAFile adds the certificates in a PEM file to the system's.
+	CAFile string
+	// BlockSize is the unit of fetching and caching; CacheSize bounds
+	// the blocks kept; MaxInFlight the requests at once; Retries how
+	// often a request that failed on the network or with 5xx is tried
+	// again. 0 means the default.
+	BlockSize   int64
+	CacheSize   int64
+	MaxInFlight int
+	Retries     int
+	// Trace, when set, is told of every request: the byte range, the
+	// HTTP status (0 for none), how long it took, and its error.
+	Trace func(name string, start, end int64, status int, took time.Duration, err error)
+}
+
+// ErrChanged is wrapped by every read once the object on the server is
+// no longer the one opened.
+var ErrChanged = errors.New("the remote object changed since it was opened")
+
+// File is a remote file opened for reading. It is safe for concurrent use.
+type File struct {
+	url    *url.URL // as given, query (a presigned signature) included
+	name   string   // without the query, for messages
+	size   int64
+	etag   string
+	mtime  string
+	client *http.Client
+	opts   Options
+
+	cache     *lru.Cache[int64, []byte] // blocks by index
+	mu        sync.Mutex
+	inflight  map[int64]*fetch // blocks being fetched, by index
+	sem       chan struct{}
+	changed   atomic.Pointer[error]
+	nextSeq   atomic.Int64 // where a sequential reader reads next
+	window    atomic.Int64 // readahead, bytes
+	ahead     sync.WaitGroup
+	aheadBusy atomic.Bool
+	closed    atomic.Bool
+
+	fetched  atomic.Int64 // bytes received
+	requests atomic.Int64
+}
+
+// fetch is one request for a run of blocks; readers of those blocks wait
+// on done.
+type fetch struct {
+	done chan struct{}
+	err  error
+}
+
+// Open checks that the server answers byte ranges for rawURL and returns
+// the file. TLS is verified (against the system's CAs and opts.CAFile);
+// redirects are followed within the URL's origin only.
+func Open(rawURL string, opts Options) (*File, error) {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return nil, fmt.Errorf("%q is not a URL: %w", rawURL, err)
+	}
+	if u.Scheme != "http" && u.Scheme != "https" || u.Host == "" {
+		return nil, fmt.Errorf("%s: only http:// and https:// URLs are read", Redact(u))
+	}
+	if opts.BlockSize <= 0 {
+		opts.BlockSize = DefaultBlockSize
+	}
+	if opts.CacheSize <= 0 {
+		opts.CacheSize = DefaultCacheSize
+	}
+	if opts.MaxInFlight <= 0 {
+		opts.MaxInFlight = DefaultMaxInFlight
+	}
+	if opts.Retries <= 0 {
+		opts.Retries = DefaultRetries
+	}
+	client, err := newClient(u, opts)
+	if err != nil {
+		return nil, err
+	}
+	f := &File{
+		url: u, name: Redact(u), client: client, opts: opts,
+		cache:    lru.New[int64, []byte](opts.CacheSize),
+		inflight: map[int64]*fetch{},
+		sem:      make(chan struct{}, opts.MaxInFlight),
+	}
+	f.window.Store(opts.BlockSize)
+	if err := f.probe(); err != nil {
+		return nil, err
+	}
+	return f, nil
+}
+
+// Redact is a URL as messages show it: without its query, which for a
+// presigned object-store URL is a credential, and without a password.
+func Redact(u *url.URL) string {
+	c := *u
+	c.RawQuery, c.ForceQuery, c.Fragment = "", false, ""
+	if c.User != nil {
+		c.User = url.User(c.User.Username())
+	}
+	return c.String()
+}
+
+func newClient(origin *url.URL, opts Options) (*http.Client, error) {
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.ResponseHeaderTimeout = 30 * time.Second
+	tr.MaxIdleConnsPerHost = opts.MaxInFlight
+	tr.Proxy = nil // a stranger's image must not be fetched through whatever the environment names
+	if opts.CAFile != "" {
+		pem, err := os.ReadFile(opts.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("--ca-file: %w", err)
+		}
+		pool, err := x509.SystemCertPool()
+		if err != nil {
+			pool = x509.NewCertPool()
+		}
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("--ca-file %s: no PEM certificate in it", opts.CAFile)
+		}
+		tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	}
+	return &http.Client{
+		Transport: tr,
+		Timeout:   requestTimeout,
+		CheckRedirect: func(req *http.Request, via []*http.Request) error {
+			if !sameOrigin(req.URL, origin) {
+				return fmt.Errorf("redirected to another origin (%s): refused", Redact(req.URL))
+			}
+			if len(via) >= 5 {
+				return errors.New("more than 5 redirects")
+			}
+			return nil
+		},
+	}, nil
+}
+
+func sameOrigin(a, b *url.URL) bool {
+	return a.Scheme == b.Scheme && strings.EqualFold(a.Host, b.Host)
+}
+
+// probe learns the size and version of the object from a one-byte range.
+func (f *File) probe() error {
+	resp, err := f.do(0, 0)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	f.etag, f.mtime = resp.Header.Get("ETag"), resp.Header.Get("Last-Modified")
+	_, _, total, err := contentRange(resp)
+	if err != nil {
+		return fmt.Errorf("%s: %w", f.name, err)
+	}
+	f.size = total
+	return nil
+}
+
+// do sends a range request for bytes [start, end], trying again after a
+// network error or a 5xx, and returns a 206 response.
+func (f *File) do(start, end int64) (*http.Response, error) {
+	var lastErr error
+	for try := 0; try <= f.opts.Retries; try++ {
+		if try > 0 {
+			time.Sleep(time.Duration(50<<try) * time.Millisecond)
+		}
+		begun := time.Now()
+		resp, err := f.request(start, end)
+		status := 0
+		if resp != nil {
+			status = resp.StatusCode
+		}
+		if f.opts.Trace != nil {
+			f.opts.Trace(f.name, start, end, status, time.Since(begun), err)
+		}
+		f.requests.Add(1)
+		switch {
+		case err != nil:
+			lastErr = fmt.Errorf("%s: bytes %d-%d: %w", f.name, start, end, err)
+			// Trying again cannot change a certificate or a redirect.
+			var ue *url.Error
+			var cert *tls.CertificateVerificationError
+			if errors.As(err, &cert) || errors.As(err, &ue) && strings.Contains(ue.Err.Error(), "redirected to another origin") {
+				return nil, lastErr
+			}
+			continue
+		case status == http.StatusPartialContent:
+			return resp, nil
+		}
+		resp.Body.Close()
+		switch {
+		case status == http.StatusOK:
+			return nil, fmt.Errorf("%s: the server ignores byte ranges (it answered a range request with the whole file, status 200): refusing to download it whole", f.name)
+		case status == http.StatusPreconditionFailed:
+			return nil, f.markChanged("the server says its ETag is no longer " + f.etag)
+		case status >= 500 || status == http.StatusTooManyRequests:
+			lastErr = fmt.Errorf("%s: bytes %d-%d: %s", f.name, start, end, resp.Status)
+			continue
+		default:
+			return nil, fmt.Errorf("%s: bytes %d-%d: %s", f.name, start, end, resp.Status)
+		}
+	}
+	return nil, fmt.Errorf("%w (gave up after %d tries)", lastErr, f.opts.Retries+1)
+}
+
+func (f *File) request(start, end int64) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(context.Background(), http.MethodGet, f.url.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+	for k, vs := range f.opts.Header {
+		for _, v := range vs {
+			req.Header.Add(k, v)
+		}
+	}
+	req.Header.Set("Range", fmt.Sprintf("bytes=%d-%d", start, end))
+	// Compression would make the ranges those of the compressed body.
+	req.Header.Set("Accept-Encoding", "identity")
+	if strings.HasPrefix(f.etag, `"`) {
+		req.Header.Set("If-Match", f.etag) // a strong ETag: the server checks
+	}
+	return f.client.Do(req)
+}
+
+// contentRange parses a 206 response's Content-Range.
+func contentRange(resp *http.Response) (start, end, total int64, err error) {
+	cr := resp.Header.Get("Content-Range")
+	spec, ok := strings.CutPrefix(cr, "bytes ")
+	rng, size, ok2 := strings.Cut(spec, "/")
+	first, last, ok3 := strings.Cut(rng, "-")
+	if !ok || !ok2 || !ok3 {
+		return 0, 0, 0, fmt.Errorf("bad Content-Range %q", cr)
+	}
+	nums := make([]int64, 3)
+	for i, s := range []string{first, last, size} {
+		if nums[i], err = strconv.ParseInt(s, 10, 64); err != nil || nums[i] < 0 {
+			return 0, 0, 0, fmt.Errorf("bad Content-Range %q (the length must be known)", cr)
+		}
+	}
+	if nums[0] > nums[1] || nums[1] >= nums[2] {
+		return 0, 0, 0, fmt.Errorf("bad Content-Range %q", cr)
+	}
+	return nums[0], nums[1], nums[2], nil
+}
+
+// markChanged records that the object changed; every later read fails.
+func (f *File) markChanged(why string) error {
+	err := fmt.Errorf("%s: %w (%s): unmount and mount it again", f.name, ErrChanged, why)
+	f.changed.CompareAndSwap(nil, &err)
+	return *f.changed.Load()
+}
+
+// Name is the URL without its query, for messages.
+func (f *File) Name() string { return f.name }
+
+// URL is the URL as given, query included: keep it out of messages.
+func (f *File) URL() *url.URL { return f.url }
+
+// Size is the object's length when opened.
+func (f *File) Size() int64 { return f.size }
+
+// ModTime is the server's Last-Modified, or the zero time.
+func (f *File) ModTime() time.Time {
+	t, _ := http.ParseTime(f.mtime)
+	return t
+}
+
+// Fetched reports the bytes received and the requests sent so far.
+func (f *File) Fetched() (bytes, requests int64) { return f.fetched.Load(), f.requests.Load() }
+
+// Close waits for readahead under way; the file reads nothing after.
+func (f *File) Close() error {
+	f.closed.Store(true)
+	f.ahead.Wait()
+	f.client.CloseIdleConnections()
+	return nil
+}
+
+// ReadAt reads from the remote file, fetching the blocks it lacks.
+func (f *File) ReadAt(p []byte, off int64) (int, error) {
+	if off < 0 {
+		return 0, fmt.Errorf("%s: negative offset %d", f.name, off)
+	}
+	if off >= f.size {
+		return 0, io.EOF
+	}
+	var eof error
+	if int64(len(p)) > f.size-off {
+		p, eof = p[:f.size-off], io.EOF
+	}
+	if err := f.load(off, int64(len(p))); err != nil {
+		return 0, err
+	}
+	bs := f.opts.BlockSize
+	n := 0
+	for n < len(p) {
+		pos := off + int64(n)
+		idx := pos / bs
+		block, ok := f.cache.Get(idx)
+		if !ok {
+			// Evicted between load and here by other readers: fetch it
+			// again, alone.
+			if err := f.load(pos, 1); err != nil {
+				return n, err
+			}
+			continue
+		}
+		n += copy(p[n:], block[pos-idx*bs:])
+	}
+	f.readahead(off, int64(len(p)))
+	return n, eof
+}
+
+// load makes sure the blocks of [off, off+n) are in the cache: it fetches
+// runs of missing blocks at once, and waits for those others fetch.
+func (f *File) load(off, n int64) error {
+	if err := f.changed.Load(); err != nil {
+		return *err
+	}
+	bs := f.opts.BlockSize
+	first, last := off/bs, (off+n-1)/bs
+	var waits []*fetch
+	var mine [][2]int64 // runs this call fetches: first and last block
+	f.mu.Lock()
+	for idx := first; idx <= last; idx++ {
+		if _, ok := f.cache.Get(idx); ok {
+			continue
+		}
+		if w, ok := f.inflight[idx]; ok {
+			waits = append(waits, w)
+			continue
+		}
+		if k := len(mine) - 1; k >= 0 && mine[k][1] == idx-1 && idx-mine[k][0] < maxBlocksPerRequest {
+			mine[k][1] = idx
+		} else {
+			mine = append(mine, [2]int64{idx, idx})
+		}
+	}
+	fetches := make([]*fetch, len(mine))
+	for i, run := range mine {
+		fetches[i] = &fetch{done: make(chan struct{})}
+		for idx := run[0]; idx <= run[1]; idx++ {
+			f.inflight[idx] = fetches[i]
+		}
+	}
+	f.mu.Unlock()
+	var wg sync.WaitGroup
+	for i, run := range mine {
+		wg.Go(func() { f.fetchRun(run[0], run[1], fetches[i]) })
+	}
+	wg.Wait()
+	var errs []error
+	for _, fe := range fetches {
+		errs = append(errs, fe.err)
+	}
+	for _, w := range waits {
+		<-w.done
+		errs = append(errs, w.err)
+	}
+	return errors.Join(errs...)
+}
+
+// fetchRun fetches blocks first..last in one request into the cache.
+func (f *File) fetchRun(first, last int64, fe *fetch) {
+	f.sem <- struct{}{}
+	defer func() {
+		<-f.sem
+		f.mu.Lock()
+		for idx := first; idx <= last; idx++ {
+			delete(f.inflight, idx)
+		}
+		f.mu.Unlock()
+		close(fe.done)
+	}()
+	bs := f.opts.BlockSize
+	start, end := first*bs, min((last+1)*bs, f.size)-1
+	buf, err := f.get(start, end)
+	if err != nil {
+		fe.err = err
+		return
+	}
+	for idx := first; idx <= last; idx++ {
+		lo := (idx - first) * bs
+		block := buf[lo:min(lo+bs, int64(len(buf)))]
+		f.cache.Add(idx, block, int64(len(block)))
+	}
+}
+
+// get fetches bytes [start, end] and checks that the server sent them,
+// of the object that was opened.
+func (f *File) get(start, end int64) ([]byte, error) {
+	for try := 0; ; try++ {
+		resp, err := f.do(start, end)
+		if err != nil {
+			return nil, err
+		}
+		buf, err := f.body(resp, start, end)
+		resp.Body.Close()
+		// A connection that drops mid-body is tried again, as a failed
+		// request is.
+		if err != nil && errors.Is(err, io.ErrUnexpectedEOF) && try < f.opts.Retries {
+			continue
+		}
+		return buf, err
+	}
+}
+
+func (f *File) body(resp *http.Response, start, end int64) ([]byte, error) {
+	s, e, total, err := contentRange(resp)
+	// A server may leave the validators out of a 206: compare those sent.
+	etag, mtime := resp.Header.Get("ETag"), resp.Header.Get("Last-Modified")
+	switch {
+	case err != nil:
+		return nil, fmt.Errorf("%s: %w", f.name, err)
+	case total != f.size:
+		return nil, f.markChanged(fmt.Sprintf("its length is now %d, not %d", total, f.size))
+	case etag != "" && etag != f.etag:
+		return nil, f.markChanged(fmt.Sprintf("its ETag is now %s, not %s", etag, f.etag))
+	case mtime != "" && mtime != f.mtime:
+		return nil, f.markChanged(fmt.Sprintf("it was modified at %s", mtime))
+	case s != start || e != end:
+		return nil, fmt.Errorf("%s: asked for bytes %d-%d, the server sent %d-%d", f.name, start, end, s, e)
+	}
+	buf := make([]byte, end-start+1)
+	n, err := io.ReadFull(resp.Body, buf)
+	f.fetched.Add(int64(n))
+	if err != nil {
+		return nil, fmt.Errorf("%s: bytes %d-%d: %w", f.name, start, end, err)
+	}
+	return buf, nil
+}
+
+// readahead follows a sequential reader: after each read that continues
+// the last, it fetches ahead of it in the background, twice as far each
+// time up to maxReadahead, one readahead at a time. Its errors are the
+// next read's to meet, if it needs those bytes.
+func (f *File) readahead(off, n int64) {
+	if f.nextSeq.Swap(off+n) != off {
+		f.window.Store(f.opts.BlockSize)
+		return
+	}
+	w := f.window.Load()
+	f.window.Store(min(2*w, maxReadahead))
+	start := off + n
+	if start >= f.size || f.closed.Load() || !f.aheadBusy.CompareAndSwap(false, true) {
+		return
+	}
+	f.ahead.Go(func() {
+		defer f.aheadBusy.Store(false)
+		f.load(start, min(w, f.size-start))
+	})
+}
+
+// ResolveReference returns the URL that name, a backing or data file
+// name recorded in the image at base, refers to: relative to base, on
+// base's origin (scheme, host and port). An absolute path, another
+// origin, or any other protocol is refused: a remote image must never make
+// us open local files or reach other hosts (a cloud's metadata address).
+func ResolveReference(base *url.URL, name string) (*url.URL, error) {
+	switch {
+	case name == "":
+		return nil, errors.New("empty name")
+	case strings.ContainsFunc(name, func(r rune) bool { return r < 0x20 || r == 0x7f }):
+		return nil, fmt.Errorf("name %q has control characters", name)
+	case strings.HasPrefix(name, "/"):
+		return nil, fmt.Errorf("%q is an absolute path: a remote image may name only files beside it, on %s", name, Redact(&url.URL{Scheme: base.Scheme, Host: base.Host}))
+	}
+	if colon := strings.IndexByte(name, ':'); colon >= 0 && !strings.Contains(name[:colon], "/") {
+		u, err := url.Parse(name)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") {
+			return nil, fmt.Errorf("%q is not a relative name or an http(s) URL", name)
+		}
+		if !sameOrigin(u, base) {
+			return nil, fmt.Errorf("%q lies on another origin than %s: refused", Redact(u), Redact(&url.URL{Scheme: base.Scheme, Host: base.Host}))
+		}
+		return u, nil
+	}
+	// The whole name is a path: '?' and '#' in it are not a query.
+	return base.ResolveReference(&url.URL{Path: name}), nil
+}

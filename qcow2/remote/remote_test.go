@@ -1,0 +1,325 @@
+package remote
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// object is what the test server serves: bytes with an ETag, which a
+// test may change, and faults it may inject.
+type object struct {
+	mu       sync.Mutex
+	data     []byte
+	etag     string
+	noRanges bool          // answer every request with the whole body
+	fail503  int           // answer this many requests with 503 first
+	dropAt   int           // cut this many bodies short after half
+	delay    time.Duration // before each answer
+	hold     chan struct{} // when set, hold answers for ranges past holdAt
+	holdAt   int64
+	requests atomic.Int64
+}
+
+func (o *object) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	o.requests.Add(1)
+	o.mu.Lock()
+	data, etag, delay, hold := o.data, o.etag, o.delay, o.hold
+	fail := o.fail503 > 0
+	if fail {
+		o.fail503--
+	}
+	drop := o.dropAt > 0 && r.Header.Get("Range") != "bytes=0-0"
+	if drop {
+		o.dropAt--
+	}
+	o.mu.Unlock()
+	time.Sleep(delay)
+	if hold != nil {
+		var start int64
+		fmt.Sscanf(r.Header.Get("Range"), "bytes=%d-", &start)
+		if start >= o.holdAt {
+			<-hold
+		}
+	}
+	switch {
+	case fail:
+		http.Error(w, "busy", http.StatusServiceUnavailable)
+		return
+	case o.noRanges:
+		w.Write(data)
+		return
+	case drop:
+		var start, end int64
+		fmt.Sscanf(r.Header.Get("Range"), "bytes=%d-%d", &start, &end)
+		w.Header().Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", start, end, len(data)))
+		w.Header().Set("Content-Length", fmt.Sprint(end-start+1))
+		w.Header().Set("ETag", etag)
+		w.WriteHeader(http.StatusPartialContent)
+		w.Write(data[start : start+(end-start+1)/2])
+		panic(http.ErrAbortHandler) // the connection drops mid-body
+	}
+	w.Header().Set("ETag", etag)
+	http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(data))
+}
+
+func serve(t *testing.T, size int) (*object, *httptest.Server) {
+	t.Helper()
+	data := make([]byte, size)
+	r := rand.New(rand.NewPCG(1, 2))
+	for i := range data {
+		data[i] = byte(r.Uint32())
+	}
+	o := &object{data: data, etag: `"v1"`}
+	srv := httptest.NewServer(o)
+	t.Cleanup(srv.Close)
+	return o, srv
+}
+
+func small(o Options) Options {
+	o.BlockSize = 64 << 10
+	return o
+}
+
+func TestReadsWhatTheServerHolds(t *testing.T) {
+	o, srv := serve(t, 3<<20+1234)
+	var traced atomic.Int64
+	f, err := Open(srv.URL+"/disk.qcow2?X-Amz-Signature=secret", small(Options{Trace: func(string, int64, int64, int, time.Duration, error) { traced.Add(1) }}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if f.Size() != int64(len(o.data)) || strings.Contains(f.Name(), "secret") {
+		t.Fatalf("size %d, name %s", f.Size(), f.Name())
+	}
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Go(func() {
+			r := rand.New(rand.NewPCG(3, uint64(g)))
+			buf := make([]byte, 300<<10)
+			for range 40 {
+				off := r.Int64N(f.Size())
+				n := 1 + r.IntN(len(buf))
+				if g == 0 {
+					off, n = 0, len(buf) // one sequential-ish reader
+				}
+				got, err := f.ReadAt(buf[:n], off)
+				want := o.data[off:min(off+int64(n), f.Size())]
+				if (err != nil && err != io.EOF) || !bytes.Equal(buf[:got], want) {
+					t.Errorf("ReadAt(%d, %d) = %d, %v: wrong bytes", off, n, got, err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if got, want := traced.Load(), o.requests.Load(); got != want {
+		t.Errorf("traced %d requests, the server saw %d", got, want)
+	}
+	if bytes, reqs := f.Fetched(); bytes > int64(len(o.data))*2 || reqs != o.requests.Load() {
+		t.Errorf("fetched %d bytes in %d requests", bytes, reqs)
+	}
+}
+
+func TestSequentialReadsAreReadAhead(t *testing.T) {
+	o, srv := serve(t, 16<<20)
+	f, err := Open(srv.URL, small(Options{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	buf := make([]byte, 128<<10)
+	for off := int64(0); off < f.Size(); off += int64(len(buf)) {
+		if _, err := f.ReadAt(buf, off); err != nil && err != io.EOF {
+			t.Fatal(err)
+		}
+	}
+	// 128 reads of 128 KiB: readahead grows to 8 MiB runs of 16 blocks.
+	if n := o.requests.Load(); n > 70 {
+		t.Errorf("%d requests for 128 sequential reads: no readahead", n)
+	}
+}
+
+func TestServerFaults(t *testing.T) {
+	tests := []struct {
+		name    string
+		fault   func(o *object)
+		openErr string // "" to open
+		readErr string // "" to read the right bytes
+	}{
+		{"no byte ranges", func(o *object) { o.noRanges = true }, "ignores byte ranges", ""},
+		{"503 bursts", func(o *object) { o.fail503 = 3 }, "", ""},
+		{"always 503", func(o *object) { o.fail503 = 1 << 30 }, "503 Service Unavailable (gave up after 5 tries)", ""},
+		{"connections dropping mid-body", func(o *object) { o.dropAt = 2 }, "", ""},
+		{"slow server", func(o *object) { o.delay = 100 * time.Millisecond }, "", ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			o, srv := serve(t, 1<<20)
+			tc.fault(o)
+			start := time.Now()
+			f, err := Open(srv.URL, small(Options{}))
+			if tc.openErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.openErr) {
+					t.Fatalf("open: %v, want %q", err, tc.openErr)
+				}
+				if time.Since(start) > 10*time.Second {
+					t.Fatalf("refusing took %v", time.Since(start))
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			buf := make([]byte, 200<<10)
+			if _, err := f.ReadAt(buf, 100); err != nil || !bytes.Equal(buf, o.data[100:100+len(buf)]) {
+				t.Fatalf("read: %v", err)
+			}
+		})
+	}
+}
+
+// TestObjectChanging: once the object is another, every read fails, and
+// none returns bytes of the new one.
+func TestObjectChanging(t *testing.T) {
+	for _, etag := range []string{`"v1"`, `W/"weak"`} {
+		t.Run(etag, func(t *testing.T) {
+			o, srv := serve(t, 1<<20)
+			o.etag = etag
+			f, err := Open(srv.URL, small(Options{}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			buf := make([]byte, 4096)
+			if _, err := f.ReadAt(buf, 0); err != nil {
+				t.Fatal(err)
+			}
+			o.mu.Lock()
+			o.data = bytes.Repeat([]byte{0xee}, len(o.data))
+			o.etag = `"v2"`
+			o.mu.Unlock()
+			for _, off := range []int64{512 << 10, 0, 900 << 10} {
+				if _, err := f.ReadAt(buf, off); off != 0 && !errors.Is(err, ErrChanged) {
+					t.Fatalf("read at %d after the change: %v", off, err)
+				}
+			}
+		})
+	}
+}
+
+// TestSlowReadsDoNotBlockOthers: a read that waits on the network leaves
+// the others alone.
+func TestSlowReadsDoNotBlockOthers(t *testing.T) {
+	o, srv := serve(t, 2<<20)
+	f, err := Open(srv.URL, small(Options{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	buf := make([]byte, 4096)
+	if _, err := f.ReadAt(buf, 0); err != nil {
+		t.Fatal(err)
+	}
+	o.mu.Lock()
+	o.hold, o.holdAt = make(chan struct{}), 1<<20
+	o.mu.Unlock()
+	stuck := make(chan error, 1)
+	go func() {
+		_, err := f.ReadAt(make([]byte, 4096), 1<<20)
+		stuck <- err
+	}()
+	time.Sleep(50 * time.Millisecond)
+	start := time.Now()
+	for _, off := range []int64{0, 512 << 10} { // cached, and not yet fetched
+		if _, err := f.ReadAt(buf, off); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("other reads waited %v behind a held one", d)
+	}
+	close(o.hold)
+	if err := <-stuck; err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestRedirects(t *testing.T) {
+	o, same := serve(t, 1<<20)
+	_, other := serve(t, 1<<20)
+	mux := http.NewServeMux()
+	mux.Handle("/real", o)
+	mux.HandleFunc("/here", func(w http.ResponseWriter, r *http.Request) { http.Redirect(w, r, "/real", http.StatusFound) })
+	mux.HandleFunc("/away", func(w http.ResponseWriter, r *http.Request) { http.Redirect(w, r, other.URL, http.StatusFound) })
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+	_ = same
+	if f, err := Open(srv.URL+"/here", Options{}); err != nil {
+		t.Fatalf("redirect on the same origin: %v", err)
+	} else {
+		f.Close()
+	}
+	start := time.Now()
+	if _, err := Open(srv.URL+"/away", Options{}); err == nil || !strings.Contains(err.Error(), "redirected to another origin") {
+		t.Fatalf("redirect to another origin: %v", err)
+	}
+	if time.Since(start) > 2*time.Second {
+		t.Fatal("a refused redirect was tried again")
+	}
+}
+
+func TestCacheIsBounded(t *testing.T) {
+	_, srv := serve(t, 8<<20)
+	f, err := Open(srv.URL, Options{BlockSize: 64 << 10, CacheSize: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	buf := make([]byte, 256<<10)
+	for off := int64(0); off < f.Size(); off += int64(len(buf)) {
+		if _, err := f.ReadAt(buf, off); err != nil && err != io.EOF {
+			t.Fatal(err)
+		}
+		if used := f.cache.Used(); used > 1<<20 {
+			t.Fatalf("cache holds %d bytes, over its 1 MiB", used)
+		}
+	}
+}
+
+func TestResolveReference(t *testing.T) {
+	base, _ := url.Parse("https://images.example:8443/vms/top.qcow2?sig=secret")
+	tests := []struct{ name, want, err string }{
+		{"base.qcow2", "https://images.example:8443/vms/base.qcow2", ""},
+		{"../bases/base.qcow2", "https://images.example:8443/bases/base.qcow2", ""},
+		{"odd?name#x.qcow2", "https://images.example:8443/vms/odd%3Fname%23x.qcow2", ""},
+		{"https://images.example:8443/other/base.qcow2", "https://images.example:8443/other/base.qcow2", ""},
+		{"/var/lib/images/base.qcow2", "", "absolute path"},
+		{"https://169.254.169.254/latest/meta-data", "", "another origin"},
+		{"http://images.example:8443/vms/base.qcow2", "", "another origin"},
+		{"file:/etc/passwd", "", "not a relative name"},
+		{"nbd:localhost:10809", "", "not a relative name"},
+		{"", "", "empty"},
+		{"a\x1b]0;x\a", "", "control characters"},
+	}
+	for _, tc := range tests {
+		u, err := ResolveReference(base, tc.name)
+		switch {
+		case tc.err != "" && (err == nil || !strings.Contains(err.Error(), tc.err)):
+			t.Errorf("%q: %v, want an error saying %q", tc.name, err, tc.err)
+		case tc.err == "" && (err != nil || u.String() != tc.want):
+			t.Errorf("%q: %v, %v; want %s", tc.name, u, err, tc.want)
+		}
+	}
+}

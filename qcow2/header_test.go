@@ -98,21 +98,25 @@ func TestOpenRefusesBadHeaders(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			img, err := openPatched(t, tc.image, tc.patches...)
-			if err == nil {
-				img.Close()
-				t.Fatal("opened")
-			}
-			var fe *FormatError
-			if tc.field != "" && (!errors.As(err, &fe) || fe.Field != tc.field) {
-				t.Fatalf("error %q: want a FormatError for field %q", err, tc.field)
-			}
-			if !strings.Contains(err.Error(), tc.msg) {
-				t.Fatalf("error %q does not say %q", err, tc.msg)
-			}
-			if !strings.Contains(err.Error(), tc.image) {
-				t.Fatalf("error %q does not name the file", err)
-			}
+			expectRefused(t, img, err, tc.image, tc.field, tc.msg)
 		})
+	}
+}
+
+// expectRefused fails unless opening failed with an error that names the
+// image file and says msg; where field is set, a FormatError for it.
+func expectRefused(t *testing.T, img *Image, err error, image, field, msg string) {
+	t.Helper()
+	if err == nil {
+		img.Close()
+		t.Fatal("opened")
+	}
+	var fe *FormatError
+	if field != "" && (!errors.As(err, &fe) || fe.Field != field) {
+		t.Fatalf("error %q: want a FormatError for field %q", err, field)
+	}
+	if !strings.Contains(err.Error(), msg) || !strings.Contains(err.Error(), image) {
+		t.Fatalf("error %q does not say %q and name %s", err, msg, image)
 	}
 }
 

@@ -93,12 +93,12 @@ func infoAction(c *cli.Context) error {
 		if err != nil {
 			return err
 		}
-		if i == 0 && !isURL(c.Args().First()) {
+		if i == 0 {
 			// As qemu-img: the top image by the name it was given (a
 			// URL without its query, which may be a credential).
-			in.Filename = c.Args().First()
-		}
-		if i == 0 {
+			if !isURL(c.Args().First()) {
+				in.Filename = c.Args().First()
+			}
 			if chainErr != nil {
 				in.BackingError = chainErr.Error()
 			}

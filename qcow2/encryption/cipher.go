@@ -157,9 +157,6 @@ func NewSectorCipher(spec Spec, key []byte) (*SectorCipher, error) {
 	return c, nil
 }
 
-// Spec returns what the cipher was made from.
-func (c *SectorCipher) Spec() Spec { return c.spec }
-
 // parallelMin is the smallest buffer whose sectors are worth spreading
 // over the CPUs: below it, starting goroutines costs more than it saves.
 const parallelMin = 256 << 10

@@ -60,7 +60,7 @@ func TestUnlock(t *testing.T) {
 		t.Fatal(err)
 	}
 	c, err := l.Unlock([]byte("qcowmount"), 0)
-	if err != nil || c.Spec() != l.Spec {
+	if err != nil || c.spec != l.Spec {
 		t.Fatalf("right passphrase: %v", err)
 	}
 	var wrong *WrongPassphraseError

@@ -101,7 +101,7 @@ func Open(rawURL string, opts Options) (*File, error) {
 		return nil, fmt.Errorf("%q is not a URL: %w", rawURL, err)
 	}
 	if u.Scheme != "http" && u.Scheme != "https" || u.Host == "" {
-		return nil, fmt.Errorf("%s: only http:// and https:// URLs are read", Redact(u))
+		return nil, fmt.Errorf("%s: only http:// and https:// URLs are read", redact(u))
 	}
 	if opts.BlockSize <= 0 {
 		opts.BlockSize = DefaultBlockSize
@@ -120,7 +120,7 @@ func Open(rawURL string, opts Options) (*File, error) {
 		return nil, err
 	}
 	f := &File{
-		url: u, name: Redact(u), client: client, opts: opts,
+		url: u, name: redact(u), client: client, opts: opts,
 		cache:    lru.New[int64, []byte](opts.CacheSize),
 		inflight: map[int64]*fetch{},
 		sem:      make(chan struct{}, opts.MaxInFlight),
@@ -132,9 +132,9 @@ func Open(rawURL string, opts Options) (*File, error) {
 	return f, nil
 }
 
-// Redact is a URL as messages show it: without its query, which for a
+// redact is a URL as messages show it: without its query, which for a
 // presigned object-store URL is a credential, and without a password.
-func Redact(u *url.URL) string {
+func redact(u *url.URL) string {
 	c := *u
 	c.RawQuery, c.ForceQuery, c.Fragment = "", false, ""
 	if c.User != nil {
@@ -167,7 +167,7 @@ func newClient(origin *url.URL, opts Options) (*http.Client, error) {
 		Timeout:   requestTimeout,
 		CheckRedirect: func(req *http.Request, via []*http.Request) error {
 			if !sameOrigin(req.URL, origin) {
-				return fmt.Errorf("redirected to another origin (%s): refused", Redact(req.URL))
+				return fmt.Errorf("redirected to another origin (%s): refused", redact(req.URL))
 			}
 			if len(via) >= 5 {
 				return errors.New("more than 5 redirects")
@@ -504,7 +504,7 @@ func ResolveReference(base *url.URL, name string) (*url.URL, error) {
 	case strings.ContainsFunc(name, func(r rune) bool { return r < 0x20 || r == 0x7f }):
 		return nil, fmt.Errorf("name %q has control characters", name)
 	case strings.HasPrefix(name, "/"):
-		return nil, fmt.Errorf("%q is an absolute path: a remote image may name only files beside it, on %s", name, Redact(&url.URL{Scheme: base.Scheme, Host: base.Host}))
+		return nil, fmt.Errorf("%q is an absolute path: a remote image may name only files beside it, on %s", name, redact(&url.URL{Scheme: base.Scheme, Host: base.Host}))
 	}
 	if colon := strings.IndexByte(name, ':'); colon >= 0 && !strings.Contains(name[:colon], "/") {
 		u, err := url.Parse(name)
@@ -512,7 +512,7 @@ func ResolveReference(base *url.URL, name string) (*url.URL, error) {
 			return nil, fmt.Errorf("%q is not a relative name or an http(s) URL", name)
 		}
 		if !sameOrigin(u, base) {
-			return nil, fmt.Errorf("%q lies on another origin than %s: refused", Redact(u), Redact(&url.URL{Scheme: base.Scheme, Host: base.Host}))
+			return nil, fmt.Errorf("%q lies on another origin than %s: refused", redact(u), redact(&url.URL{Scheme: base.Scheme, Host: base.Host}))
 		}
 		return u, nil
 	}

@@ -86,6 +86,17 @@ func serve(t *testing.T, size int) (*object, *httptest.Server) {
 	return o, srv
 }
 
+// mustOpen opens the object at url for the rest of the test.
+func mustOpen(t *testing.T, url string, o Options) *File {
+	t.Helper()
+	f, err := Open(url, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return f
+}
+
 func small(o Options) Options {
 	o.BlockSize = 64 << 10
 	return o
@@ -94,11 +105,7 @@ func small(o Options) Options {
 func TestReadsWhatTheServerHolds(t *testing.T) {
 	o, srv := serve(t, 3<<20+1234)
 	var traced atomic.Int64
-	f, err := Open(srv.URL+"/disk.qcow2?X-Amz-Signature=secret", small(Options{Trace: func(string, int64, int64, int, time.Duration, error) { traced.Add(1) }}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
+	f := mustOpen(t, srv.URL+"/disk.qcow2?X-Amz-Signature=secret", small(Options{Trace: func(string, int64, int64, int, time.Duration, error) { traced.Add(1) }}))
 	if f.Size() != int64(len(o.data)) || strings.Contains(f.Name(), "secret") {
 		t.Fatalf("size %d, name %s", f.Size(), f.Name())
 	}
@@ -133,11 +140,7 @@ func TestReadsWhatTheServerHolds(t *testing.T) {
 
 func TestSequentialReadsAreReadAhead(t *testing.T) {
 	o, srv := serve(t, 16<<20)
-	f, err := Open(srv.URL, small(Options{}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
+	f := mustOpen(t, srv.URL, small(Options{}))
 	buf := make([]byte, 128<<10)
 	for off := int64(0); off < f.Size(); off += int64(len(buf)) {
 		if _, err := f.ReadAt(buf, off); err != nil && err != io.EOF {
@@ -197,11 +200,7 @@ func TestObjectChanging(t *testing.T) {
 		t.Run(etag, func(t *testing.T) {
 			o, srv := serve(t, 1<<20)
 			o.etag = etag
-			f, err := Open(srv.URL, small(Options{}))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer f.Close()
+			f := mustOpen(t, srv.URL, small(Options{}))
 			buf := make([]byte, 4096)
 			if _, err := f.ReadAt(buf, 0); err != nil {
 				t.Fatal(err)
@@ -223,11 +222,7 @@ func TestObjectChanging(t *testing.T) {
 // the others alone.
 func TestSlowReadsDoNotBlockOthers(t *testing.T) {
 	o, srv := serve(t, 2<<20)
-	f, err := Open(srv.URL, small(Options{}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
+	f := mustOpen(t, srv.URL, small(Options{}))
 	buf := make([]byte, 4096)
 	if _, err := f.ReadAt(buf, 0); err != nil {
 		t.Fatal(err)
@@ -282,11 +277,7 @@ func TestRedirects(t *testing.T) {
 
 func TestCacheIsBounded(t *testing.T) {
 	_, srv := serve(t, 8<<20)
-	f, err := Open(srv.URL, Options{BlockSize: 64 << 10, CacheSize: 1 << 20})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
+	f := mustOpen(t, srv.URL, Options{BlockSize: 64 << 10, CacheSize: 1 << 20})
 	buf := make([]byte, 256<<10)
 	for off := int64(0); off < f.Size(); off += int64(len(buf)) {
 		if _, err := f.ReadAt(buf, off); err != nil && err != io.EOF {

@@ -201,6 +201,10 @@ func TestLogFileWithoutSyslog(t *testing.T) {
 func TestSubcommandMistakes(t *testing.T) {
 	image, _ := filepath.Abs("../testdata/demo.qcow2")
 	notMounted := t.TempDir()
+	badHeaders := filepath.Join(t.TempDir(), "headers")
+	if err := os.WriteFile(badHeaders, []byte("# a comment\nAuthorization: Bearer x\nno colon here\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	tests := []struct {
 		args []string
 		msg  string
@@ -212,6 +216,12 @@ func TestSubcommandMistakes(t *testing.T) {
 		{[]string{"umount", notMounted}, "is not a mount point", 1},
 		{[]string{"completion", "tcsh"}, `completion for "tcsh": bash, zsh or fish`, 2},
 		{[]string{"-f", "--pidfile", "/nonexistent/dir/qcowmount.pid", image, t.TempDir()}, "--pidfile", 1},
+		{[]string{"info", "--max-kdf-time", "0s", image}, "--max-kdf-time 0s: must be positive", 2},
+		{[]string{"info", "--key-file", "demo.qcow2=", image}, `--key-file "demo.qcow2=": no file named`, 2},
+		{[]string{"info", "--key-file", "/nonexistent/key", "../testdata/images/v3-luks.qcow2"}, "--key-file /nonexistent/key: open /nonexistent/key: no such file", 2},
+		{[]string{"info", "--remote-cache-size", "1K", "http://127.0.0.1:9/x.qcow2"}, "--remote-cache-size: 1024 bytes is outside", 2},
+		{[]string{"info", "--header-file", badHeaders, "http://127.0.0.1:9/x.qcow2"}, "line 3 is not \"Name: value\"", 2},
+		{[]string{"info", "ftp://127.0.0.1/x.qcow2"}, "no such file", 3},
 	}
 	for _, tc := range tests {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {

@@ -167,6 +167,13 @@ func TestRemoteImages(t *testing.T) {
 				mnt := mountImage(t, base+"/"+tc.image, append(append([]string{}, args...), tc.args...)...)
 				cmpFiles(t, filepath.Join(mnt, "disk.raw"), tc.want)
 			}
+			// --debug logs each range request.
+			log := filepath.Join(t.TempDir(), "log")
+			mnt := mountImage(t, base+"/top.qcow2", append([]string{"--debug", "--log-file", log}, args...)...)
+			unmount(t, mnt)
+			if b, err := os.ReadFile(log); err != nil || !strings.Contains(string(b), "http range request") || !strings.Contains(string(b), `"status": 206`) {
+				t.Errorf("--debug logged no range requests: %v: %.500s", err, b)
+			}
 			out, code := run(t, append([]string{"info", base + "/top.qcow2?token=secret"}, args...)...)
 			if code != 0 || !strings.Contains(out, "image: "+base+"/top.qcow2\n") || !strings.Contains(out, "backing file: base.qcow2 (actual path: "+base+"/base.qcow2)") ||
 				!strings.Contains(out, "fetched ") || strings.Contains(out, "secret") {

@@ -2,6 +2,7 @@ package qcow2
 
 import (
 	"fmt"
+	"io"
 	"os"
 	"syscall"
 )
@@ -86,7 +87,7 @@ func (l *localFiles) remember(f *os.File, path string) (int64, error) {
 
 // fileSize is the size of a regular file or a block device.
 func fileSize(f *os.File) (int64, error) {
-	return f.Seek(0, 2)
+	return f.Seek(0, io.SeekEnd)
 }
 
 // open opens an image file read-only: the top image as the user named

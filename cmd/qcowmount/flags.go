@@ -37,23 +37,28 @@ func imageOptions(c *cli.Context) (qcow2.Options, error) {
 	if opts.MaxKDFTime <= 0 {
 		return opts, usageError{fmt.Errorf("--max-kdf-time %v: must be positive", opts.MaxKDFTime)}
 	}
-	for _, f := range []struct {
-		name string
-		dst  *int64
-	}{{"l2-cache-size", &opts.L2CacheSize}, {"cluster-cache-size", &opts.ClusterCacheSize}} {
-		if !c.IsSet(f.name) {
-			continue
-		}
-		n, err := parseSize(c.String(f.name))
-		if err == nil && (n < minCacheSize || n > maxCacheSize) {
-			err = fmt.Errorf("%d bytes is outside %s..%s", n, humanSize(minCacheSize), humanSize(maxCacheSize))
-		}
-		if err != nil {
-			return opts, usageError{fmt.Errorf("--%s: %w", f.name, err)}
-		}
-		*f.dst = n
+	var err error
+	if opts.L2CacheSize, err = cacheSizeFlag(c, "l2-cache-size"); err != nil {
+		return opts, err
 	}
-	return opts, nil
+	opts.ClusterCacheSize, err = cacheSizeFlag(c, "cluster-cache-size")
+	return opts, err
+}
+
+// cacheSizeFlag reads a cache budget flag: 0 when it is not set (the
+// default), a usage error outside minCacheSize..maxCacheSize.
+func cacheSizeFlag(c *cli.Context, name string) (int64, error) {
+	if !c.IsSet(name) {
+		return 0, nil
+	}
+	n, err := parseSize(c.String(name))
+	if err == nil && (n < minCacheSize || n > maxCacheSize) {
+		err = fmt.Errorf("%d bytes is outside %s..%s", n, humanSize(minCacheSize), humanSize(maxCacheSize))
+	}
+	if err != nil {
+		return 0, usageError{fmt.Errorf("--%s: %w", name, err)}
+	}
+	return n, nil
 }
 
 // Cache budgets a user may ask for: below a few KiB nothing is cached,

@@ -55,7 +55,9 @@ func (o *openedImage) cacheBudget() int64 {
 	n := o.CacheBudget()
 	if o.remotes != nil {
 		o.remotes.mu.Lock()
-		n += int64(len(o.remotes.all)) * max(o.remotes.opts.CacheSize, remote.DefaultCacheSize)
+		for _, f := range o.remotes.all {
+			n += f.CacheSize()
+		}
 		o.remotes.mu.Unlock()
 	}
 	return n
@@ -112,15 +114,9 @@ func openImage(c *cli.Context, arg string, opts qcow2.Options, log *zap.Logger) 
 
 func remoteOptions(c *cli.Context, log *zap.Logger) (remote.Options, error) {
 	o := remote.Options{CAFile: c.String("ca-file")}
-	if c.IsSet("remote-cache-size") {
-		n, err := parseSize(c.String("remote-cache-size"))
-		if err == nil && (n < minCacheSize || n > maxCacheSize) {
-			err = fmt.Errorf("%d bytes is outside %s..%s", n, humanSize(minCacheSize), humanSize(maxCacheSize))
-		}
-		if err != nil {
-			return o, usageError{fmt.Errorf("--remote-cache-size: %w", err)}
-		}
-		o.CacheSize = n
+	var err error
+	if o.CacheSize, err = cacheSizeFlag(c, "remote-cache-size"); err != nil {
+		return o, err
 	}
 	if path := c.String("header-file"); path != "" {
 		h, err := readHeaderFile(path)

@@ -306,6 +306,9 @@ func (f *File) ModTime() time.Time {
 	return t
 }
 
+// CacheSize is the most the file keeps of what it fetched, in bytes.
+func (f *File) CacheSize() int64 { return f.opts.CacheSize }
+
 // Fetched reports the bytes received and the requests sent so far.
 func (f *File) Fetched() (bytes, requests int64) { return f.fetched.Load(), f.requests.Load() }
 

@@ -77,7 +77,13 @@ func buildImages(work string, fill int64) ([]benchImage, error) {
 			args = append(args, "--object", "secret,id=s0,file="+img.keyFile, "-o", "encrypt.format=luks,encrypt.key-secret=s0")
 		}
 		tmp := img.path + ".tmp"
-		if err := sh("qemu-img", append(args, img.raw, tmp)...); err != nil {
+		err := sh("qemu-img", append(args, img.raw, tmp)...)
+		// qemu-img 7.2's PBKDF2 calibration fails now and then ("Unable
+		// to get accurate CPU usage"): a QEMU bug; another run works.
+		for try := 0; err != nil && img.keyFile != "" && strings.Contains(err.Error(), "accurate CPU usage") && try < 100; try++ {
+			err = sh("qemu-img", append(args, img.raw, tmp)...)
+		}
+		if err != nil {
 			return nil, err
 		}
 		if err := os.Rename(tmp, img.path); err != nil {

@@ -32,9 +32,11 @@ func imageOpts(path, format, keys string) string {
 
 // CreateEncrypted makes an image encrypted with passphrase; opts are -o
 // options beside encrypt.key-secret (encrypt.format=luks, cipher, ...).
-// QEMU measures its PBKDF2 speed while creating, by a thread CPU clock
-// that moves in ticks: a first round that reads as no time at all fails
-// it ("Unable to get accurate CPU usage") now and then. It is tried again.
+// QEMU measures its PBKDF2 speed while creating, by the thread's user CPU
+// time, which the kernel splits from system time by tick samples: a first
+// round that reads as no user time at all fails it ("Unable to get
+// accurate CPU usage"), about one run in three here and more often under
+// load. Such a run costs ~40 ms and is tried again, up to runsForKDF times.
 func CreateEncrypted(t testing.TB, path, format, size, passphrase string, opts ...string) {
 	t.Helper()
 	objects, _ := secretArgs([]string{passphrase})
@@ -51,6 +53,10 @@ func ConvertEncrypted(t testing.TB, raw, path, format, passphrase string, opts .
 	runEncrypting(t, filepath.Dir(path), append(args, "-f", "raw", "-O", format, "-o", strings.Join(append(opts, "encrypt.key-secret=s0"), ","), raw, path)...)
 }
 
+// runsForKDF bounds the tries: at the worst rate seen (one run in two
+// failing) 100 tries all fail once in 10^30.
+const runsForKDF = 100
+
 // runEncrypting runs qemu-img to make an encrypted image, trying again
 // where its PBKDF2 measurement failed.
 func runEncrypting(t testing.TB, dir string, args ...string) {
@@ -60,7 +66,7 @@ func runEncrypting(t testing.TB, dir string, args ...string) {
 		if err == nil {
 			return
 		}
-		if try == 10 || !strings.Contains(out, "accurate CPU usage") {
+		if try == runsForKDF || !strings.Contains(out, "accurate CPU usage") {
 			t.Fatalf("qemu-img %q: %v\n%s", args, err, out)
 		}
 	}

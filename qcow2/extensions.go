@@ -35,7 +35,26 @@ type extensions struct {
 	hasFDE        bool   // full disk encryption: where the LUKS header lies
 	fdeOffset     uint64 // in the image file
 	fdeLength     uint64
+	// The bitmaps extension, for check: how many, and the directory.
+	hasBitmaps                  bool
+	nbBitmaps                   uint32
+	bitmapDirSize, bitmapDirOff uint64
+	// Extensions of types nobody defined, for check (at most maxUnknownExtensions).
+	unknown []unknownExtension
 }
+
+// unknownExtension is a header extension of a type the spec does not define.
+type unknownExtension struct {
+	typ    uint32
+	at     int64
+	length uint64
+}
+
+// maxUnknownExtensions bounds what a header area full of junk costs.
+const maxUnknownExtensions = 64
+
+// bitmapsExtensionBytes is the length of the bitmaps extension's body.
+const bitmapsExtensionBytes = 24
 
 // maxBackingFormatLen mirrors QEMU's 16-byte buffer for the format name.
 const maxBackingFormatLen = 15
@@ -86,8 +105,18 @@ func parseExtensions(first []byte, start, end uint64) (*extensions, error) {
 		case extDataFile:
 			ext.dataFile = string(body)
 			ext.hasDataFile = true
+		case extBitmaps:
+			// Reading ignores bitmaps; check counts their clusters.
+			if length >= bitmapsExtensionBytes {
+				ext.hasBitmaps = true
+				ext.nbBitmaps = be.Uint32(body)
+				ext.bitmapDirSize, ext.bitmapDirOff = be.Uint64(body[8:]), be.Uint64(body[16:])
+			}
+		default:
+			if len(ext.unknown) < maxUnknownExtensions {
+				ext.unknown = append(ext.unknown, unknownExtension{typ, int64(off), length})
+			}
 		}
-		// Bitmaps and unknown extensions do not affect reading.
 		off = data + (length+7)&^7
 	}
 	return ext, nil

@@ -18,9 +18,9 @@ import (
 const allocBound = 96 << 20
 
 // TestHostileImages opens every image of the damaged corpus: each is
-// refused naming the field, or opens and fails exactly the reads of its
-// damaged ranges, reading the rest as QEMU does; never a panic, a hang, or
-// an allocation beyond a fixed bound.
+// refused naming the field, or opens, checks, and fails exactly the reads
+// of its damaged ranges, reading the rest as QEMU does; never a panic, a
+// hang, or an allocation beyond a fixed bound.
 func TestHostileImages(t *testing.T) {
 	corpus := qemutest.HostileCorpus(t, t.TempDir())
 	for _, h := range corpus {
@@ -70,6 +70,9 @@ func checkHostile(t *testing.T, h qemutest.Hostile) {
 	defer img.Close()
 	if _, err := img.Info(); err != nil {
 		t.Errorf("info: %v", err)
+	}
+	if _, err := img.Check(); err != nil {
+		t.Errorf("check: %v", err)
 	}
 	want, err := os.ReadFile(h.Want)
 	if err != nil {

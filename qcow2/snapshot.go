@@ -23,6 +23,7 @@ type Snapshot struct {
 	L1Size      uint32
 
 	entryOffset int64 // where the entry lies in the file, for errors
+	entryLen    int64 // its bytes, padded to 8 as QEMU lays entries out
 }
 
 // QEMU shows snapshot IDs and names through fixed buffers of 128 and 256
@@ -96,11 +97,12 @@ func walkSnapshots(f File, h *Header, fileSize int64, fn func(Snapshot) error) (
 		}
 		sn.ID = string(id[:min(len(id), maxSnapshotIDLen)])
 		sn.Name = string(name[:min(len(name), maxSnapshotNameLen)])
+		used := int64(snapshotHeaderBytes + n)
+		pad := (8 - used%8) % 8
+		sn.entryLen = used + pad
 		if err := fn(sn); err != nil {
 			return cut, err
 		}
-		used := int64(snapshotHeaderBytes + n)
-		pad := (8 - used%8) % 8
 		if _, err := r.Discard(int(pad)); err != nil && i+1 < h.NbSnapshots {
 			return cut, short(at, i, err)
 		}

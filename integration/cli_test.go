@@ -222,6 +222,15 @@ func TestSubcommandMistakes(t *testing.T) {
 		{[]string{"info", "--remote-cache-size", "1K", "http://127.0.0.1:9/x.qcow2"}, "--remote-cache-size: 1024 bytes is outside", 2},
 		{[]string{"info", "--header-file", badHeaders, "http://127.0.0.1:9/x.qcow2"}, "line 3 is not \"Name: value\"", 2},
 		{[]string{"info", "ftp://127.0.0.1/x.qcow2"}, "no such file", 3},
+		{[]string{"export", image}, "export takes IMAGE and OUT", 2},
+		{[]string{"export", "--partition", "9", image, filepath.Join(notMounted, "x")}, "--partition 9: no such partition (the guest disk has: 1, 2)", 2},
+		{[]string{"export", "--volume", "vg/root", image, filepath.Join(notMounted, "x")}, "--volume vg/root: no such volume (the guest disk has: none)", 2},
+		{[]string{"export", "--partition", "1", "--volume", "vg/root", image, filepath.Join(notMounted, "x")}, "--partition and --volume: give one of them", 2},
+		{[]string{"export", image, image}, "a file the image reads: refusing to overwrite it", 2},
+		{[]string{"export", image, "/"}, "/ is a directory: export writes to files, block devices and -", 2},
+		{[]string{"hash", "--algo", "sha256,sha3", image}, `"sha3" is not one of md5, sha1, sha256, sha512, blake3`, 2},
+		{[]string{"check"}, "check takes one IMAGE", 1},
+		{[]string{"check", "--output", "xml", image}, `--output "xml": json or human`, 1},
 	}
 	for _, tc := range tests {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {

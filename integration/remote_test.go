@@ -167,6 +167,22 @@ func TestRemoteImages(t *testing.T) {
 				mnt := mountImage(t, base+"/"+tc.image, append(append([]string{}, args...), tc.args...)...)
 				cmpFiles(t, filepath.Join(mnt, "disk.raw"), tc.want)
 			}
+			// export, hash and check read remote images the same way.
+			exported := filepath.Join(t.TempDir(), "top.raw")
+			if msg, code := run(t, append([]string{"export", base + "/top.qcow2", exported}, args...)...); code != 0 {
+				t.Fatalf("export: exit %d: %s", code, msg)
+			}
+			cmpFiles(t, exported, tests[0].want)
+			raw, err := os.ReadFile(tests[0].want)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if msg, code := run(t, append([]string{"hash", base + "/top.qcow2"}, args...)...); code != 0 || msg != sha(raw)+"  disk.raw\n" {
+				t.Errorf("hash: exit %d: %s", code, msg)
+			}
+			if msg, code := run(t, append([]string{"check", base + "/top.qcow2"}, args...)...); code != 0 || !strings.HasPrefix(msg, "No errors were found on the image.") {
+				t.Errorf("check: exit %d: %s", code, msg)
+			}
 			// --debug logs each range request.
 			log := filepath.Join(t.TempDir(), "log")
 			mnt := mountImage(t, base+"/top.qcow2", append([]string{"--debug", "--log-file", log}, args...)...)

@@ -92,18 +92,24 @@ func newApp() *cli.App {
 		Usage: "mount a qcow2 image read-only: the guest disk, its partitions and LVM volumes as files",
 		UsageText: "qcowmount [options] IMAGE MOUNTPOINT [options]\n" +
 			"qcowmount info [--json] [--backing-chain] IMAGE\n" +
+			"qcowmount export [--partition N | --volume VG/LV] IMAGE OUT|-\n" +
+			"qcowmount hash [--algo LIST] [--json] IMAGE\n" +
+			"qcowmount check [--json] IMAGE\n" +
 			"qcowmount umount [--wait] MOUNTPOINT\n" +
 			"mount -t fuse.qcowmount IMAGE MOUNTPOINT -o ro[,OPTIONS]",
 		Version: version,
 		Description: "Mounts IMAGE with FUSE and returns once MOUNTPOINT/disk.raw is readable, leaving a\n" +
 			"background process serving it, with p1.raw, p2.raw, ... for the guest's partitions\n" +
-			"and VG-LV.raw for its LVM volumes. Unmount with `qcowmount umount MOUNTPOINT`.\n\n" +
+			"and VG-LV.raw for its LVM volumes. Unmount with `qcowmount umount MOUNTPOINT`.\n" +
+			"Without FUSE, export writes the guest disk (or one partition or volume) as raw,\n" +
+			"hash prints its checksums, and check audits the image as qemu-img check does.\n\n" +
 			"Exit codes: 0 success, 1 other failures, 2 usage, 3 the image or its chain cannot\n" +
 			"be opened, 4 the mount cannot be made, 5 umount: the mount is busy, 6 an encrypted\n" +
-			"image's passphrase is missing or opens no key slot.",
+			"image's passphrase is missing or opens no key slot, 130 interrupted. check exits as\n" +
+			"qemu-img check: 0 clean, 1 could not check, 2 corruptions, 3 leaks only.",
 		Flags:    mountFlags(),
 		Action:   mountAction,
-		Commands: []*cli.Command{infoCommand(), umountCommand(), versionCommand(), completionCommand(), manCommand()},
+		Commands: []*cli.Command{infoCommand(), exportCommand(), hashCommand(), checkCommand(), umountCommand(), versionCommand(), completionCommand(), manCommand()},
 		OnUsageError: func(c *cli.Context, err error, _ bool) error {
 			return usageError{err}
 		},

@@ -252,6 +252,8 @@ func fileKind(m os.FileMode) string {
 	switch {
 	case m.IsRegular():
 		return "regular file"
+	case m.IsDir():
+		return "directory"
 	case m&os.ModeSymlink != 0:
 		return "symbolic link"
 	case m&os.ModeDevice != 0:

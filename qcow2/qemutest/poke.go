@@ -51,8 +51,8 @@ func (f *ImageFile) Refcount(cluster int64) int64 { return int64(f.U64(f.Reftabl
 
 // Leak appends a cluster that nothing uses and gives it refcount 1.
 func (f *ImageFile) Leak() {
-	c := int64(len(f.B)) >> 16
-	f.B = append(f.B, make([]byte, 64<<10)...)
+	c := (int64(len(f.B)) + 64<<10 - 1) >> 16
+	f.B = append(f.B, make([]byte, (c+1)<<16-int64(len(f.B)))...)
 	f.Put16(f.Refcount(c), 1)
 }
 

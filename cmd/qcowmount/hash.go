@@ -1,0 +1,261 @@
+package main
+
+import (
+	"bufio"
+	"crypto/md5"
+	"crypto/sha1"
+	"crypto/sha256"
+	"crypto/sha512"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+
+	"github.com/qcowmount/qcowmount/qcow2"
+	"github.com/qcowmount/qcowmount/qcow2/guest"
+	"github.com/qcowmount/qcowmount/qcow2/stream"
+	"github.com/urfave/cli/v2"
+	"lukechampine.com/blake3"
+)
+
+func hashCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "hash",
+		Usage:     "print checksums of the guest disk and of each partition and LVM volume in it",
+		ArgsUsage: "IMAGE",
+		Flags: append(append(append(imageFlags(), partFlags()...), progressFlags()...),
+			&cli.StringFlag{Name: "algo", Aliases: []string{"a"}, Value: "sha256", Usage: "`LIST` of checksums, comma separated, computed in one read: " + strings.Join(algoNames, ", ")},
+			&cli.BoolFlag{Name: "no-partitions", Usage: "hash the whole disk alone"},
+			&cli.BoolFlag{Name: "json", Usage: "print JSON"},
+		),
+		Action: hashAction,
+	}
+}
+
+// The checksums hash offers, with the tag BSD-style lines give them.
+var (
+	algoNames = []string{"md5", "sha1", "sha256", "sha512", "blake3"}
+	algoTags  = map[string]string{"md5": "MD5", "sha1": "SHA1", "sha256": "SHA256", "sha512": "SHA512", "blake3": "BLAKE3"}
+)
+
+func newHash(algo string) hash.Hash {
+	switch algo {
+	case "md5":
+		return md5.New()
+	case "sha1":
+		return sha1.New()
+	case "sha256":
+		return sha256.New()
+	case "sha512":
+		return sha512.New()
+	}
+	return blake3.New(32, nil)
+}
+
+func parseAlgos(list string) ([]string, error) {
+	var algos []string
+	for _, a := range strings.Split(list, ",") {
+		a = strings.ToLower(strings.TrimSpace(a))
+		if !slices.Contains(algoNames, a) {
+			return nil, usageError{fmt.Errorf("--algo %q: %q is not one of %s", list, a, strings.Join(algoNames, ", "))}
+		}
+		if !slices.Contains(algos, a) {
+			algos = append(algos, a)
+		}
+	}
+	return algos, nil
+}
+
+// hashed is a part of the disk with its running checksums; segs say where
+// its bytes lie on the disk read, in order.
+type hashed struct {
+	Name      string            `json:"name"`
+	Partition int               `json:"partition,omitempty"`
+	Volume    string            `json:"volume,omitempty"`
+	Size      int64             `json:"size"`
+	Sums      map[string]string `json:"sums"`
+	segs      []guest.Segment
+	hashes    []hash.Hash
+}
+
+func hashAction(c *cli.Context) error {
+	if c.NArg() != 1 {
+		return usageError{fmt.Errorf("hash takes one IMAGE, got %d arguments (see qcowmount hash --help)", c.NArg())}
+	}
+	algos, err := parseAlgos(c.String("algo"))
+	if err != nil {
+		return err
+	}
+	img, err := openForReading(c, c.Args().First())
+	if err != nil {
+		return err
+	}
+	defer img.Close()
+	// Each read of the disk feeds every part that lies on it in order;
+	// a volume whose segments do not gets a read of its own.
+	var reads []hashRead
+	if c.IsSet("partition") || c.String("volume") != "" {
+		p, err := selectPart(c, img.Image)
+		if err != nil {
+			return err
+		}
+		reads = []hashRead{{p.disk, []*hashed{newHashed(p.name, whole(p.disk.Size()), algos)}}}
+	} else {
+		reads, err = planHashes(img.Image, !c.Bool("no-partitions"), algos)
+		if err != nil {
+			return err
+		}
+	}
+	var all []*hashed
+	total := int64(0)
+	for _, r := range reads {
+		all = append(all, r.parts...)
+		total += r.disk.Size()
+	}
+	ctx, stop := interruptible()
+	defer stop()
+	bar := newProgress(c, total, "hash")
+	for _, r := range reads {
+		if err := stream.Run(ctx, r.disk, stream.Options{}, func(p stream.Piece) error {
+			feed(r.parts, p)
+			bar.add(p.Len)
+			return nil
+		}); err != nil {
+			if ctx.Err() != nil {
+				return exitError{exitInterrupted, errors.New("hash: interrupted")}
+			}
+			return imageError{err}
+		}
+	}
+	bar.done()
+	for _, h := range all {
+		h.Sums = map[string]string{}
+		for i, a := range algos {
+			h.Sums[a] = hex.EncodeToString(h.hashes[i].Sum(nil))
+		}
+	}
+	out := bufio.NewWriter(os.Stdout)
+	if c.Bool("json") {
+		enc := json.NewEncoder(out)
+		enc.SetIndent("", "    ")
+		name := c.Args().First()
+		if isURL(name) {
+			name = img.Path()
+		}
+		err = enc.Encode(struct {
+			Image      string    `json:"image"`
+			Algorithms []string  `json:"algorithms"`
+			Parts      []*hashed `json:"parts"`
+		}{name, algos, all})
+	} else {
+		writeSums(out, all, algos)
+	}
+	if err != nil {
+		return err
+	}
+	return out.Flush()
+}
+
+// writeSums prints sha256sum's lines for one checksum and BSD-style
+// tagged lines ("SHA256 (disk.raw) = ...") for several, which
+// `sha256sum -c` and `cksum -c` check in the mount's directory.
+func writeSums(w *bufio.Writer, parts []*hashed, algos []string) {
+	for _, h := range parts {
+		for _, a := range algos {
+			if len(algos) == 1 {
+				fmt.Fprintf(w, "%s  %s\n", h.Sums[a], h.Name)
+			} else {
+				fmt.Fprintf(w, "%s (%s) = %s\n", algoTags[a], h.Name, h.Sums[a])
+			}
+		}
+	}
+}
+
+type hashRead struct {
+	disk  stream.Disk
+	parts []*hashed
+}
+
+func whole(size int64) []guest.Segment { return []guest.Segment{{Start: 0, Size: size}} }
+
+func newHashed(name string, segs []guest.Segment, algos []string) *hashed {
+	h := &hashed{Name: name, segs: segs}
+	for _, s := range segs {
+		h.Size += s.Size
+	}
+	for _, a := range algos {
+		h.hashes = append(h.hashes, newHash(a))
+	}
+	return h
+}
+
+// planHashes lists the reads that hash the disk and, with partitions,
+// each partition and readable volume in it.
+func planHashes(img *qcow2.Image, partitions bool, algos []string) ([]hashRead, error) {
+	disk := hashRead{disk: img, parts: []*hashed{newHashed("disk.raw", whole(img.Size()), algos)}}
+	if !partitions {
+		return []hashRead{disk}, nil
+	}
+	layout, err := guest.Scan(img)
+	if err != nil {
+		return nil, imageError{fmt.Errorf("reading the guest's partition table: %w", err)}
+	}
+	for _, p := range layout.Problems {
+		fmt.Fprintln(os.Stderr, "qcowmount: warning:", printable(p))
+	}
+	reads := []hashRead{disk}
+	for _, p := range layout.Partitions {
+		h := newHashed(p.FileName(), []guest.Segment{{Start: p.Start, Size: p.Size}}, algos)
+		h.Partition = p.Number
+		reads[0].parts = append(reads[0].parts, h)
+	}
+	for _, v := range layout.Volumes {
+		if v.Unreadable != "" {
+			continue
+		}
+		h := newHashed(v.FileName(), v.Segments, algos)
+		h.Volume = v.VG + "/" + v.Name
+		if slices.IsSortedFunc(v.Segments, func(a, b guest.Segment) int { return int(a.Start - b.Start) }) {
+			reads[0].parts = append(reads[0].parts, h)
+		} else {
+			h.segs = whole(h.Size)
+			reads = append(reads, hashRead{v.View(img), []*hashed{h}})
+		}
+	}
+	return reads, nil
+}
+
+// feed hands the piece's bytes to the parts that hold them, one
+// goroutine per checksum: they are independent, and the next piece waits.
+func feed(parts []*hashed, p stream.Piece) {
+	var wg sync.WaitGroup
+	for _, h := range parts {
+		for _, s := range h.segs {
+			from, to := max(p.Off, s.Start), min(p.Off+p.Len, s.Start+s.Size)
+			if from >= to {
+				continue
+			}
+			for _, sum := range h.hashes {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					if p.Data != nil {
+						sum.Write(p.Data[from-p.Off : to-p.Off])
+						return
+					}
+					for n := to - from; n > 0; {
+						m := min(n, int64(len(zeros)))
+						sum.Write(zeros[:m])
+						n -= m
+					}
+				}()
+			}
+		}
+	}
+	wg.Wait()
+}

@@ -1,0 +1,154 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/qcowmount/qcowmount/qcow2"
+	"github.com/qcowmount/qcowmount/qcow2/guest"
+	"github.com/qcowmount/qcowmount/qcow2/stream"
+	"github.com/schollz/progressbar/v3"
+	"github.com/urfave/cli/v2"
+	"golang.org/x/term"
+)
+
+// What export and hash share: they open an image as mount does, read the
+// guest disk (or one partition or volume of it) from start to end, and
+// show their progress on a terminal.
+
+func progressFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.BoolFlag{Name: "progress", Aliases: []string{"p"}, Usage: "show a progress bar even when standard error is not a terminal"},
+		&cli.BoolFlag{Name: "no-progress", Usage: "show no progress bar, even on a terminal"},
+	}
+}
+
+func partFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.IntFlag{Name: "partition", Usage: "read partition `N` of the guest disk (as p<N>.raw in a mount)"},
+		&cli.StringFlag{Name: "volume", Usage: "read LVM logical volume `VG/LV` (or VG-LV, as its file in a mount, or LV where the name is unique)"},
+	}
+}
+
+// openForReading opens the image argument with the image flags; the
+// passphrase may come from a prompt, as for mount.
+func openForReading(c *cli.Context, arg string) (*openedImage, error) {
+	opts, err := imageOptions(c)
+	if err != nil {
+		return nil, err
+	}
+	keys, err := newLocalKeys(c, true)
+	if err != nil {
+		return nil, err
+	}
+	opts.Passphrase = keys.passphrase
+	img, err := openImage(c, arg, opts, nil)
+	if err != nil {
+		return nil, imageError{keys.explain(err)}
+	}
+	for _, w := range img.Warnings() {
+		fmt.Fprintln(os.Stderr, "qcowmount: warning:", printable(w))
+	}
+	return img, nil
+}
+
+// part is what a command reads: the guest disk, a partition or a volume,
+// named as its file in a mount.
+type part struct {
+	name string
+	disk stream.Disk
+}
+
+// selectPart is the disk, or the partition or volume the flags name.
+func selectPart(c *cli.Context, img *qcow2.Image) (part, error) {
+	number, volume := c.Int("partition"), c.String("volume")
+	if !c.IsSet("partition") && volume == "" {
+		return part{"disk.raw", img}, nil
+	}
+	if c.IsSet("partition") && volume != "" {
+		return part{}, usageError{fmt.Errorf("--partition and --volume: give one of them")}
+	}
+	layout, err := guest.Scan(img)
+	if err != nil {
+		return part{}, imageError{fmt.Errorf("reading the guest's partition table: %w", err)}
+	}
+	if c.IsSet("partition") {
+		var numbers []string
+		for _, p := range layout.Partitions {
+			if p.Number == number {
+				return part{p.FileName(), p.View(img)}, nil
+			}
+			numbers = append(numbers, fmt.Sprint(p.Number))
+		}
+		return part{}, usageError{fmt.Errorf("--partition %d: no such partition (the guest disk has: %s)", number, listOrNone(numbers))}
+	}
+	var names, matches []string
+	var found guest.Volume
+	for _, v := range layout.Volumes {
+		names = append(names, v.VG+"/"+v.Name)
+		if volume == v.VG+"/"+v.Name || volume+".raw" == v.FileName() || volume == v.Name {
+			found = v
+			matches = append(matches, v.VG+"/"+v.Name)
+		}
+	}
+	switch {
+	case len(matches) == 0:
+		return part{}, usageError{fmt.Errorf("--volume %s: no such volume (the guest disk has: %s)", volume, listOrNone(names))}
+	case len(matches) > 1:
+		return part{}, usageError{fmt.Errorf("--volume %s: several volumes have that name (%s): give VG/LV", volume, strings.Join(matches, ", "))}
+	case found.Unreadable != "":
+		return part{}, imageError{fmt.Errorf("volume %s/%s cannot be read: %s", found.VG, found.Name, found.Unreadable)}
+	}
+	return part{found.FileName(), found.View(img)}, nil
+}
+
+// progress is a bar on standard error, or nothing.
+type progress struct{ bar *progressbar.ProgressBar }
+
+func newProgress(c *cli.Context, total int64, what string) *progress {
+	show := term.IsTerminal(int(os.Stderr.Fd()))
+	if c.Bool("progress") {
+		show = true
+	}
+	if c.Bool("no-progress") || !show {
+		return &progress{}
+	}
+	return &progress{progressbar.NewOptions64(total,
+		progressbar.OptionSetWriter(os.Stderr),
+		progressbar.OptionSetDescription(what),
+		progressbar.OptionShowBytes(true),
+		progressbar.OptionShowCount(),
+		progressbar.OptionShowTotalBytes(true),
+		progressbar.OptionSetRenderBlankState(true),
+		progressbar.OptionSetPredictTime(true),
+		progressbar.OptionUseIECUnits(true),
+		progressbar.OptionThrottle(200*time.Millisecond),
+		progressbar.OptionFullWidth(),
+		progressbar.OptionClearOnFinish(),
+	)}
+}
+
+func (p *progress) add(n int64) {
+	if p.bar != nil {
+		p.bar.Add64(n)
+	}
+}
+
+func (p *progress) done() {
+	if p.bar != nil {
+		p.bar.Finish()
+	}
+}
+
+// interruptible is a context that ends at Ctrl-C or SIGTERM.
+func interruptible() (context.Context, context.CancelFunc) {
+	return signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+}
+
+// exitInterrupted is the shell's code for a command ended by SIGINT.
+const exitInterrupted = 130

@@ -228,6 +228,7 @@ func TestSubcommandMistakes(t *testing.T) {
 		{[]string{"export", "--partition", "1", "--volume", "vg/root", image, filepath.Join(notMounted, "x")}, "--partition and --volume: give one of them", 2},
 		{[]string{"export", image, image}, "a file the image reads: refusing to overwrite it", 2},
 		{[]string{"export", image, "/"}, "/ is a directory: export writes to files, block devices and -", 2},
+		{[]string{"export", image, "/dev/full"}, "export to /dev/full: write /dev/full: no space left on device (0 bytes of 8388608 written to /dev/full)", 1},
 		{[]string{"hash", "--algo", "sha256,sha3", image}, `"sha3" is not one of md5, sha1, sha256, sha512, blake3`, 2},
 		{[]string{"check"}, "check takes one IMAGE", 1},
 		{[]string{"check", "--output", "xml", image}, `--output "xml": json or human`, 1},

@@ -14,9 +14,11 @@ import (
 	"github.com/qcowmount/qcowmount/qcow2/qemutest"
 )
 
-// TestHostileCorpusFromTheCLI runs info and a mount on every damaged image:
-// refused at open with one line naming the field, leaving nothing behind;
-// or mounted, with EIO for the damaged ranges only and the mount still up.
+// TestHostileCorpusFromTheCLI runs info, check, export and a mount on every
+// damaged image: refused at open with one line naming the field, leaving
+// nothing behind; or checked (exit 0, 2 or 3), exported (QEMU's bytes, or
+// an error naming the offset of a damaged range) and mounted, with EIO for
+// the damaged ranges only and the mount still up.
 func TestHostileCorpusFromTheCLI(t *testing.T) {
 	requireFUSE(t)
 	corpus := qemutest.HostileCorpus(t, t.TempDir())
@@ -30,6 +32,27 @@ func TestHostileCorpusFromTheCLI(t *testing.T) {
 			crashed := strings.Contains(out, "panic") || strings.Contains(out, "goroutine ")
 			if crashed || (h.OpenError != "" && (code == 0 || !strings.Contains(out, h.OpenError))) || (h.OpenError == "" && code != 0) {
 				t.Fatalf("info: exit %d: %s", code, out)
+			}
+			// check needs no passphrase: a LUKS image refused only when
+			// unlocked is checked.
+			out, code = run(t, "check", h.Path)
+			crashed = strings.Contains(out, "panic") || strings.Contains(out, "goroutine ")
+			refused := code == 1 && h.OpenError != "" && strings.Contains(out, h.OpenError)
+			checked := code == 0 || code == 2 || code == 3
+			if crashed || !(refused || checked && (h.OpenError == "" || h.Passphrase != "")) {
+				t.Fatalf("check: exit %d: %s", code, out)
+			}
+			if h.OpenError == "" {
+				exported := filepath.Join(t.TempDir(), "out.raw")
+				out, code = run(t, append([]string{"export", h.Path, exported}, key...)...)
+				switch {
+				case len(h.Bad) > 0 && (code != 3 || !strings.Contains(out, "the disk at offset")): // reading or mapping
+					t.Fatalf("export of a damaged image: exit %d: %s", code, out)
+				case len(h.Bad) == 0 && code != 0:
+					t.Fatalf("export: exit %d: %s", code, out)
+				case len(h.Bad) == 0:
+					cmpFiles(t, exported, h.Want)
+				}
 			}
 			mnt := t.TempDir()
 			out, code = run(t, append([]string{h.Path, mnt}, key...)...)

@@ -46,39 +46,17 @@ func checkCommand() *cli.Command {
 }
 
 func checkAction(c *cli.Context) (int, error) {
-	switch c.String("output") {
-	case "", "human":
-	case "json":
-		if err := c.Set("json", "true"); err != nil {
-			return 0, err
-		}
-	default:
-		return 0, fmt.Errorf("--output %q: json or human", c.String("output"))
+	if err := outputFlag(c); err != nil {
+		return 0, err
 	}
 	if c.NArg() != 1 {
 		return 0, fmt.Errorf("check takes one IMAGE, got %d arguments (see qcowmount check --help)", c.NArg())
 	}
-	opts, err := imageOptions(c)
+	// The image is checked even when its chain does not open; that it
+	// does not is a finding.
+	img, chainErr, err := openForDescribing(c)
 	if err != nil {
 		return 0, err
-	}
-	keys, err := newLocalKeys(c, false)
-	if err != nil {
-		return 0, err
-	}
-	opts.Passphrase, opts.AllowLocked = keys.passphrase, true
-	img, err := openImage(c, c.Args().First(), opts, nil)
-	var chainErr error
-	if err != nil && !opts.NoBacking {
-		// The image is checked even when its chain does not open; that
-		// it does not is a finding.
-		opts.NoBacking = true
-		if top, topErr := openImage(c, c.Args().First(), opts, nil); topErr == nil {
-			img, err, chainErr = top, nil, err
-		}
-	}
-	if err != nil {
-		return 0, keys.explain(err)
 	}
 	defer img.Close()
 	res, err := img.Check()

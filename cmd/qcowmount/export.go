@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"syscall"
 
 	"github.com/qcowmount/qcowmount/qcow2/stream"
 	"github.com/urfave/cli/v2"
@@ -53,9 +54,10 @@ func exportAction(c *cli.Context) error {
 	ctx, stop := interruptible()
 	defer stop()
 	bar := newProgress(c, p.disk.Size(), "export "+p.name)
+	var writeErr error
 	err = stream.Run(ctx, p.disk, stream.Options{}, func(pc stream.Piece) error {
-		if err := dst.write(pc); err != nil {
-			return err
+		if writeErr = dst.write(pc); writeErr != nil {
+			return writeErr
 		}
 		bar.add(pc.Len)
 		return nil
@@ -70,8 +72,11 @@ func exportAction(c *cli.Context) error {
 		err = errors.New("interrupted")
 	}
 	err = fmt.Errorf("export to %s: %w%s", out, err, dst.abandon(c.Bool("keep-partial")))
-	if interrupted {
+	switch {
+	case interrupted:
 		return exitError{exitInterrupted, err}
+	case writeErr == nil:
+		return imageError{err} // the image could not be read
 	}
 	return err
 }
@@ -202,10 +207,18 @@ func (d *destination) stream(b []byte) error {
 // finish completes the output: a file gets its size and its name.
 func (d *destination) finish() error {
 	if d.tmp == "" {
-		if d.f != os.Stdout {
-			return d.f.Close()
+		if d.f == os.Stdout {
+			return nil
 		}
-		return nil
+		// A device is done when its bytes are on it, not in the cache.
+		err := d.f.Sync()
+		if errors.Is(err, syscall.EINVAL) {
+			err = nil // character devices (/dev/null) cannot sync
+		}
+		if cerr := d.f.Close(); err == nil {
+			err = cerr
+		}
+		return err
 	}
 	if err := d.f.Truncate(d.size); err != nil {
 		d.abandon(false)

@@ -34,43 +34,57 @@ func infoCommand() *cli.Command {
 	}
 }
 
-func infoAction(c *cli.Context) error {
+// outputFlag reads qemu-img's --output=json|human into --json.
+func outputFlag(c *cli.Context) error {
 	switch c.String("output") {
 	case "", "human":
+		return nil
 	case "json":
-		if err := c.Set("json", "true"); err != nil {
-			return err
+		return c.Set("json", "true")
+	}
+	return usageError{fmt.Errorf("--output %q: json or human", c.String("output"))}
+}
+
+// openForDescribing opens the image argument for info and check: without
+// its passphrase (as qemu-img info; with one, info shows the guest disk
+// too), and, when its chain does not open, the image alone, returning why
+// the chain did not.
+func openForDescribing(c *cli.Context) (img *openedImage, chainErr, err error) {
+	opts, err := imageOptions(c)
+	if err != nil {
+		return nil, nil, err
+	}
+	keys, err := newLocalKeys(c, false)
+	if err != nil {
+		return nil, nil, err
+	}
+	opts.Passphrase, opts.AllowLocked = keys.passphrase, true
+	img, err = openImage(c, c.Args().First(), opts, nil)
+	if err != nil && !opts.NoBacking {
+		opts.NoBacking = true
+		if top, topErr := openImage(c, c.Args().First(), opts, nil); topErr == nil {
+			return top, err, nil
 		}
-	default:
-		return usageError{fmt.Errorf("--output %q: json or human", c.String("output"))}
+	}
+	if err != nil {
+		return nil, nil, imageError{keys.explain(err)}
+	}
+	return img, nil, nil
+}
+
+func infoAction(c *cli.Context) error {
+	if err := outputFlag(c); err != nil {
+		return err
 	}
 	if c.NArg() != 1 {
 		return usageError{fmt.Errorf("info takes one IMAGE, got %d arguments (see qcowmount info --help)", c.NArg())}
 	}
-	opts, err := imageOptions(c)
+	img, chainErr, err := openForDescribing(c)
 	if err != nil {
 		return err
 	}
-	// Encrypted images are described without their passphrase, as
-	// qemu-img info does; with one, the guest disk inside is shown too.
-	keys, err := newLocalKeys(c, false)
-	if err != nil {
-		return err
-	}
-	opts.Passphrase, opts.AllowLocked = keys.passphrase, true
-	img, err := openImage(c, c.Args().First(), opts, nil)
-	var chainErr error
-	if err != nil && !opts.NoBacking {
-		// Describe the image even when its chain cannot be opened, as
-		// qemu-img info does, and say what is wrong with the chain.
-		opts.NoBacking = true
-		if top, topErr := openImage(c, c.Args().First(), opts, nil); topErr == nil {
-			fmt.Fprintln(os.Stderr, "qcowmount: warning:", printable(err.Error()))
-			img, err, chainErr = top, nil, err
-		}
-	}
-	if err != nil {
-		return imageError{keys.explain(err)}
+	if chainErr != nil {
+		fmt.Fprintln(os.Stderr, "qcowmount: warning:", printable(chainErr.Error()))
 	}
 	defer img.Close()
 	out := bufio.NewWriter(os.Stdout)

@@ -24,7 +24,7 @@ func main() {
 	runs := flag.Int("runs", 3, "runs of each measure; the best one counts, since shared machines are noisy")
 	out := flag.String("out", "", "also write the results as Markdown to this file")
 	ours := flag.String("qcowmount", "bin/qcowmount", "the qcowmount binary to measure")
-	only := flag.String("only", "", "measure only the built images whose name contains this (e.g. LUKS), or only the remote measures (remote)")
+	only := flag.String("only", "", "measure only the built images whose name contains this (e.g. LUKS), or only the remote measures (remote), or only export and hash on every image (commands)")
 	serveRaw := flag.String("serve-raw", "", "internal: serve this raw file at the mountpoint given as argument")
 	flag.Parse()
 	if *serveRaw != "" {
@@ -59,7 +59,15 @@ func run(work, image, only string, fill int64, seconds, runs int, out, ours stri
 		return err
 	}
 	remoteImage := images[0] // the data-full uncompressed guest: the remote measures use it
+	commandsOnly := only == "commands"
+	if commandsOnly {
+		only = ""
+	}
 	images = slices.DeleteFunc(images, func(img benchImage) bool { return !strings.Contains(img.name, only) })
+	mountImages := images
+	if commandsOnly {
+		mountImages = nil
+	}
 	o := options{seconds: seconds, work: work}
 	ms := metrics()
 	var report strings.Builder
@@ -70,7 +78,7 @@ func run(work, image, only string, fill int64, seconds, runs int, out, ours stri
 		"Guest: the ext4 partition through a loop device (`losetup -r -o 1MiB`, mounted `ro,noload`), the kernel's caches dropped and the image files read back into the page cache, then `tar c` of every file to a pipe, or a read of the first %d files under 16 KiB in path order (all of them where there are fewer); "+
 		"through fuse2fs (`-o ro,fakeroot,offset=1MiB`) for the rootless flow. "+
 		"The ratio is ours over the best peer, above 1 when we are faster (for times too).\n", runs, seconds, smallFiles)
-	for _, img := range images {
+	for _, img := range mountImages {
 		var candidates []tool
 		for _, t := range tools(ours, img.raw) {
 			if t.reads(img) {
@@ -101,7 +109,15 @@ func run(work, image, only string, fill int64, seconds, runs int, out, ours stri
 		fmt.Print("\n" + table)
 		report.WriteString("\n" + table)
 	}
-	if image == "" && strings.Contains("remote", only) {
+	if len(images) > 0 {
+		table, err := commandFigures(images, ours, work, runs)
+		if err != nil {
+			return err
+		}
+		fmt.Print("\n" + table)
+		report.WriteString("\n" + table)
+	}
+	if image == "" && strings.Contains("remote", only) && !commandsOnly {
 		table, err := remoteFigures(remoteImage, ours, work, runs)
 		if err != nil {
 			return err

@@ -66,6 +66,7 @@ func (img *Image) Check() (*CheckResult, error) {
 	}
 	k.nbClusters = (img.fileSize + k.cs - 1) / k.cs
 	k.highestRef = -1
+	k.budget = checkBudget(img.fileSize)
 	var err error
 	if img.hdr.Version == 1 {
 		k.res.Format = "qcow"
@@ -73,10 +74,17 @@ func (img *Image) Check() (*CheckResult, error) {
 	} else {
 		err = k.checkQcow2()
 	}
-	if err != nil {
-		return nil, err
+	if err == nil {
+		err = k.findings()
 	}
-	if err := k.findings(); err != nil {
+	if errors.Is(err, errCheckBudget) {
+		// What was counted is not the whole picture: not checked, and
+		// that comes first, before the problems it may have cut short.
+		k.res.CheckErrors++
+		k.res.Problems = append([]string{err.Error()}, k.res.Problems...)
+		return k.res, nil
+	}
+	if err != nil {
 		return nil, err
 	}
 	return k.res, nil
@@ -127,6 +135,7 @@ type checker struct {
 	cs         int64
 	nbClusters int64 // clusters the file holds
 	refs       map[int64]*refPage
+	budget     int64 // bytes left to read
 	highestRef int64 // highest cluster referenced, -1 none
 	overlaps   int   // overlap findings made
 	qcow1      bool  // no refcounts: a cluster put to two uses is a corruption
@@ -153,9 +162,22 @@ func (k *checker) find(kind string, warning bool, format string, args ...any) {
 	k.res.Findings = append(k.res.Findings, Finding{kind, warning, fmt.Sprintf(format, args...)})
 }
 
+// errCheckBudget stops a check whose tables, read as they point at each
+// other (65536 snapshots of 32 MiB L1 tables, bitmap tables sharing one
+// region), add up to far more than the file holds.
+var errCheckBudget = errors.New("the image's tables, as they reference each other, add up to more than 64 times the file: stopped counting")
+
+// checkBudget is how many bytes a check may read: 64 times the file (an
+// image with dozens of snapshots sharing its tables stays far below), at
+// least 256 MiB.
+func checkBudget(fileSize int64) int64 { return max(64*fileSize, 256<<20) }
+
 // readAt reads the image file; what lies past its end reads as zeros, as
 // QEMU reads it.
 func (k *checker) readAt(p []byte, off uint64) error {
+	if k.budget -= int64(len(p)); k.budget < 0 {
+		return errCheckBudget
+	}
 	clear(p)
 	if off >= uint64(k.img.fileSize) {
 		return nil

@@ -48,7 +48,7 @@ func readSome(t *testing.T, img *Image, off uint64, n int) {
 }
 
 // FuzzOpen feeds whole image files to Open (header, extensions, tables,
-// snapshots), then reads and describes whatever opens.
+// snapshots), then reads, describes and checks whatever opens.
 func FuzzOpen(f *testing.F) {
 	seedImages(f, func(b []byte) { f.Add(b) })
 	f.Fuzz(func(t *testing.T, b []byte) {
@@ -59,6 +59,10 @@ func FuzzOpen(f *testing.F) {
 			}
 			if _, err := img.Info(); err != nil {
 				t.Errorf("info: %v", err)
+			}
+			// Only I/O fails a check, and bytes in memory have none.
+			if _, err := img.Check(); err != nil {
+				t.Errorf("check: %v", err)
 			}
 			readSome(t, img, 12345, 70000)
 			img.Close()

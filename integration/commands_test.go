@@ -473,6 +473,16 @@ func TestCheckCommand(t *testing.T) {
 			t.Errorf("exit %d: %s", code, out)
 		}
 	})
+	t.Run("missing data file", func(t *testing.T) {
+		dir := t.TempDir()
+		image := filepath.Join(dir, "meta.qcow2")
+		qemutest.Create(t, image, "qcow2", "1M", "data_file=data.img")
+		os.Remove(filepath.Join(dir, "data.img"))
+		out, code := run(t, "check", image)
+		if code != 0 || !strings.Contains(out, `warning: guest data lies in the external data file "data.img", which does not open: `) {
+			t.Errorf("exit %d: %s", code, out)
+		}
+	})
 	t.Run("missing backing file", func(t *testing.T) {
 		dir := t.TempDir()
 		base, top := filepath.Join(dir, "base.qcow2"), filepath.Join(dir, "top.qcow2")

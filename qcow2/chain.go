@@ -53,7 +53,11 @@ func (c *chain) openDependencies(img *Image, depth int) (err error) {
 	if img.hdr.IncompatibleFeatures&IncompatExternalData != 0 {
 		f, _, _, err := c.resolve(img.path, img.ext.dataFile, "data file")
 		if err != nil {
-			return fmt.Errorf("%s: external data file %q: %w", img.path, img.ext.dataFile, err)
+			err = fmt.Errorf("%s: external data file %q: %w", img.path, img.ext.dataFile, err)
+			if !c.opts.NoDataFile {
+				return err
+			}
+			f, img.dataErr = missingFile{img.ext.dataFile, err}, err
 		}
 		// With data_file_raw the data file is a raw image of the disk, but
 		// QEMU still reads through the L2 table, which stays valid: a zero
@@ -120,3 +124,13 @@ func probeFormat(f File) string {
 	}
 	return "raw"
 }
+
+// missingFile stands for a data file that did not open: every read of it
+// fails with the reason.
+type missingFile struct {
+	name string
+	err  error
+}
+
+func (m missingFile) ReadAt([]byte, int64) (int, error) { return 0, m.err }
+func (m missingFile) Name() string                      { return m.name }

@@ -326,3 +326,37 @@ func TestCheckStopsOnTablesBeyondTheFile(t *testing.T) {
 	}
 	t.Logf("stopped after %v", time.Since(start))
 }
+
+// TestNoDataFile opens an image whose data file is gone, to check it: the
+// check warns, and reads of its data fail rather than read the metadata
+// file in its place.
+func TestNoDataFile(t *testing.T) {
+	qemutest.Require(t, "qemu-img", "qemu-io")
+	dir := t.TempDir()
+	path := filepath.Join(dir, "meta.qcow2")
+	qemutest.Create(t, path, "qcow2", "4M", "data_file=data.img")
+	qemutest.IO(t, path, "write -P 7 0 1M")
+	if err := os.Remove(filepath.Join(dir, "data.img")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := qcow2.Open(path, qcow2.Options{}); err == nil || !strings.Contains(err.Error(), `external data file "data.img"`) {
+		t.Fatalf("open without NoDataFile: %v", err)
+	}
+	img, err := qcow2.Open(path, qcow2.Options{NoDataFile: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer img.Close()
+	if _, err := img.ReadAt(make([]byte, 4096), 0); err == nil || !strings.Contains(err.Error(), "data.img") {
+		t.Errorf("read of data whose file is gone: %v", err)
+	}
+	res, err := img.Check()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Corruptions != 0 || !slices.ContainsFunc(res.Findings, func(f qcow2.Finding) bool {
+		return f.Kind == "data-file" && f.Warning && strings.Contains(f.Message, "does not open")
+	}) {
+		t.Errorf("%+v", res)
+	}
+}

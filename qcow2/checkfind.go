@@ -109,7 +109,11 @@ func (k *checker) findings() error {
 		if h.AutoclearFeatures&AutoclearDataFileIsRaw != 0 {
 			raw = ", raw (readable without the image)"
 		}
-		k.find("data-file", false, "guest data lies in the external data file %q%s", img.ext.dataFile, raw)
+		if img.dataErr != nil {
+			k.find("data-file", true, "guest data lies in the external data file %q%s, which does not open: %v", img.ext.dataFile, raw, img.dataErr)
+		} else {
+			k.find("data-file", false, "guest data lies in the external data file %q%s", img.ext.dataFile, raw)
+		}
 	}
 	switch h.CryptMethod {
 	case CryptAES:

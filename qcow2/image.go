@@ -53,6 +53,9 @@ type Options struct {
 	AllowAnyPath bool
 	// AllowDevices lets backing and data files be block devices.
 	AllowDevices bool
+	// NoDataFile opens an image whose external data file does not open,
+	// to describe or check it: reads of its guest data then fail.
+	NoDataFile bool
 	// ForceShare reads images that another process may be writing (QEMU's
 	// --force-share): only the "consistent read" lock is taken and checked.
 	ForceShare bool
@@ -111,10 +114,11 @@ func (c *chain) recycleCluster(b []byte) { c.spare.Put(&b) }
 // safe for concurrent use.
 type Image struct {
 	path     string
-	file     File // the image file: metadata, and data unless external
-	data     File // where guest data clusters live
-	external bool // data is an external data file
-	ownsFile bool // Close closes file (not for New's caller's reader)
+	file     File  // the image file: metadata, and data unless external
+	data     File  // where guest data clusters live
+	external bool  // data is an external data file
+	dataErr  error // why the data file did not open (Options.NoDataFile)
+	ownsFile bool  // Close closes file (not for New's caller's reader)
 	id       uint32
 	chain    *chain
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 
 	"github.com/qcowmount/qcowmount/qcow2"
 	"github.com/urfave/cli/v2"
@@ -68,7 +69,7 @@ func checkAction(c *cli.Context) (int, error) {
 	}
 	if chainErr != nil {
 		for i, f := range res.Findings {
-			if f.Kind == "backing-file" {
+			if f.Kind == "backing-file" && strings.HasSuffix(f.Message, "not opened") {
 				res.Findings[i].Warning = true
 				res.Findings[i].Message += ": " + chainErr.Error()
 			}

@@ -47,8 +47,8 @@ func outputFlag(c *cli.Context) error {
 
 // openForDescribing opens the image argument for info and check: without
 // its passphrase (as qemu-img info; with one, info shows the guest disk
-// too), and, when its chain does not open, the image alone, returning why
-// the chain did not.
+// too), and, when its chain does not open, as much of it as opens,
+// returning why the rest did not.
 func openForDescribing(c *cli.Context) (img *openedImage, chainErr, err error) {
 	opts, err := imageOptions(c)
 	if err != nil {
@@ -60,16 +60,22 @@ func openForDescribing(c *cli.Context) (img *openedImage, chainErr, err error) {
 	}
 	opts.Passphrase, opts.AllowLocked = keys.passphrase, true
 	img, err = openImage(c, c.Args().First(), opts, nil)
+	if err == nil {
+		return img, nil, nil
+	}
+	// As qemu-img info describes an image whose chain does not open: first
+	// without its data file, then without its backing chain too.
+	chainErr = err
+	opts.NoDataFile = true
+	img, err = openImage(c, c.Args().First(), opts, nil)
 	if err != nil && !opts.NoBacking {
 		opts.NoBacking = true
-		if top, topErr := openImage(c, c.Args().First(), opts, nil); topErr == nil {
-			return top, err, nil
-		}
+		img, err = openImage(c, c.Args().First(), opts, nil)
 	}
 	if err != nil {
-		return nil, nil, imageError{keys.explain(err)}
+		return nil, nil, imageError{keys.explain(chainErr)}
 	}
-	return img, nil, nil
+	return img, chainErr, nil
 }
 
 func infoAction(c *cli.Context) error {

@@ -117,7 +117,7 @@ var useNames = [...]string{"nothing", "the header", "an L1 table", "an L2 table"
 // sharable says whether two uses of one cluster can both be right: data
 // and L2 tables shared with snapshots, compressed clusters side by side.
 func sharable(a, b useKind) bool {
-	return a == b && (a == useData || a == useL2 || a == useCompressed || a == useBitmapData)
+	return a == b && (a == useData || a == useL2 || a == useCompressed)
 }
 
 // refPage counts references to a run of clusters; pages are made only

@@ -47,12 +47,14 @@ func exportAction(c *cli.Context) error {
 	if err := notInChain(img, out); err != nil {
 		return usageError{err}
 	}
+	// Signals are caught before a partial file exists, so that one
+	// arriving at any moment finds it to remove.
+	ctx, stop := interruptible()
+	defer stop()
 	dst, err := openDestination(out, p.disk.Size())
 	if err != nil {
 		return err
 	}
-	ctx, stop := interruptible()
-	defer stop()
 	bar := newProgress(c, p.disk.Size(), "export "+p.name)
 	var writeErr error
 	err = stream.Run(ctx, p.disk, stream.Options{}, func(pc stream.Piece) error {
@@ -63,9 +65,11 @@ func exportAction(c *cli.Context) error {
 		return nil
 	})
 	if err == nil {
-		err = dst.finish()
 		bar.done()
-		return err
+		if err := dst.finish(); err != nil {
+			return fmt.Errorf("export to %s: %w", out, err)
+		}
+		return nil
 	}
 	interrupted := ctx.Err() != nil
 	if interrupted {

@@ -54,7 +54,7 @@ func (c *chain) openDependencies(img *Image, depth int) (err error) {
 		f, _, _, err := c.resolve(img.path, img.ext.dataFile, "data file")
 		if err != nil {
 			err = fmt.Errorf("%s: external data file %q: %w", img.path, img.ext.dataFile, err)
-			if !c.opts.NoDataFile {
+			if !c.opts.AllowMissing {
 				return err
 			}
 			f, img.dataErr = missingFile{img.ext.dataFile, err}, err
@@ -76,7 +76,11 @@ func (c *chain) openDependencies(img *Image, depth int) (err error) {
 		img.backing, err = c.openBacking(f, size, path, img.backingName, img.backingFmt, depth+1)
 	}
 	if err != nil {
-		return fmt.Errorf("%s: backing file %q: %w", img.path, img.backingName, err)
+		err = fmt.Errorf("%s: backing file %q: %w", img.path, img.backingName, err)
+		if !c.opts.AllowMissing {
+			return err
+		}
+		img.backing, img.backingErr = missingDisk{img.size, err}, err
 	}
 	return nil
 }
@@ -124,6 +128,17 @@ func probeFormat(f File) string {
 	}
 	return "raw"
 }
+
+// missingDisk stands for a backing file that did not open: every read of
+// it fails with the reason, and it holds data as far as anyone knows.
+type missingDisk struct {
+	size int64
+	err  error
+}
+
+func (m missingDisk) ReadAt([]byte, int64) (int, error) { return 0, m.err }
+func (m missingDisk) Size() int64                       { return m.size }
+func (m missingDisk) Close() error                      { return nil }
 
 // missingFile stands for a data file that did not open: every read of it
 // fails with the reason.

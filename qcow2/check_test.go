@@ -327,10 +327,10 @@ func TestCheckStopsOnTablesBeyondTheFile(t *testing.T) {
 	t.Logf("stopped after %v", time.Since(start))
 }
 
-// TestNoDataFile opens an image whose data file is gone, to check it: the
-// check warns, and reads of its data fail rather than read the metadata
-// file in its place.
-func TestNoDataFile(t *testing.T) {
+// TestAllowMissingDataFile opens an image whose data file is gone, to
+// check it: the check warns, and reads of its data fail rather than read
+// the metadata file in its place.
+func TestAllowMissingDataFile(t *testing.T) {
 	qemutest.Require(t, "qemu-img", "qemu-io")
 	dir := t.TempDir()
 	path := filepath.Join(dir, "meta.qcow2")
@@ -340,9 +340,9 @@ func TestNoDataFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	if _, err := qcow2.Open(path, qcow2.Options{}); err == nil || !strings.Contains(err.Error(), `external data file "data.img"`) {
-		t.Fatalf("open without NoDataFile: %v", err)
+		t.Fatalf("open without AllowMissing: %v", err)
 	}
-	img, err := qcow2.Open(path, qcow2.Options{NoDataFile: true})
+	img, err := qcow2.Open(path, qcow2.Options{AllowMissing: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -358,5 +358,38 @@ func TestNoDataFile(t *testing.T) {
 		return f.Kind == "data-file" && f.Warning && strings.Contains(f.Message, "does not open")
 	}) {
 		t.Errorf("%+v", res)
+	}
+}
+
+// TestAllowMissingBackingFile: the image opens, says why its backing file
+// did not, and reads of what the backing file holds fail, never zeros.
+func TestAllowMissingBackingFile(t *testing.T) {
+	qemutest.Require(t, "qemu-img", "qemu-io")
+	dir := t.TempDir()
+	base, top := filepath.Join(dir, "base.qcow2"), filepath.Join(dir, "top.qcow2")
+	qemutest.Create(t, base, "qcow2", "1M")
+	qemutest.IO(t, base, "write -P 3 0 64k")
+	qemutest.Create(t, top, "qcow2", "1M", "backing_file=base.qcow2", "backing_fmt=qcow2")
+	qemutest.IO(t, top, "write -P 4 512k 64k")
+	if err := os.Remove(base); err != nil {
+		t.Fatal(err)
+	}
+	img, err := qcow2.Open(top, qcow2.Options{AllowMissing: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer img.Close()
+	if _, err := img.ReadAt(make([]byte, 4096), 0); err == nil || !strings.Contains(err.Error(), "base.qcow2") {
+		t.Errorf("read of the missing backing file's part: %v", err)
+	}
+	if _, err := img.ReadAt(make([]byte, 4096), 512<<10); err != nil {
+		t.Errorf("read of the top image's own data: %v", err)
+	}
+	in, err := img.Info()
+	if err != nil || !strings.Contains(in.BackingError, "base.qcow2") {
+		t.Errorf("info: %v, backing error %q", err, in.BackingError)
+	}
+	if m := img.Missing(); len(m) != 1 || !strings.Contains(m[0].Error(), "base.qcow2") {
+		t.Errorf("missing %q", m)
 	}
 }

@@ -98,6 +98,8 @@ func (k *checker) findings() error {
 	}
 	if img.backingName != "" {
 		switch {
+		case img.backingErr != nil:
+			k.find("backing-file", true, "backing file %q (format %s), not opened: %v", img.backingName, orDefault(img.backingFmt, "probed"), img.backingErr)
 		case img.backing != nil:
 			k.find("backing-file", false, "backing file %q (format %s), opened as %s", img.backingName, orDefault(img.backingFmt, "probed"), img.backingPath)
 		default:

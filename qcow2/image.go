@@ -53,9 +53,11 @@ type Options struct {
 	AllowAnyPath bool
 	// AllowDevices lets backing and data files be block devices.
 	AllowDevices bool
-	// NoDataFile opens an image whose external data file does not open,
-	// to describe or check it: reads of its guest data then fail.
-	NoDataFile bool
+	// AllowMissing opens an image whose backing file or external data
+	// file does not open, to describe or check it: why is in Missing,
+	// Info's BackingError and Check's findings, and reads that need the
+	// missing file fail with it.
+	AllowMissing bool
 	// ForceShare reads images that another process may be writing (QEMU's
 	// --force-share): only the "consistent read" lock is taken and checked.
 	ForceShare bool
@@ -117,7 +119,7 @@ type Image struct {
 	file     File  // the image file: metadata, and data unless external
 	data     File  // where guest data clusters live
 	external bool  // data is an external data file
-	dataErr  error // why the data file did not open (Options.NoDataFile)
+	dataErr  error // why the data file did not open (Options.AllowMissing)
 	ownsFile bool  // Close closes file (not for New's caller's reader)
 	id       uint32
 	chain    *chain
@@ -148,6 +150,7 @@ type Image struct {
 	backing     Disk // nil without a backing file or with NoBacking
 	backingName string
 	backingPath string // as the resolver named the file it opened
+	backingErr  error  // why it did not open (Options.AllowMissing)
 	backingFmt  string
 	warnings    []string
 }
@@ -341,6 +344,21 @@ func (img *Image) CacheBudget() int64 {
 
 // Path returns the absolute path of the image file.
 func (img *Image) Path() string { return img.path }
+
+// Missing says why backing and data files of the chain did not open
+// (with Options.AllowMissing), top first.
+func (img *Image) Missing() []error {
+	var errs []error
+	for i := img; i != nil; {
+		for _, err := range []error{i.dataErr, i.backingErr} {
+			if err != nil {
+				errs = append(errs, err)
+			}
+		}
+		i, _ = i.backing.(*Image)
+	}
+	return errs
+}
 
 // Warnings lists things the caller should tell the user about, such as an
 // image marked corrupt, for every image of the chain.

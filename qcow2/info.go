@@ -18,8 +18,8 @@ type Info struct {
 	BackingFilename       string `json:"backing-filename,omitempty"`
 	FullBackingFilename   string `json:"full-backing-filename,omitempty"`
 	BackingFilenameFormat string `json:"backing-filename-format,omitempty"`
-	// BackingError says why the backing chain was not opened, for a
-	// caller that describes the image alone after its chain failed.
+	// BackingError says why the backing file did not open, for an
+	// image opened with Options.AllowMissing.
 	BackingError   string          `json:"backing-error,omitempty"`
 	Snapshots      []SnapshotInfo  `json:"snapshots,omitempty"`
 	FormatSpecific *FormatSpecific `json:"format-specific,omitempty"`
@@ -119,6 +119,9 @@ func (img *Image) Info() (Info, error) {
 		if p, err := resolveReference(img.path, img.backingName, "backing file"); err == nil {
 			in.FullBackingFilename = p
 		}
+	}
+	if img.backingErr != nil {
+		in.BackingError = img.backingErr.Error()
 	}
 	snaps, err := img.Snapshots()
 	if err != nil {

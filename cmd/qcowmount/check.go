@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"strings"
 
 	"github.com/qcowmount/qcowmount/qcow2"
 	"github.com/urfave/cli/v2"
@@ -53,9 +52,9 @@ func checkAction(c *cli.Context) (int, error) {
 	if c.NArg() != 1 {
 		return 0, fmt.Errorf("check takes one IMAGE, got %d arguments (see qcowmount check --help)", c.NArg())
 	}
-	// The image is checked even when its chain does not open; that it
-	// does not is a finding.
-	img, chainErr, err := openForDescribing(c)
+	// The image is checked even when its backing or data file does not
+	// open; that it does not is a finding.
+	img, err := openForDescribing(c)
 	if err != nil {
 		return 0, err
 	}
@@ -66,14 +65,6 @@ func checkAction(c *cli.Context) (int, error) {
 	}
 	if !isURL(c.Args().First()) {
 		res.Filename = c.Args().First()
-	}
-	if chainErr != nil {
-		for i, f := range res.Findings {
-			if f.Kind == "backing-file" && strings.HasSuffix(f.Message, "not opened") {
-				res.Findings[i].Warning = true
-				res.Findings[i].Message += ": " + chainErr.Error()
-			}
-		}
 	}
 	out := bufio.NewWriter(os.Stdout)
 	if c.Bool("json") {

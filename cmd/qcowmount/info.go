@@ -47,35 +47,23 @@ func outputFlag(c *cli.Context) error {
 
 // openForDescribing opens the image argument for info and check: without
 // its passphrase (as qemu-img info; with one, info shows the guest disk
-// too), and, when its chain does not open, as much of it as opens,
-// returning why the rest did not.
-func openForDescribing(c *cli.Context) (img *openedImage, chainErr, err error) {
+// too), and, as qemu-img info does, even when its backing or data file
+// does not open (the image says why).
+func openForDescribing(c *cli.Context) (*openedImage, error) {
 	opts, err := imageOptions(c)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	keys, err := newLocalKeys(c, false)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	opts.Passphrase, opts.AllowLocked = keys.passphrase, true
-	img, err = openImage(c, c.Args().First(), opts, nil)
-	if err == nil {
-		return img, nil, nil
-	}
-	// As qemu-img info describes an image whose chain does not open: first
-	// without its data file, then without its backing chain too.
-	chainErr = err
-	opts.NoDataFile = true
-	img, err = openImage(c, c.Args().First(), opts, nil)
-	if err != nil && !opts.NoBacking {
-		opts.NoBacking = true
-		img, err = openImage(c, c.Args().First(), opts, nil)
-	}
+	opts.Passphrase, opts.AllowLocked, opts.AllowMissing = keys.passphrase, true, true
+	img, err := openImage(c, c.Args().First(), opts, nil)
 	if err != nil {
-		return nil, nil, imageError{keys.explain(chainErr)}
+		return nil, imageError{keys.explain(err)}
 	}
-	return img, chainErr, nil
+	return img, nil
 }
 
 func infoAction(c *cli.Context) error {
@@ -85,12 +73,12 @@ func infoAction(c *cli.Context) error {
 	if c.NArg() != 1 {
 		return usageError{fmt.Errorf("info takes one IMAGE, got %d arguments (see qcowmount info --help)", c.NArg())}
 	}
-	img, chainErr, err := openForDescribing(c)
+	img, err := openForDescribing(c)
 	if err != nil {
 		return err
 	}
-	if chainErr != nil {
-		fmt.Fprintln(os.Stderr, "qcowmount: warning:", printable(chainErr.Error()))
+	for _, err := range img.Missing() {
+		fmt.Fprintln(os.Stderr, "qcowmount: warning:", printable(err.Error()))
 	}
 	defer img.Close()
 	out := bufio.NewWriter(os.Stdout)
@@ -118,9 +106,6 @@ func infoAction(c *cli.Context) error {
 			// URL without its query, which may be a credential).
 			if !isURL(c.Args().First()) {
 				in.Filename = c.Args().First()
-			}
-			if chainErr != nil {
-				in.BackingError = chainErr.Error()
 			}
 		}
 		// The guest's layout belongs to the disk the chain makes: it

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -167,45 +166,37 @@ func openDestination(out string, size int64) (*destination, error) {
 // hole in a file, as qemu-img convert's default (-S 4k).
 const zeroBlock = 4096
 
-var zeros = make([]byte, 1<<20)
-
 func (d *destination) write(p stream.Piece) error {
 	if d.tmp == "" {
-		if p.Data != nil {
-			return d.stream(p.Data)
+		if p.Data == nil {
+			return writeZeros(d, p.Len)
 		}
-		for n := p.Len; n > 0; {
-			m := min(n, int64(len(zeros)))
-			if err := d.stream(zeros[:m]); err != nil {
-				return err
-			}
-			n -= m
-		}
-		return nil
+		_, err := d.Write(p.Data)
+		return err
 	}
 	// A file: holes stay holes, and so do zero blocks in data.
-	for b := p.Data; len(b) > 0; {
+	for b, off := p.Data, p.Off; len(b) > 0; {
 		n := min(len(b), zeroBlock)
-		if bytes.Equal(b[:n], zeros[:n]) {
-			b, p.Off = b[n:], p.Off+int64(n)
+		if isZero(b[:n]) {
+			b, off = b[n:], off+int64(n)
 			continue
 		}
-		end := n
-		for end < len(b) && !bytes.Equal(b[end:min(len(b), end+zeroBlock)], zeros[:min(len(b)-end, zeroBlock)]) {
-			end = min(len(b), end+zeroBlock)
+		for n < len(b) && !isZero(b[n:min(len(b), n+zeroBlock)]) {
+			n = min(len(b), n+zeroBlock)
 		}
-		if _, err := d.f.WriteAt(b[:end], p.Off); err != nil {
+		if _, err := d.f.WriteAt(b[:n], off); err != nil {
 			return err
 		}
-		b, p.Off = b[end:], p.Off+int64(end)
+		b, off = b[n:], off+int64(n)
 	}
 	return nil
 }
 
-func (d *destination) stream(b []byte) error {
+// Write sends b to a stream destination, counting what went.
+func (d *destination) Write(b []byte) (int, error) {
 	n, err := d.f.Write(b)
 	d.written += int64(n)
-	return err
+	return n, err
 }
 
 // finish completes the output: a file gets its size and its name.

@@ -248,11 +248,7 @@ func feed(parts []*hashed, p stream.Piece) {
 						sum.Write(p.Data[from-p.Off : to-p.Off])
 						return
 					}
-					for n := to - from; n > 0; {
-						m := min(n, int64(len(zeros)))
-						sum.Write(zeros[:m])
-						n -= m
-					}
+					writeZeros(sum, to-from) // a hash.Hash never fails to write
 				}()
 			}
 		}

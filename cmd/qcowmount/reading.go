@@ -1,8 +1,10 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"strings"
@@ -87,24 +89,34 @@ func selectPart(c *cli.Context, img *qcow2.Image) (part, error) {
 		}
 		return part{}, usageError{fmt.Errorf("--partition %d: no such partition (the guest disk has: %s)", number, listOrNone(numbers))}
 	}
+	v, err := findVolume(layout.Volumes, volume)
+	if err != nil {
+		return part{}, err
+	}
+	return part{v.FileName(), v.View(img)}, nil
+}
+
+// findVolume is the readable volume that name names: VG/LV, VG-LV as its
+// file in a mount, or LV alone where no other volume has that name.
+func findVolume(volumes []guest.Volume, name string) (guest.Volume, error) {
 	var names, matches []string
 	var found guest.Volume
-	for _, v := range layout.Volumes {
+	for _, v := range volumes {
 		names = append(names, v.VG+"/"+v.Name)
-		if volume == v.VG+"/"+v.Name || volume+".raw" == v.FileName() || volume == v.Name {
+		if name == v.VG+"/"+v.Name || name+".raw" == v.FileName() || name == v.Name {
 			found = v
 			matches = append(matches, v.VG+"/"+v.Name)
 		}
 	}
 	switch {
 	case len(matches) == 0:
-		return part{}, usageError{fmt.Errorf("--volume %s: no such volume (the guest disk has: %s)", volume, listOrNone(names))}
+		return found, usageError{fmt.Errorf("--volume %s: no such volume (the guest disk has: %s)", name, listOrNone(names))}
 	case len(matches) > 1:
-		return part{}, usageError{fmt.Errorf("--volume %s: several volumes have that name (%s): give VG/LV", volume, strings.Join(matches, ", "))}
+		return found, usageError{fmt.Errorf("--volume %s: several volumes have that name (%s): give VG/LV", name, strings.Join(matches, ", "))}
 	case found.Unreadable != "":
-		return part{}, imageError{fmt.Errorf("volume %s/%s cannot be read: %s", found.VG, found.Name, found.Unreadable)}
+		return found, imageError{fmt.Errorf("volume %s/%s cannot be read: %s", found.VG, found.Name, found.Unreadable)}
 	}
-	return part{found.FileName(), found.View(img)}, nil
+	return found, nil
 }
 
 // progress is a bar on standard error, or nothing.
@@ -143,6 +155,23 @@ func (p *progress) done() {
 	if p.bar != nil {
 		p.bar.Finish()
 	}
+}
+
+// zeros is what holes are written and hashed from.
+var zeros = make([]byte, 1<<20)
+
+func isZero(b []byte) bool { return bytes.Equal(b, zeros[:len(b)]) }
+
+// writeZeros writes n zero bytes to w.
+func writeZeros(w io.Writer, n int64) error {
+	for n > 0 {
+		m := min(n, int64(len(zeros)))
+		if _, err := w.Write(zeros[:m]); err != nil {
+			return err
+		}
+		n -= m
+	}
+	return nil
 }
 
 // interruptible is a context that ends at Ctrl-C or SIGTERM.

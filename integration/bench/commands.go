@@ -12,12 +12,23 @@ import (
 // The commands without FUSE, against what people run instead: export
 // against qemu-img convert -O raw (its default, and with 16 coroutines and
 // out-of-order writes), hash against qemu-img convert followed by
-// sha256sum, with sha256sum of the raw file as the ceiling.
+// sha256sum, with sha256sum of the raw file for reference.
+
+// What a timed command is to the ratio: ours (the one compared), a
+// variant of ours, a peer, or a reference that is neither.
+type role int
+
+const (
+	roleOurs role = iota
+	roleVariant
+	rolePeer
+	roleReference
+)
 
 // commandRun is one timed command line.
 type commandRun struct {
 	name string
-	peer bool
+	role role
 	args func(img benchImage, out string) [][]string // commands run one after the other
 }
 
@@ -36,32 +47,32 @@ func ourImage(img benchImage) []string {
 	return []string{"--key-file", img.keyFile, img.path}
 }
 
-func exportRuns(ours string) []commandRun {
+func exportRuns(binary string) []commandRun {
 	return []commandRun{
-		{"qcowmount export", false, func(img benchImage, out string) [][]string {
-			return [][]string{append(append([]string{ours, "export", "--no-progress"}, ourImage(img)...), out)}
+		{"qcowmount export", roleOurs, func(img benchImage, out string) [][]string {
+			return [][]string{append(append([]string{binary, "export", "--no-progress"}, ourImage(img)...), out)}
 		}},
-		{"qemu-img convert", true, func(img benchImage, out string) [][]string {
+		{"qemu-img convert", rolePeer, func(img benchImage, out string) [][]string {
 			return [][]string{append(append([]string{"qemu-img", "convert", "-O", "raw"}, qemuImage(img)...), out)}
 		}},
-		{"qemu-img convert -m 16 -W", true, func(img benchImage, out string) [][]string {
+		{"qemu-img convert -m 16 -W", rolePeer, func(img benchImage, out string) [][]string {
 			return [][]string{append(append([]string{"qemu-img", "convert", "-m", "16", "-W", "-O", "raw"}, qemuImage(img)...), out)}
 		}},
 	}
 }
 
-func hashRuns(ours string) []commandRun {
+func hashRuns(binary string) []commandRun {
 	return []commandRun{
-		{"qcowmount hash (disk)", false, func(img benchImage, _ string) [][]string {
-			return [][]string{append([]string{ours, "hash", "--no-progress", "--no-partitions"}, ourImage(img)...)}
+		{"qcowmount hash (disk)", roleOurs, func(img benchImage, _ string) [][]string {
+			return [][]string{append([]string{binary, "hash", "--no-progress", "--no-partitions"}, ourImage(img)...)}
 		}},
-		{"qcowmount hash (disk and partitions)", false, func(img benchImage, _ string) [][]string {
-			return [][]string{append([]string{ours, "hash", "--no-progress"}, ourImage(img)...)}
+		{"qcowmount hash (disk and partitions)", roleVariant, func(img benchImage, _ string) [][]string {
+			return [][]string{append([]string{binary, "hash", "--no-progress"}, ourImage(img)...)}
 		}},
-		{"qemu-img convert, then sha256sum", true, func(img benchImage, out string) [][]string {
+		{"qemu-img convert, then sha256sum", rolePeer, func(img benchImage, out string) [][]string {
 			return [][]string{append(append([]string{"qemu-img", "convert", "-O", "raw"}, qemuImage(img)...), out), {"sha256sum", out}}
 		}},
-		{"sha256sum of the raw disk (no qcow2 at all)", false, func(img benchImage, _ string) [][]string {
+		{"sha256sum of the raw disk (no qcow2 at all)", roleReference, func(img benchImage, _ string) [][]string {
 			return [][]string{{"sha256sum", img.raw}}
 		}},
 	}
@@ -69,29 +80,27 @@ func hashRuns(ours string) []commandRun {
 
 // commandFigures times each command on each image, best of runs, the
 // commands taking turns; outputs go to work and are removed after each run.
-func commandFigures(images []benchImage, ours, work string, runs int) (string, error) {
+func commandFigures(images []benchImage, binary, work string, runs int) (string, error) {
 	var b strings.Builder
 	b.WriteString("#### Without FUSE: export and hash\n\n")
-	fmt.Fprintf(&b, "Seconds for the whole 2 GiB disk, best of %d runs taking turns, images in the page cache, output to a file in %s (removed after each run, `sync` before each). "+
+	fmt.Fprintf(&b, "Seconds for the whole disk, best of %d runs taking turns, images in the page cache, output to a file in %s (removed after each run, `sync` before each). "+
 		"The ratio is the best peer's time over ours, above 1 when we are faster.\n\n", runs, work)
-	for _, group := range []struct {
-		title string
-		runs  []commandRun
-	}{{"export", exportRuns(ours)}, {"hash", hashRuns(ours)}} {
+	out := filepath.Join(work, "command.out")
+	for _, group := range [][]commandRun{exportRuns(binary), hashRuns(binary)} {
 		b.WriteString("| image |")
-		for _, r := range group.runs {
+		for _, r := range group {
 			b.WriteString(" " + r.name + " |")
 		}
-		b.WriteString(" ratio |\n|---|" + strings.Repeat("---:|", len(group.runs)+1) + "\n")
+		b.WriteString(" ratio |\n|---|" + strings.Repeat("---:|", len(group)+1) + "\n")
 		for _, img := range images {
 			if err := warmImage(img); err != nil {
 				return "", err
 			}
-			best := make([]float64, len(group.runs))
+			best := make([]float64, len(group))
 			for run := 1; run <= runs; run++ {
-				for i, r := range group.runs {
+				for i, r := range group {
 					fmt.Fprintf(os.Stderr, "%s, run %d of %d: %s ...\n", img.name, run, runs, r.name)
-					secs, err := timeCommands(r.args(img, filepath.Join(work, "command.out")))
+					secs, err := timeCommands(r.args(img, out), out)
 					if err != nil {
 						return "", err
 					}
@@ -102,13 +111,13 @@ func commandFigures(images []benchImage, ours, work string, runs int) (string, e
 			}
 			fmt.Fprintf(&b, "| %s |", img.name)
 			ourBest, peerBest := 0.0, 0.0
-			for i, r := range group.runs {
+			for i, r := range group {
 				fmt.Fprintf(&b, " %.2f |", best[i])
 				switch {
-				case r.peer && (peerBest == 0 || best[i] < peerBest):
+				case r.role == rolePeer && (peerBest == 0 || best[i] < peerBest):
 					peerBest = best[i]
-				case !r.peer && ourBest == 0:
-					ourBest = best[i] // the first of ours is the one compared
+				case r.role == roleOurs:
+					ourBest = best[i]
 				}
 			}
 			fmt.Fprintf(&b, " %.2fx |\n", peerBest/ourBest)
@@ -120,7 +129,7 @@ func commandFigures(images []benchImage, ours, work string, runs int) (string, e
 
 // timeCommands runs the command lines in turn and returns the seconds
 // they took together; what they wrote to out is removed afterwards.
-func timeCommands(cmds [][]string) (float64, error) {
+func timeCommands(cmds [][]string, out string) (float64, error) {
 	if err := exec.Command("sync").Run(); err != nil {
 		return 0, err
 	}
@@ -131,10 +140,6 @@ func timeCommands(cmds [][]string) (float64, error) {
 		}
 	}
 	secs := time.Since(start).Seconds()
-	for _, c := range cmds {
-		if out := c[len(c)-1]; strings.HasSuffix(out, "command.out") {
-			os.Remove(out)
-		}
-	}
+	os.Remove(out)
 	return secs, nil
 }

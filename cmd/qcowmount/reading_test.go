@@ -1,0 +1,42 @@
+package main
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/qcowmount/qcowmount/qcow2/guest"
+)
+
+func TestFindVolume(t *testing.T) {
+	volumes := []guest.Volume{
+		{VG: "vg-guest", Name: "root"},
+		{VG: "vg-guest", Name: "home"},
+		{VG: "other", Name: "home"},
+		{VG: "other", Name: "thin", Unreadable: "thin volume"},
+	}
+	tests := []struct {
+		name, want, err string
+	}{
+		{"vg-guest/root", "vg-guest/root", ""},
+		{"vg--guest-root", "vg-guest/root", ""}, // as its file in a mount
+		{"root", "vg-guest/root", ""},           // unique
+		{"other/home", "other/home", ""},
+		{"home", "", "several volumes have that name (vg-guest/home, other/home): give VG/LV"},
+		{"swap", "", "no such volume (the guest disk has: vg-guest/root, vg-guest/home, other/home, other/thin)"},
+		{"other/thin", "", "volume other/thin cannot be read: thin volume"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			v, err := findVolume(volumes, tc.name)
+			switch {
+			case tc.err != "" && (err == nil || !strings.Contains(err.Error(), tc.err)):
+				t.Errorf("error %v, want %q", err, tc.err)
+			case tc.err == "" && (err != nil || v.VG+"/"+v.Name != tc.want):
+				t.Errorf("%s/%s, %v; want %s", v.VG, v.Name, err, tc.want)
+			}
+		})
+	}
+	if _, err := findVolume(nil, "x"); err == nil || !strings.Contains(err.Error(), "the guest disk has: none") {
+		t.Errorf("no volumes: %v", err)
+	}
+}

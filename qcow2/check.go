@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"math"
+
+	"github.com/qcowmount/qcowmount/qcow2/internal/lru"
 )
 
 // CheckResult is what Check found in an image file. The counts are
@@ -59,10 +61,11 @@ const (
 // does, and findings an analyst wants. Only an I/O error fails it.
 func (img *Image) Check() (*CheckResult, error) {
 	k := &checker{
-		img:  img,
-		res:  &CheckResult{Filename: img.path, Format: "qcow2"},
-		cs:   img.clusterSize(),
-		refs: map[int64]*refPage{},
+		img:    img,
+		res:    &CheckResult{Filename: img.path, Format: "qcow2"},
+		cs:     img.clusterSize(),
+		refs:   map[int64]*refPage{},
+		blocks: lru.New[uint64, []byte](refblockCacheSize),
 	}
 	k.nbClusters = (img.fileSize + k.cs - 1) / k.cs
 	k.highestRef = -1
@@ -141,11 +144,14 @@ type checker struct {
 	qcow1      bool  // no refcounts: a cluster put to two uses is a corruption
 
 	reftable []uint64 // the refcount table, for stored refcounts
-	block    struct { // the refcount block read last
-		off  uint64
-		data []byte
-	}
+	// Refcount blocks read, by offset: the copied-flag pass asks for them
+	// in the order data lies, not the order they do.
+	blocks *lru.Cache[uint64, []byte]
 }
+
+// refblockCacheSize bounds the refcount blocks a check keeps: those of
+// a 2 TiB image with 64 KiB clusters and 16-bit refcounts.
+const refblockCacheSize = 64 << 20
 
 func (k *checker) problem(corruption bool, format string, args ...any) {
 	if corruption {
@@ -531,18 +537,15 @@ func (k *checker) stored(c int64) (n uint64, ok bool, err error) {
 	if off&uint64(k.cs-1) != 0 {
 		return 0, false, nil
 	}
-	if k.block.data == nil || k.block.off != off {
-		if k.block.data == nil {
-			k.block.data = make([]byte, k.cs)
-		}
-		k.block.off = 0
-		if err := k.readAt(k.block.data, off); err != nil {
+	b, cached := k.blocks.Get(off)
+	if !cached {
+		b = make([]byte, k.cs)
+		if err := k.readAt(b, off); err != nil {
 			return 0, false, err
 		}
-		k.block.off = off
+		k.blocks.Add(off, b, k.cs)
 	}
 	i := c % per
-	b := k.block.data
 	switch order := k.img.hdr.RefcountOrder; order {
 	case 0, 1, 2:
 		bits := int64(1) << order

@@ -277,13 +277,14 @@ func TestPartitionsAndVolumes(t *testing.T) {
 
 func exportAndHashVolumes(t *testing.T) {
 	lvmRaw := filepath.Join(t.TempDir(), "lvm.raw")
-	volumes := qemutest.LVMDisk(t, lvmRaw)
+	g := qemutest.LVMDisk(t, lvmRaw)
+	volumes := g.Volumes
 	lvm := filepath.Join(t.TempDir(), "lvm.qcow2")
 	sh(t, "qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", lvmRaw, lvm)
 	got := hashImage(t, lvm)
 	found := 0
 	for _, p := range got.Parts {
-		name, ok := strings.CutPrefix(p.Volume, "vg-guest/")
+		name, ok := strings.CutPrefix(p.Volume, g.VG+"/")
 		if !ok {
 			continue
 		}
@@ -297,7 +298,7 @@ func exportAndHashVolumes(t *testing.T) {
 	}
 	for name, want := range volumes {
 		out := filepath.Join(t.TempDir(), "volume.raw")
-		if msg, code := run(t, "export", "--volume", "vg-guest/"+name, lvm, out); code != 0 {
+		if msg, code := run(t, "export", "--volume", g.VG+"/"+name, lvm, out); code != 0 {
 			t.Fatalf("export --volume %s: exit %d: %s", name, code, msg)
 		}
 		b, err := os.ReadFile(out)

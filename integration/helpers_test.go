@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/qcowmount/qcowmount/integration/internal/proc"
 	"github.com/qcowmount/qcowmount/qcow2/qemutest"
 )
@@ -55,6 +57,28 @@ func requireRoot(t *testing.T) {
 	if os.Geteuid() != 0 {
 		qemutest.Missing(t, "needs root for loop devices and mounts")
 	}
+}
+
+// holdMachineLock takes, until the test ends, an exclusive lock that every
+// test changing the same machine-wide setting (named by what) takes too,
+// in this process, another package's or another clone's: such a test
+// reads the setting, changes it and puts it back, and two of them at once
+// would put back each other's changes.
+func holdMachineLock(t *testing.T, what string) {
+	t.Helper()
+	dir := "/run/lock" // the same for every clone, whatever its TMPDIR
+	if _, err := os.Stat(dir); err != nil {
+		dir = os.TempDir()
+	}
+	f, err := os.OpenFile(filepath.Join(dir, "qcowmount-test-"+what+".lock"), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
+		f.Close()
+		t.Fatalf("locking %s: %v", f.Name(), err)
+	}
+	t.Cleanup(func() { f.Close() }) // closing releases the lock
 }
 
 // run runs the binary and returns its combined output and exit code.

@@ -120,15 +120,15 @@ func TestLVMVolumeFiles(t *testing.T) {
 	requireFUSE(t)
 	qemutest.Require(t, "qemu-img")
 	raw := filepath.Join(t.TempDir(), "lvm.raw")
-	volumes := qemutest.LVMDisk(t, raw)
+	g := qemutest.LVMDisk(t, raw)
 	image := filepath.Join(t.TempDir(), "lvm.qcow2")
 	sh(t, "qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", raw, image)
 	mnt := mountImage(t, image)
-	if got := strings.Join(mountedFiles(t, mnt), " "); got != "disk.raw p1.raw p2.raw vg--guest-other.raw vg--guest-root.raw vg--guest-span.raw" {
-		t.Fatalf("files %q", got)
+	if got, want := strings.Join(mountedFiles(t, mnt), " "), "disk.raw p1.raw p2.raw "+g.FileName("other")+" "+g.FileName("root")+" "+g.FileName("span"); got != want {
+		t.Fatalf("files %q, want %q", got, want)
 	}
-	for name, want := range volumes {
-		got, err := os.ReadFile(filepath.Join(mnt, "vg--guest-"+name+".raw"))
+	for name, want := range g.Volumes {
+		got, err := os.ReadFile(filepath.Join(mnt, g.FileName(name)))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -137,8 +137,8 @@ func TestLVMVolumeFiles(t *testing.T) {
 		}
 	}
 	out, code := run(t, "info", image)
-	if code != 0 || !strings.Contains(out, "vg-guest/stripes") || !strings.Contains(out, "not exposed: striped over 2 physical volumes") ||
-		!strings.Contains(out, "vg--guest-span.raw") {
+	if code != 0 || !strings.Contains(out, g.VG+"/stripes") || !strings.Contains(out, "not exposed: striped over 2 physical volumes") ||
+		!strings.Contains(out, g.FileName("span")) {
 		t.Fatalf("info: exit %d:\n%s", code, out)
 	}
 }
@@ -251,6 +251,9 @@ func TestRootlessFlow(t *testing.T) {
 		}
 	}
 	// Debian ships /dev/fuse open to all (0666); this machine has 0600.
+	// Cleanup puts the mode back after the mounts are gone (cleanups run
+	// last added first) and before the lock is released.
+	holdMachineLock(t, "dev-fuse-mode")
 	if st, err := os.Stat("/dev/fuse"); err == nil && st.Mode().Perm() != 0o666 {
 		refused("/dev/fuse closed to the user", "failed to open /dev/fuse: Permission denied: make /dev/fuse usable", image, q)
 		if err := os.Chmod("/dev/fuse", 0o666); err != nil {

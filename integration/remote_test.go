@@ -27,6 +27,21 @@ import (
 func startNginx(t *testing.T, root, cert, key string) string {
 	t.Helper()
 	qemutest.Require(t, "nginx")
+	// A port found free can be taken by another process before nginx
+	// binds it (other packages and clones test at the same time): then
+	// nginx exits saying so, and the next free port is tried.
+	for try := 1; ; try++ {
+		url, out, err := tryNginx(t, root, cert, key)
+		if err == nil {
+			return url
+		}
+		if !strings.Contains(out, "Address already in use") || try == 5 {
+			t.Fatalf("nginx: %v\n%s", err, out)
+		}
+	}
+}
+
+func tryNginx(t *testing.T, root, cert, key string) (url, output string, err error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -63,15 +78,29 @@ http {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL); cmd.Wait() })
-	waitFor(t, "nginx to listen", 10*time.Second, func() bool {
-		c, err := net.Dial("tcp", addr)
-		if err == nil {
-			c.Close()
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() { syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL); <-exited })
+	// nginx writes its pid file once its sockets are bound; a listener
+	// answering before that could be another process's.
+	deadline := time.After(10 * time.Second)
+	for {
+		select {
+		case err := <-exited:
+			exited <- err // for the cleanup
+			return "", out.String(), fmt.Errorf("exited before serving: %v", err)
+		case <-deadline:
+			t.Fatalf("nginx did not start serving %s in 10 s: %s", addr, out)
+		case <-time.After(20 * time.Millisecond):
 		}
-		return err == nil
-	})
-	return scheme + "://" + addr
+		if _, err := os.Stat(filepath.Join(dir, "nginx.pid")); err != nil {
+			continue
+		}
+		if c, err := net.Dial("tcp", addr); err == nil {
+			c.Close()
+			return scheme + "://" + addr, "", nil
+		}
+	}
 }
 
 // throwawayCA makes a CA and a certificate for 127.0.0.1 signed by it,

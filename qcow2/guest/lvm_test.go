@@ -16,14 +16,14 @@ import (
 // exposed.
 func TestLVMVolumes(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "disk.raw")
-	want := qemutest.LVMDisk(t, path)
+	g := qemutest.LVMDisk(t, path)
 	l := scan(t, path)
 	d := openDisk(t, path)
 	found := map[string]guest.Volume{}
 	for _, v := range l.Volumes {
 		found[v.Name] = v
 	}
-	for name, bytesWant := range want {
+	for name, bytesWant := range g.Volumes {
 		v, ok := found[name]
 		if !ok || v.Unreadable != "" {
 			t.Errorf("volume %s: %+v (problems %q)", name, v, l.Problems)
@@ -37,13 +37,13 @@ func TestLVMVolumes(t *testing.T) {
 			t.Errorf("volume %s: byte %d differs (size %d, want %d)", name, at, len(got), len(bytesWant))
 		}
 	}
-	if v := found["root"]; v.FileName() != "vg--guest-root.raw" {
-		t.Errorf("file name %q", v.FileName())
+	if v := found["root"]; v.FileName() != g.FileName("root") {
+		t.Errorf("file name %q, want %q", v.FileName(), g.FileName("root"))
 	}
 	if v := found["stripes"]; !strings.Contains(v.Unreadable, "striped over 2") {
 		t.Errorf("striped volume: %+v", v)
 	}
-	if !strings.Contains(strings.Join(l.Problems, "\n"), "vg-guest/stripes is not exposed") {
+	if !strings.Contains(strings.Join(l.Problems, "\n"), g.VG+"/stripes is not exposed") {
 		t.Errorf("problems %q", l.Problems)
 	}
 	for _, p := range l.Partitions {

@@ -513,3 +513,43 @@ func TestExportRefusesATerminal(t *testing.T) {
 		t.Fatalf("exit %v: %s", err, stderr.String())
 	}
 }
+
+// TestLongCommandsStopAtASignal: hash and export of a disk that is one
+// long hole (a piece of its own, hours of zeros to hash or write) end at
+// SIGINT or SIGTERM, exit 130. They take milliseconds; the test allows 10 s
+// for a loaded machine, and fails rather than waits hours.
+func TestLongCommandsStopAtASignal(t *testing.T) {
+	qemutest.Require(t, "qemu-img")
+	image := filepath.Join(t.TempDir(), "empty.qcow2")
+	qemutest.Create(t, image, "qcow2", "16T")
+	for _, args := range [][]string{{"hash", "--no-partitions", image}, {"export", image, "-"}} {
+		for _, sig := range []os.Signal{os.Interrupt, syscall.SIGTERM} {
+			t.Run(fmt.Sprintf("%s %v", args[0], sig), func(t *testing.T) {
+				cmd := exec.Command(bin, args...)
+				var stderr lockedBuffer
+				cmd.Stderr = &stderr
+				devNull, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer devNull.Close()
+				cmd.Stdout = devNull
+				if err := cmd.Start(); err != nil {
+					t.Fatal(err)
+				}
+				time.Sleep(500 * time.Millisecond) // into the hole
+				cmd.Process.Signal(sig)
+				signalled := time.Now()
+				stopped := time.AfterFunc(10*time.Second, func() { cmd.Process.Kill() })
+				err = cmd.Wait()
+				if !stopped.Stop() {
+					t.Fatalf("still running 10 s after the signal")
+				}
+				if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 130 || !strings.Contains(stderr.String(), "interrupted") {
+					t.Fatalf("exit %v, want 130 saying interrupted: %s", err, stderr.String())
+				}
+				t.Logf("stopped %v after the signal", time.Since(signalled))
+			})
+		}
+	}
+}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -57,7 +58,7 @@ func exportAction(c *cli.Context) error {
 	bar := newProgress(c, p.disk.Size(), "export "+p.name)
 	var writeErr error
 	err = stream.Run(ctx, p.disk, stream.Options{}, func(pc stream.Piece) error {
-		if writeErr = dst.write(pc); writeErr != nil {
+		if writeErr = dst.write(ctx, pc); writeErr != nil {
 			return writeErr
 		}
 		bar.add(pc.Len)
@@ -166,10 +167,10 @@ func openDestination(out string, size int64) (*destination, error) {
 // hole in a file, as qemu-img convert's default (-S 4k).
 const zeroBlock = 4096
 
-func (d *destination) write(p stream.Piece) error {
+func (d *destination) write(ctx context.Context, p stream.Piece) error {
 	if d.tmp == "" {
 		if p.Data == nil {
-			return writeZeros(d, p.Len)
+			return writeZeros(ctx, d, p.Len)
 		}
 		_, err := d.Write(p.Data)
 		return err

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"crypto/md5"
 	"crypto/sha1"
 	"crypto/sha256"
@@ -122,7 +123,9 @@ func hashAction(c *cli.Context) error {
 	bar := newProgress(c, total, "hash")
 	for _, r := range reads {
 		if err := stream.Run(ctx, r.disk, stream.Options{}, func(p stream.Piece) error {
-			feed(r.parts, p)
+			if err := feed(ctx, r.parts, p); err != nil {
+				return err
+			}
 			bar.add(p.Len)
 			return nil
 		}); err != nil {
@@ -232,7 +235,8 @@ func planHashes(img *qcow2.Image, partitions bool, algos []string) ([]hashRead, 
 
 // feed hands the piece's bytes to the parts that hold them, one
 // goroutine per checksum: they are independent, and the next piece waits.
-func feed(parts []*hashed, p stream.Piece) {
+// A hole's zeros stop when ctx ends, with its error.
+func feed(ctx context.Context, parts []*hashed, p stream.Piece) error {
 	var wg sync.WaitGroup
 	for _, h := range parts {
 		for _, s := range h.segs {
@@ -248,10 +252,11 @@ func feed(parts []*hashed, p stream.Piece) {
 						sum.Write(p.Data[from-p.Off : to-p.Off])
 						return
 					}
-					writeZeros(sum, to-from) // a hash.Hash never fails to write
+					writeZeros(ctx, sum, to-from) // a hash.Hash never fails to write
 				}()
 			}
 		}
 	}
 	wg.Wait()
+	return ctx.Err()
 }

@@ -56,8 +56,7 @@ func TestFeedHandsEachPartItsBytes(t *testing.T) {
 		parts = append(parts, newHashed(tc.name, tc.segs, []string{"sha256"}))
 	}
 	if err := stream.Run(context.Background(), disk, stream.Options{Chunk: 8 << 10}, func(p stream.Piece) error {
-		feed(parts, p)
-		return nil
+		return feed(context.Background(), parts, p)
 	}); err != nil {
 		t.Fatal(err)
 	}
@@ -76,8 +75,7 @@ func TestFeedHandsEachPartItsBytes(t *testing.T) {
 	view := guest.NewView(disk, segs)
 	h := newHashed("reversed", whole(view.Size()), []string{"sha256"})
 	if err := stream.Run(context.Background(), view, stream.Options{}, func(p stream.Piece) error {
-		feed([]*hashed{h}, p)
-		return nil
+		return feed(context.Background(), []*hashed{h}, p)
 	}); err != nil {
 		t.Fatal(err)
 	}

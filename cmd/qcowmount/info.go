@@ -12,7 +12,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-	"unicode"
 	"unicode/utf8"
 
 	"github.com/qcowmount/qcowmount/qcow2"
@@ -344,26 +343,6 @@ func humanSize(n int64) string {
 	_, exp := math.Frexp(float64(n) / (1000.0 / 1024.0))
 	i := max(0, (exp-1)/10)
 	return fmt.Sprintf("%.3g %s", float64(n)/float64(uint64(1)<<(10*i)), units[i])
-}
-
-// printable escapes what a terminal would act on (control characters,
-// escape sequences, bytes that are not UTF-8) in text from the image. It
-// leaves backslashes alone, so that names already quoted with %q in an
-// error read the same.
-func printable(s string) string {
-	var b strings.Builder
-	for i, r := range s {
-		switch {
-		case r == utf8.RuneError && !strings.HasPrefix(s[i:], "\uFFFD"):
-			fmt.Fprintf(&b, "\\x%02x", s[i])
-		case unicode.IsControl(r) || r == 0x2028 || r == 0x2029:
-			q := strconv.QuoteRune(r)
-			b.WriteString(q[1 : len(q)-1])
-		default:
-			b.WriteRune(r)
-		}
-	}
-	return b.String()
 }
 
 // column pads s to width, keeping at least one space after it, as

@@ -45,7 +45,7 @@ func newLogger(c *cli.Context, background bool, mountpoint string) (log *zap.Log
 			sink = zapcore.Lock(f)
 		}
 	}
-	core := zapcore.NewCore(zapcore.NewConsoleEncoder(enc), sink, level)
+	core := zapcore.NewCore(escapingEncoder{zapcore.NewConsoleEncoder(enc)}, sink, level)
 	return zap.New(core), note, nil
 }
 

@@ -182,6 +182,9 @@ func TestPrintable(t *testing.T) {
 		"bad\xffutf8":              `bad\xffutf8`,
 		`back\slash`:               `back\slash`,
 		"real \ufffd replacement":  "real \ufffd replacement",
+		"bidi \u202eexe.txt":       `bidi \u202eexe.txt`,
+		"zero\u200bwidth":          `zero\u200bwidth`,
+		"line\u2028separator":      `line\u2028separator`,
 	}
 	for in, want := range tests {
 		if got := printable(in); got != want {

@@ -97,26 +97,33 @@ func selectPart(c *cli.Context, img *qcow2.Image) (part, error) {
 }
 
 // findVolume is the readable volume that name names: VG/LV, VG-LV as its
-// file in a mount, or LV alone where no other volume has that name.
+// file in a mount, or LV alone where no other readable volume has that
+// name. A volume left out (striped, or clashing with another) is named
+// only to say why it cannot be read.
 func findVolume(volumes []guest.Volume, name string) (guest.Volume, error) {
 	var names, matches []string
-	var found guest.Volume
+	var readable, refused []guest.Volume
 	for _, v := range volumes {
 		names = append(names, v.VG+"/"+v.Name)
 		if name == v.VG+"/"+v.Name || name+".raw" == v.FileName() || name == v.Name {
-			found = v
-			matches = append(matches, v.VG+"/"+v.Name)
+			if v.Unreadable == "" {
+				readable = append(readable, v)
+				matches = append(matches, v.VG+"/"+v.Name)
+			} else {
+				refused = append(refused, v)
+			}
 		}
 	}
 	switch {
-	case len(matches) == 0:
-		return found, usageError{fmt.Errorf("--volume %s: no such volume (the guest disk has: %s)", name, listOrNone(names))}
-	case len(matches) > 1:
-		return found, usageError{fmt.Errorf("--volume %s: several volumes have that name (%s): give VG/LV", name, strings.Join(matches, ", "))}
-	case found.Unreadable != "":
-		return found, imageError{fmt.Errorf("volume %s/%s cannot be read: %s", found.VG, found.Name, found.Unreadable)}
+	case len(readable) == 1:
+		return readable[0], nil
+	case len(readable) > 1:
+		return guest.Volume{}, usageError{fmt.Errorf("--volume %s: several volumes have that name (%s): give VG/LV", name, strings.Join(matches, ", "))}
+	case len(refused) > 0:
+		v := refused[0]
+		return guest.Volume{}, imageError{fmt.Errorf("volume %s/%s cannot be read: %s", v.VG, v.Name, v.Unreadable)}
 	}
-	return found, nil
+	return guest.Volume{}, usageError{fmt.Errorf("--volume %s: no such volume (the guest disk has: %s)", name, listOrNone(names))}
 }
 
 // progress is a bar on standard error, or nothing.
@@ -162,9 +169,13 @@ var zeros = make([]byte, 1<<20)
 
 func isZero(b []byte) bool { return bytes.Equal(b, zeros[:len(b)]) }
 
-// writeZeros writes n zero bytes to w.
-func writeZeros(w io.Writer, n int64) error {
+// writeZeros writes n zero bytes to w, stopping early when ctx ends: n
+// can be the size of a whole empty disk, minutes of hashing.
+func writeZeros(ctx context.Context, w io.Writer, n int64) error {
 	for n > 0 {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
 		m := min(n, int64(len(zeros)))
 		if _, err := w.Write(zeros[:m]); err != nil {
 			return err

@@ -13,6 +13,8 @@ func TestFindVolume(t *testing.T) {
 		{VG: "vg-guest", Name: "home"},
 		{VG: "other", Name: "home"},
 		{VG: "other", Name: "thin", Unreadable: "thin volume"},
+		{VG: "dup", Name: "x"},
+		{VG: "dup", Name: "x", Unreadable: "its file name dup-x.raw is taken by volume dup/x"},
 	}
 	tests := []struct {
 		name, want, err string
@@ -22,7 +24,8 @@ func TestFindVolume(t *testing.T) {
 		{"root", "vg-guest/root", ""},           // unique
 		{"other/home", "other/home", ""},
 		{"home", "", "several volumes have that name (vg-guest/home, other/home): give VG/LV"},
-		{"swap", "", "no such volume (the guest disk has: vg-guest/root, vg-guest/home, other/home, other/thin)"},
+		{"swap", "", "no such volume (the guest disk has: vg-guest/root, vg-guest/home, other/home, other/thin, dup/x, dup/x)"},
+		{"dup/x", "dup/x", ""}, // the one a mount serves
 		{"other/thin", "", "volume other/thin cannot be read: thin volume"},
 	}
 	for _, tc := range tests {

@@ -192,7 +192,48 @@ func TestDamagedTables(t *testing.T) {
 			p := newDisk(t, 64<<20, gpt)
 			rewriteGPTEntry(t, p, 1, func(e []byte) { binary.LittleEndian.PutUint64(e[40:], 1<<40) })
 			return p
-		}, []int{1}, []string{"partition 2", "does not lie inside the disk"}},
+		}, []int{1}, []string{"partition 2: sectors 22528 to 1099511627776 do not lie in the usable sectors"}},
+		// LBAs near 2^64 wrap to small numbers when multiplied as int64.
+		{"GPT entry starting near -2^55", func(t *testing.T) string {
+			p := newDisk(t, 64<<20, gpt)
+			rewriteGPT(t, p, func(h, table []byte) {
+				binary.LittleEndian.PutUint64(h[40:], 0xff80000000000000) // first usable
+				binary.LittleEndian.PutUint64(table[128+32:], 0xff80000000000000)
+			})
+			return p
+		}, nil, []string{"partition 2: sectors 18410715276690587648 to 43007 do not lie"}},
+		{"GPT entry ending at sector 2^64-1", func(t *testing.T) string {
+			p := newDisk(t, 64<<20, gpt)
+			rewriteGPT(t, p, func(h, table []byte) {
+				binary.LittleEndian.PutUint64(h[48:], ^uint64(0)) // last usable
+				binary.LittleEndian.PutUint64(table[128+40:], ^uint64(0))
+			})
+			return p
+		}, []int{1}, []string{"partition 2: sectors 22528 to 18446744073709551615"}},
+		{"GPT entries at sector 2^63", func(t *testing.T) string {
+			p := newDisk(t, 64<<20, gpt)
+			rewriteGPT(t, p, func(h, table []byte) { binary.LittleEndian.PutUint64(h[72:], 1<<63) })
+			return p
+		}, []int{1, 2}, []string{"primary GPT is damaged", "entries at sector 9223372036854775808 lie past the disk"}},
+		// The kernel numbers logical partitions from 5 across every
+		// extended partition, and gives an empty record no number.
+		{"two extended partitions", func(t *testing.T) string {
+			p := newDisk(t, 64<<20, "")
+			patch(t, p, 446, append(mbrEntry(0x05, 2048, 20480), mbrEntry(0x0f, 22528, 40960)...))
+			patch(t, p, 510, []byte{0x55, 0xaa})
+			for _, ebr := range []struct {
+				at          int64
+				entry, link []byte
+			}{
+				{2048, mbrEntry(0x83, 2048, 4096), nil},
+				{22528, mbrEntry(0, 0, 0), mbrEntry(0x05, 8192, 20480)}, // empty, then a link
+				{22528 + 8192, mbrEntry(0x83, 2048, 4096), nil},
+			} {
+				patch(t, p, ebr.at*512+446, append(ebr.entry, append(ebr.link, make([]byte, 16-len(ebr.link)%16)...)...))
+				patch(t, p, ebr.at*512+510, []byte{0x55, 0xaa})
+			}
+			return p
+		}, []int{5, 6}, nil},
 		{"MBR entry past the disk", func(t *testing.T) string {
 			p := newDisk(t, 64<<20, "label: dos\nstart=2048, size=10M, type=83\n")
 			patch(t, p, 446+16, mbrEntry(0x83, 100000, 1<<30))
@@ -243,6 +284,13 @@ func TestDamagedTables(t *testing.T) {
 // rewriteGPTEntry changes entry i of the primary GPT and fixes both CRCs.
 func rewriteGPTEntry(t *testing.T, path string, i int, fn func(e []byte)) {
 	t.Helper()
+	rewriteGPT(t, path, func(_, table []byte) { fn(table[128*i : 128*(i+1)]) })
+}
+
+// rewriteGPT changes the primary GPT header and entries (128 bytes each)
+// and fixes both CRCs.
+func rewriteGPT(t *testing.T, path string, fn func(header, table []byte)) {
+	t.Helper()
 	b, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
@@ -250,7 +298,7 @@ func rewriteGPTEntry(t *testing.T, path string, i int, fn func(e []byte)) {
 	le := binary.LittleEndian
 	h := b[512:1024]
 	table := b[1024 : 1024+128*int(le.Uint32(h[80:]))]
-	fn(table[128*i : 128*(i+1)])
+	fn(h, table)
 	le.PutUint32(h[88:], crc32.ChecksumIEEE(table))
 	le.PutUint32(h[16:], 0)
 	le.PutUint32(h[16:], crc32.ChecksumIEEE(h[:le.Uint32(h[12:])]))

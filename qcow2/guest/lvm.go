@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"sort"
+	"strconv"
 	"strings"
 )
 
@@ -22,6 +23,8 @@ const (
 	maxAreas         = 16      // disk_locn entries read from a PV header
 	maxMetadataLen   = 8 << 20 // of VG metadata text (LVM's own default area is 1 MiB)
 	maxSegments      = 4096    // of one logical volume
+	maxVolumes       = 4096    // logical volumes read from one disk
+	maxLVMName       = 127     // bytes in a VG or LV name, as LVM's NAME_LEN
 )
 
 // pvArea is where a physical volume lies on the disk.
@@ -80,7 +83,8 @@ func (l *Layout) readLVM(d Disk, areas []pvArea) error {
 	}
 	// Each VG's metadata is on its PVs; read it once per VG, from the
 	// first PV whose metadata parses.
-	seen := map[string]bool{}
+	seen := map[string]bool{}   // volume group names
+	seenOn := map[string]bool{} // PV UUIDs of the volume groups read
 	for _, p := range pvs {
 		text, err := readMetadata(d, p)
 		if err != nil {
@@ -99,14 +103,74 @@ func (l *Layout) readLVM(d Disk, areas []pvArea) error {
 			continue
 		}
 		if seen[vg.name] {
+			if !seenOn[p.uuid] {
+				l.problem("LVM metadata on %s: a second volume group named %s: left out", p.area.where, vg.name)
+			}
 			continue
 		}
 		seen[vg.name] = true
+		for _, id := range vg.pvIDs {
+			seenOn[lvmUUID(id)] = true
+		}
 		if err := l.addVolumes(d, vg, pvs); err != nil {
 			return err
 		}
 	}
+	l.refuseClashes()
 	return nil
+}
+
+// refuseClashes leaves out volumes that would give two files one name or
+// the same bytes twice: the later of two volumes whose file names are
+// equal, and every volume whose extents overlap another's or its own
+// (LVM never makes either; a crafted disk could make thousands of views
+// of the same extents and multiply the work of reading them all).
+func (l *Layout) refuseClashes() {
+	names := map[string]string{}
+	type owned struct {
+		Segment
+		volume int
+	}
+	var segs []owned
+	for i := range l.Volumes {
+		v := &l.Volumes[i]
+		if v.Unreadable != "" {
+			continue
+		}
+		if other, taken := names[v.FileName()]; taken {
+			l.refuse(v, fmt.Sprintf("its file name %s is taken by volume %s", v.FileName(), other))
+			continue
+		}
+		names[v.FileName()] = v.VG + "/" + v.Name
+		for _, s := range v.Segments {
+			segs = append(segs, owned{s, i})
+		}
+	}
+	// One sweep in order of start: a segment that starts before the
+	// furthest end so far overlaps the segment that reached it.
+	sort.Slice(segs, func(i, j int) bool { return segs[i].Start < segs[j].Start })
+	overlaps := map[int]int{} // volume -> a volume it overlaps
+	reach, reachedBy := int64(-1), -1
+	for _, s := range segs {
+		if s.Start < reach {
+			overlaps[s.volume], overlaps[reachedBy] = reachedBy, s.volume
+		}
+		if end := s.Start + s.Size; end > reach {
+			reach, reachedBy = end, s.volume
+		}
+	}
+	for i := range l.Volumes {
+		if other, ok := overlaps[i]; ok {
+			o := l.Volumes[other]
+			l.refuse(&l.Volumes[i], fmt.Sprintf("its extents overlap those of volume %s/%s", o.VG, o.Name))
+		}
+	}
+}
+
+// refuse leaves out a volume that was readable, saying why.
+func (l *Layout) refuse(v *Volume, why string) {
+	v.Unreadable, v.Segments, v.FS = why, nil, FileSystem{}
+	l.problem("LVM volume %s/%s is not exposed: %s", v.VG, v.Name, why)
 }
 
 func readPVLabel(d Disk, a pvArea) (pv, error) {
@@ -197,6 +261,10 @@ func (l *Layout) addVolumes(d Disk, vg *vgMetadata, pvs []pv) error {
 	}
 	extent := vg.extentSectors * sectorSize
 	for _, lv := range vg.lvs {
+		if len(l.Volumes) == maxVolumes {
+			l.problem("volume group %s: more than %d logical volumes on the disk; the rest are left out", vg.name, maxVolumes)
+			return nil
+		}
 		v := Volume{VG: vg.name, Name: lv.name, Unreadable: lv.unreadable}
 		for _, seg := range lv.segments {
 			if v.Unreadable != "" {
@@ -248,6 +316,33 @@ func (l *Layout) addVolumes(d Disk, vg *vgMetadata, pvs []pv) error {
 	return nil
 }
 
+// badLVMName says why name could not be an LVM volume group or logical
+// volume name, or "" when it could. Names of LVM's own characters (the
+// parser takes no others as a section name) that do not start with a
+// dash make distinct device-mapper names (VG-LV, dashes doubled), and so
+// distinct file names.
+func badLVMName(name string) string {
+	switch {
+	case len(name) > maxLVMName:
+		return fmt.Sprintf("%d bytes long, more than LVM's %d", len(name), maxLVMName)
+	case name == "." || name == "..":
+		return "not a name LVM allows"
+	case strings.HasPrefix(name, "-"):
+		return "starts with a dash, which LVM does not allow"
+	}
+	return ""
+}
+
+// guestText is text from the disk as it may be shown: as it is when it
+// is a plain name, else quoted with Go's escapes, so that no control or
+// format character reaches a terminal or a log through a message.
+func guestText(s string) string {
+	if isIdent(s) {
+		return s
+	}
+	return strconv.Quote(s)
+}
+
 // lvmUUID is an LVM UUID without its dashes: the label stores 32
 // characters, the metadata text the same with dashes.
 func lvmUUID(s string) string { return strings.ReplaceAll(s, "-", "") }
@@ -291,6 +386,9 @@ func parseMetadata(text string) (*vgMetadata, error) {
 	if vgSec == nil {
 		return nil, fmt.Errorf("no volume group section")
 	}
+	if why := badLVMName(vgSec.name); why != "" {
+		return nil, fmt.Errorf("volume group name %s: %s", vgSec.name, why)
+	}
 	vg := &vgMetadata{name: vgSec.name, pvIDs: map[string]string{}, peStart: map[string]int64{}}
 	if vg.extentSectors = vgSec.int("extent_size"); vg.extentSectors <= 0 || vg.extentSectors > 1<<32 {
 		return nil, fmt.Errorf("volume group %s: extent_size %d", vg.name, vg.extentSectors)
@@ -311,6 +409,9 @@ func parseMetadata(text string) (*vgMetadata, error) {
 		lv := lvMetadata{name: s.name}
 		if !s.hasFlag("status", "VISIBLE") {
 			continue // internal volumes: thin pools' data, raid images, ...
+		}
+		if why := badLVMName(s.name); why != "" {
+			lv.unreadable = "name: " + why
 		}
 		var segs []*section
 		for _, c := range s.sections {
@@ -336,7 +437,7 @@ func parseMetadata(text string) (*vgMetadata, error) {
 			stripes := c.list("stripes")
 			switch {
 			case typ != "striped":
-				lv.unreadable = fmt.Sprintf("%s volume", typ)
+				lv.unreadable = fmt.Sprintf("%s volume", guestText(typ))
 			case c.int("stripe_count") != 1 || len(stripes) != 2:
 				lv.unreadable = fmt.Sprintf("striped over %d physical volumes", c.int("stripe_count"))
 			case c.int("start_extent") != next || c.int("extent_count") <= 0:

@@ -87,13 +87,16 @@ func (l *Layout) readTable(d Disk) error {
 
 func (l *Layout) readMBR(d Disk, entries [][]byte) error {
 	le := binary.LittleEndian
+	// Logical partitions are numbered from 5 on across every extended
+	// partition, as the kernel numbers them.
+	nextLogical := 5
 	for i, e := range entries {
 		typ, start, n := e[4], int64(le.Uint32(e[8:])), int64(le.Uint32(e[12:]))
 		if typ == 0 || n == 0 {
 			continue
 		}
-		if typ == 0x05 || typ == 0x0f || typ == 0x85 {
-			if err := l.readLogicals(d, start*sectorSize, n*sectorSize); err != nil {
+		if isExtended(typ) {
+			if err := l.readLogicals(d, start*sectorSize, n*sectorSize, &nextLogical); err != nil {
 				return err
 			}
 			continue
@@ -103,15 +106,19 @@ func (l *Layout) readMBR(d Disk, entries [][]byte) error {
 	return nil
 }
 
+func isExtended(typ byte) bool { return typ == 0x05 || typ == 0x0f || typ == 0x85 }
+
 // readLogicals follows the chain of extended boot records in the extended
-// partition [extStart, extStart+extSize): logical partitions 5 and on.
-func (l *Layout) readLogicals(d Disk, extStart, extSize int64) error {
+// partition [extStart, extStart+extSize). Each record's first entry is a
+// logical partition, which takes the number *next; as in the kernel, an
+// empty entry takes none.
+func (l *Layout) readLogicals(d Disk, extStart, extSize int64, next *int) error {
 	le := binary.LittleEndian
 	ebr := make([]byte, sectorSize)
 	seen := map[int64]bool{}
 	at := extStart
-	for number := 5; ; number++ {
-		if number-5 >= maxLogicals || seen[at] {
+	for records := 0; ; records++ {
+		if records >= maxLogicals || seen[at] {
 			l.problem("extended partition: the chain of logical partitions loops or runs past %d entries; the rest is left out", maxLogicals)
 			return nil
 		}
@@ -131,8 +138,10 @@ func (l *Layout) readLogicals(d Disk, extStart, extSize int64) error {
 			l.problem("extended partition: the record at byte %d has no 55 aa signature; the rest is left out", at)
 			return nil
 		}
-		e, next := ebr[mbrEntries:mbrEntries+16], ebr[mbrEntries+16:mbrEntries+32]
-		if typ, n := e[4], int64(le.Uint32(e[12:])); typ != 0 && n != 0 {
+		e, link := ebr[mbrEntries:mbrEntries+16], ebr[mbrEntries+16:mbrEntries+32]
+		if typ, n := e[4], int64(le.Uint32(e[12:])); n != 0 && !isExtended(typ) {
+			number := *next
+			*next++
 			start := at + int64(le.Uint32(e[8:]))*sectorSize
 			p := Partition{Number: number, Start: start, Size: n * sectorSize, Type: mbrTypeName(typ)}
 			if start+p.Size > extStart+extSize {
@@ -141,10 +150,10 @@ func (l *Layout) readLogicals(d Disk, extStart, extSize int64) error {
 				l.add(d, p)
 			}
 		}
-		if next[4] == 0 || le.Uint32(next[12:]) == 0 {
+		if link[4] == 0 || le.Uint32(link[12:]) == 0 {
 			return nil
 		}
-		at = extStart + int64(le.Uint32(next[8:]))*sectorSize
+		at = extStart + int64(le.Uint32(link[8:]))*sectorSize
 	}
 }
 
@@ -165,12 +174,13 @@ func (l *Layout) readGPT(d Disk) error {
 			if backup {
 				lba = d.Size()/ss - 1
 			}
-			parts, err := readGPTAt(d, ss, lba)
+			parts, problems, err := readGPTAt(d, ss, lba)
 			if err == nil {
 				l.Table = "gpt"
 				if backup {
 					l.problem("the primary GPT is damaged (%s); read the backup at the end of the disk", strings.Join(damaged, "; "))
 				}
+				l.Problems = append(l.Problems, problems...)
 				for _, p := range parts {
 					l.add(d, p)
 				}
@@ -188,65 +198,66 @@ func (l *Layout) readGPT(d Disk) error {
 	return nil
 }
 
-// readGPTAt reads the GPT header at sector lba and its entries.
-func readGPTAt(d Disk, ss, lba int64) ([]Partition, error) {
+// readGPTAt reads the GPT header at sector lba and its entries. Entries
+// whose range is impossible are left out with a problem. LBAs stay
+// unsigned until they are known to lie on the disk, so no product wraps.
+func readGPTAt(d Disk, ss, lba int64) (parts []Partition, problems []string, err error) {
 	le := binary.LittleEndian
 	h := make([]byte, ss)
 	if err := readAt(d, h, lba*ss); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if string(h[:8]) != gptSignature {
-		return nil, damage("no GPT signature at sector %d", lba)
+		return nil, nil, damage("no GPT signature at sector %d", lba)
 	}
 	size := le.Uint32(h[12:])
 	if size < gptMinHeader || int64(size) > ss {
-		return nil, damage("GPT header at sector %d: header size %d", lba, size)
+		return nil, nil, damage("GPT header at sector %d: header size %d", lba, size)
 	}
 	want := le.Uint32(h[16:])
 	hdr := slices.Clone(h[:size])
 	clear(hdr[16:20])
 	if crc32.ChecksumIEEE(hdr) != want {
-		return nil, damage("GPT header at sector %d: CRC mismatch", lba)
+		return nil, nil, damage("GPT header at sector %d: CRC mismatch", lba)
 	}
-	firstUsable, lastUsable := int64(le.Uint64(h[40:])), int64(le.Uint64(h[48:]))
-	tableLBA, count, entrySize := int64(le.Uint64(h[72:])), int64(le.Uint32(h[80:])), int64(le.Uint32(h[84:]))
+	sectors := uint64(d.Size() / ss)
+	firstUsable, lastUsable := le.Uint64(h[40:]), le.Uint64(h[48:])
+	tableLBA, count, entrySize := le.Uint64(h[72:]), int64(le.Uint32(h[80:])), int64(le.Uint32(h[84:]))
 	if entrySize < gptMinEntry || entrySize%8 != 0 || count > gptMaxEntries || count*entrySize > gptMaxTableLen {
-		return nil, damage("GPT header at sector %d: %d entries of %d bytes", lba, count, entrySize)
+		return nil, nil, damage("GPT header at sector %d: %d entries of %d bytes", lba, count, entrySize)
 	}
-	if tableLBA < 0 || tableLBA > d.Size()/ss {
-		return nil, damage("GPT header at sector %d: entries at sector %d lie past the disk", lba, tableLBA)
+	if tableLBA >= sectors {
+		return nil, nil, damage("GPT header at sector %d: entries at sector %d lie past the disk", lba, tableLBA)
 	}
 	table := make([]byte, count*entrySize)
-	if err := readAt(d, table, tableLBA*ss); err != nil {
+	if err := readAt(d, table, int64(tableLBA)*ss); err != nil {
 		if isDamage(err) {
-			return nil, damage("GPT entries at sector %d run past the end of the disk", tableLBA)
+			return nil, nil, damage("GPT entries at sector %d run past the end of the disk", tableLBA)
 		}
-		return nil, err
+		return nil, nil, err
 	}
 	if crc32.ChecksumIEEE(table) != le.Uint32(h[88:]) {
-		return nil, damage("GPT entries at sector %d: CRC mismatch", tableLBA)
+		return nil, nil, damage("GPT entries at sector %d: CRC mismatch", tableLBA)
 	}
-	var parts []Partition
 	for i := int64(0); i < count; i++ {
 		e := table[i*entrySize : (i+1)*entrySize]
 		typ := guidString(e[0:16])
 		if typ == "00000000-0000-0000-0000-000000000000" {
 			continue
 		}
-		first, last := int64(le.Uint64(e[32:])), int64(le.Uint64(e[40:]))
-		p := Partition{Number: int(i) + 1, Type: typ, Name: utf16Name(e[56:128])}
+		first, last := le.Uint64(e[32:]), le.Uint64(e[40:])
+		if first < firstUsable || last > lastUsable || first > last || last >= sectors {
+			problems = append(problems, fmt.Sprintf("partition %d: sectors %d to %d do not lie in the usable sectors %d to %d of the disk (%d sectors of %d bytes): left out",
+				i+1, first, last, firstUsable, min(lastUsable, sectors-1), sectors, ss))
+			continue
+		}
+		p := Partition{Number: int(i) + 1, Type: typ, Name: utf16Name(e[56:128]), Start: int64(first) * ss, Size: int64(last-first+1) * ss}
 		if name, ok := gptTypes[typ]; ok {
 			p.Type = name
 		}
-		if first < firstUsable || last > lastUsable || first > last || last > d.Size()/ss {
-			// Left for add to report: an impossible range.
-			p.Start, p.Size = first*ss, -1
-		} else {
-			p.Start, p.Size = first*ss, (last-first+1)*ss
-		}
 		parts = append(parts, p)
 	}
-	return parts, nil
+	return parts, problems, nil
 }
 
 // add keeps a partition that lies inside the disk and overlaps no other;

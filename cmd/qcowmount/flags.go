@@ -20,7 +20,7 @@ func imageFlags() []cli.Flag {
 		&cli.BoolFlag{Name: "force-share", Aliases: []string{"U"}, Usage: "open images that another process (a running VM) may be writing; reads may be inconsistent"},
 		&cli.StringSliceFlag{Name: "key-file", Usage: "read the passphrase of encrypted images from `[IMAGE=]FILE` (its exact bytes); IMAGE= for one image of a chain, by its path or backing file name"},
 		&cli.BoolFlag{Name: "password-stdin", Usage: "read the passphrase of encrypted images from standard input (one line)"},
-		&cli.DurationFlag{Name: "max-kdf-time", Value: encryption.DefaultMaxKDFTime, Usage: "refuse LUKS key slots whose key derivation would take longer than `DURATION` here (hostile images ask for hours)"},
+		&cli.DurationFlag{Name: "max-kdf-time", Value: encryption.DefaultMaxKDFTime, Usage: "bound trying a passphrase on all LUKS key slots together to `DURATION` here; slots that do not fit are not tried (hostile images ask for hours)"},
 	}, remoteFlags()...)
 }
 

@@ -49,27 +49,28 @@ var (
 	rates  = map[string]float64{} // PBKDF2 iterations a second, by hash
 )
 
-// kdfTime estimates how long PBKDF2 with hash h (named name) takes for
-// iters iterations and a key of keyLen bytes, from this machine's speed,
-// measured once per hash. Each block of the output costs the iterations
-// again, on a CPU of its own while there are CPUs.
-func kdfTime(h hashFunc, name string, iters uint32, keyLen int) time.Duration {
-	size := h().Size()
-	blocks := (keyLen + size - 1) / size
-	work := float64(iters) * float64((blocks+cpus()-1)/cpus())
-	if work < cheapIterations {
-		return 0
-	}
+// kdfRate is this machine's speed at PBKDF2 with hash h (named name), in
+// iterations a second on one CPU, measured once per hash.
+func kdfRate(h hashFunc, name string) float64 {
 	rateMu.Lock()
 	rate, ok := rates[name]
 	rateMu.Unlock()
 	if !ok {
-		rate = measureRate(h, size)
+		rate = measureRate(h, h().Size())
 		rateMu.Lock()
 		rates[name] = rate
 		rateMu.Unlock()
 	}
-	return time.Duration(work / rate * float64(time.Second))
+	return rate
+}
+
+// kdfWork is the cost of PBKDF2 for a key of keyLen bytes: hash
+// iterations in all, and those of one output block, which is as far as
+// they can be spread over CPUs.
+func kdfWork(h hashFunc, iters uint32, keyLen int) (total, chain float64) {
+	size := h().Size()
+	blocks := (keyLen + size - 1) / size
+	return float64(iters) * float64(blocks), float64(iters)
 }
 
 // measureRate times PBKDF2 on one output block, doubling the iterations

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -193,13 +194,14 @@ func ParseLUKS(r io.ReaderAt, size int64) (*LUKS, error) {
 
 func alignUp(n, to int64) int64 { return (n + to - 1) / to * to }
 
-// DefaultMaxKDFTime bounds how long trying one key slot may take: a
-// hostile header can ask for 2^32 PBKDF2 iterations, hours of work.
-// QEMU's own images take about two seconds per slot where they were made.
+// DefaultMaxKDFTime bounds how long trying a passphrase may take, on all
+// key slots together: a hostile header can ask for 2^32 PBKDF2 iterations
+// in each of eight slots, hours of work. QEMU's own images take about two
+// seconds per slot where they were made.
 const DefaultMaxKDFTime = time.Minute
 
 // WrongPassphraseError says no key slot opened; NotTried lists the slots
-// whose PBKDF2 would have taken longer than the limit.
+// that were not tried within the time limit.
 type WrongPassphraseError struct {
 	NotTried []string
 }
@@ -212,8 +214,7 @@ func (e *WrongPassphraseError) Error() string {
 	return s
 }
 
-// KDFLimitError says every active slot would take longer than the limit
-// to try.
+// KDFLimitError says no active slot can be tried within the limit.
 type KDFLimitError struct {
 	Slots []string
 	Limit time.Duration
@@ -225,28 +226,15 @@ func (e *KDFLimitError) Error() string {
 
 // Unlock finds the master key with passphrase, trying the active key
 // slots at once on as many CPUs as there are, and returns the cipher of
-// the payload. A slot whose key derivation would take longer than maxKDF
-// (estimated from this machine's speed) is not tried; maxKDF <= 0 means
-// DefaultMaxKDFTime.
+// the payload. maxKDF bounds the whole attempt (maxKDF <= 0 means
+// DefaultMaxKDFTime): the slots are tried cheapest first as long as their
+// key derivations together, estimated from this machine's speed, fit in
+// it; the others are not tried, and the error lists them.
 func (l *LUKS) Unlock(passphrase []byte, maxKDF time.Duration) (*SectorCipher, error) {
 	if maxKDF <= 0 {
 		maxKDF = DefaultMaxKDFTime
 	}
-	h := hashes[l.Hash]
-	var tryable []int
-	var tooSlow []string
-	for i, s := range l.Slots {
-		if !s.Active {
-			continue
-		}
-		cost := kdfTime(h, l.Hash, s.Iterations, l.Spec.KeyBytes) + kdfTime(h, l.Hash, l.DigestIters, luksDigestBytes)
-		if cost > maxKDF {
-			tooSlow = append(tooSlow, fmt.Sprintf("slot %d: %d + %d PBKDF2-%s iterations would take about %v here, over %v",
-				i, s.Iterations, l.DigestIters, l.Hash, cost.Round(time.Second), maxKDF))
-			continue
-		}
-		tryable = append(tryable, i)
-	}
+	tryable, tooSlow := l.planSlots(maxKDF)
 	if len(tryable) == 0 && len(tooSlow) > 0 {
 		return nil, &KDFLimitError{tooSlow, maxKDF}
 	}
@@ -285,6 +273,45 @@ func (l *LUKS) Unlock(passphrase []byte, maxKDF time.Duration) (*SectorCipher, e
 		return nil, errors.Join(errs...)
 	}
 	return nil, &WrongPassphraseError{NotTried: tooSlow}
+}
+
+// planSlots chooses the active slots to try within maxKDF, cheapest
+// first: a set of derivations takes its total work spread over the CPUs,
+// or the longest block chain among them, whichever is longer.
+func (l *LUKS) planSlots(maxKDF time.Duration) (tryable []int, notTried []string) {
+	h := hashes[l.Hash]
+	type cost struct {
+		slot         int
+		total, chain float64
+	}
+	var costs []cost
+	for i, s := range l.Slots {
+		if s.Active {
+			keyTotal, keyChain := kdfWork(h, s.Iterations, l.Spec.KeyBytes)
+			digestTotal, digestChain := kdfWork(h, l.DigestIters, luksDigestBytes)
+			costs = append(costs, cost{i, keyTotal + digestTotal, keyChain + digestChain})
+		}
+	}
+	sort.SliceStable(costs, func(a, b int) bool { return costs[a].total < costs[b].total })
+	var total, chain, rate float64
+	for _, c := range costs {
+		withIt, chainWithIt := total+c.total, max(chain, c.chain)
+		if wall := max(withIt/float64(cpus()), chainWithIt); wall >= cheapIterations {
+			if rate == 0 {
+				rate = kdfRate(h, l.Hash)
+			}
+			if took := time.Duration(wall / rate * float64(time.Second)); took > maxKDF {
+				s := l.Slots[c.slot]
+				notTried = append(notTried, fmt.Sprintf("slot %d: %d + %d PBKDF2-%s iterations would bring the attempt to about %v here, over %v",
+					c.slot, s.Iterations, l.DigestIters, l.Hash, took.Round(time.Second), maxKDF))
+				continue
+			}
+		}
+		tryable = append(tryable, c.slot)
+		total, chain = withIt, chainWithIt
+	}
+	sort.Ints(tryable)
+	return tryable, notTried
 }
 
 // tryslot returns the master key if passphrase opens slot i, nil if it

@@ -103,6 +103,39 @@ func TestUnlockHonoursKDFLimit(t *testing.T) {
 	}
 }
 
+// TestKDFLimitBoundsTheWholeAttempt: eight active slots, each alone just
+// under the limit, cost a wrong passphrase about the limit, not eight
+// times it divided by the CPUs: the slots that do not fit are listed as
+// not tried.
+func TestKDFLimitBoundsTheWholeAttempt(t *testing.T) {
+	l, err := ParseLUKS(bytes.NewReader(readFixture(t)), fixtureArea)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const limit = time.Second
+	total, chain := kdfWork(hashes[l.Hash], 1, l.Spec.KeyBytes)
+	perCPU := max(total/float64(cpus()), chain) // of one iteration of one slot
+	iters := uint32(0.8 * kdfRate(hashes[l.Hash], l.Hash) / perCPU)
+	for i := range l.Slots {
+		l.Slots[i] = l.Slots[0] // the same key material: a wrong passphrase opens none
+		l.Slots[i].Iterations = iters
+	}
+	l.DigestIters = 1000
+	start := time.Now()
+	_, err = l.Unlock([]byte("not the passphrase"), limit)
+	took := time.Since(start)
+	var wrong *WrongPassphraseError
+	if !errors.As(err, &wrong) || len(wrong.NotTried) == 0 || !strings.Contains(err.Error(), "would bring the attempt to about") {
+		t.Fatalf("error %v, want a wrong passphrase with slots not tried", err)
+	}
+	// Each slot takes 0.8 s of every CPU it can use: no more slots than
+	// CPUs fit in one second.
+	if tried := len(l.Slots) - len(wrong.NotTried); tried < 1 || tried > cpus() {
+		t.Errorf("%d slots tried, want 1 to %d", tried, cpus())
+	}
+	t.Logf("%d iterations a slot, %d slots not tried, %v in all", iters, len(wrong.NotTried), took)
+}
+
 // TestParseLUKSRefuses: each field QEMU checks, and what we check beside,
 // is refused with an error naming it, at its offset in the header.
 func TestParseLUKSRefuses(t *testing.T) {

@@ -69,7 +69,7 @@ func (img *Image) Check() (*CheckResult, error) {
 	}
 	k.nbClusters = (img.fileSize + k.cs - 1) / k.cs
 	k.highestRef = -1
-	k.budget = checkBudget(img.fileSize)
+	k.work = checkWork(img.fileSize)
 	var err error
 	if img.hdr.Version == 1 {
 		k.res.Format = "qcow"
@@ -138,7 +138,7 @@ type checker struct {
 	cs         int64
 	nbClusters int64 // clusters the file holds
 	refs       map[int64]*refPage
-	budget     int64 // bytes left to read
+	work       int64 // table entries (8-byte words read) left to visit
 	highestRef int64 // highest cluster referenced, -1 none
 	overlaps   int   // overlap findings made
 	qcow1      bool  // no refcounts: a cluster put to two uses is a corruption
@@ -169,20 +169,32 @@ func (k *checker) find(kind string, warning bool, format string, args ...any) {
 }
 
 // errCheckBudget stops a check whose tables, read as they point at each
-// other (65536 snapshots of 32 MiB L1 tables, bitmap tables sharing one
-// region), add up to far more than the file holds.
-var errCheckBudget = errors.New("the image's tables, as they reference each other, add up to more than 64 times the file: stopped counting")
+// other (65536 snapshots of 32 MiB L1 tables, every L1 entry naming the
+// same L2 table), add up to far more work than the file's size explains.
+var errCheckBudget = errors.New("the image's tables, as they reference each other, add up to far more than the file holds: stopped counting")
 
-// checkBudget is how many bytes a check may read: 64 times the file (an
-// image with dozens of snapshots sharing its tables stays far below), at
-// least 256 MiB.
-func checkBudget(fileSize int64) int64 { return max(64*fileSize, 256<<20) }
+// checkWork is how many table entries (8-byte words) a check may visit:
+// 2^25 (about a second here), plus a quarter of the file's size in bytes
+// (two passes over a file made of nothing but L2 tables; an image of
+// data has one entry per 64 KiB cluster, and dozens of snapshots sharing
+// its tables stay far below). Counted in work, not bytes read: reading
+// one L2 table thousands of times is cheap in bytes and costly in entries.
+func checkWork(fileSize int64) int64 { return 1<<25 + fileSize/4 }
+
+// spend takes n units of work from the budget.
+func (k *checker) spend(n int64) error {
+	if k.work -= n; k.work < 0 {
+		return errCheckBudget
+	}
+	return nil
+}
 
 // readAt reads the image file; what lies past its end reads as zeros, as
 // QEMU reads it.
 func (k *checker) readAt(p []byte, off uint64) error {
-	if k.budget -= int64(len(p)); k.budget < 0 {
-		return errCheckBudget
+	// What is read is visited: an entry a word.
+	if err := k.spend(int64(len(p)) / 8); err != nil {
+		return err
 	}
 	clear(p)
 	if off >= uint64(k.img.fileSize) {

@@ -303,35 +303,71 @@ func TestCheckHostileImagesMatchQemu(t *testing.T) {
 	}
 }
 
-// TestCheckStopsOnTablesBeyondTheFile: 65536 snapshots each naming a
-// 32 MiB L1 table (zeros past the end of a small file) would have check
-// read 2 TiB; it stops at its budget and says it could not check.
-func TestCheckStopsOnTablesBeyondTheFile(t *testing.T) {
-	path := qemutest.ManySnapshots(t, t.TempDir(), 65536, 0)
-	b, err := os.ReadFile(path)
-	if err != nil {
+// TestCheckStopsAtItsBudget: tables that point at each other make work
+// out of proportion to the file; check stops at its budget, in entries
+// visited, and says it could not check. 65536 snapshots each naming a
+// 32 MiB L1 table (zeros past the end of a small file) would have it read
+// 2 TiB; 65536 L1 entries naming one L2 table whose entries all name one
+// cluster, 512 million entries, in a 1 MiB file or padded to 64 MiB.
+func TestCheckStopsAtItsBudget(t *testing.T) {
+	tests := []struct {
+		name string
+		make func(t *testing.T, dir string) string
+	}{
+		{"snapshots of L1 tables past the end", func(t *testing.T, dir string) string {
+			path := qemutest.ManySnapshots(t, dir, 65536, 0)
+			f := qemutest.ReadImageFile(t, path)
+			const tableOff, entry = 3 << 16, 48
+			for i := range 65536 {
+				binary.BigEndian.PutUint32(f.B[tableOff+i*entry+8:], 32<<20/8)
+			}
+			f.Save()
+			return path
+		}},
+		{"one L2 table under every L1 entry, 1 MiB", func(t *testing.T, dir string) string { return sharedL2(t, dir, 1<<20) }},
+		{"one L2 table under every L1 entry, 64 MiB", func(t *testing.T, dir string) string { return sharedL2(t, dir, 64<<20) }},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			path := tc.make(t, t.TempDir())
+			start := time.Now()
+			done := make(chan *qcow2.CheckResult, 1)
+			go func() { done <- checkImage(t, path) }()
+			var res *qcow2.CheckResult
+			select {
+			case res = <-done:
+			case <-time.After(60 * time.Second):
+				t.Fatal("still checking after 60 s: the budget did not stop it")
+			}
+			if res.CheckErrors != 1 || len(res.Problems) == 0 || !strings.Contains(res.Problems[0], "stopped counting") {
+				t.Errorf("check errors %d, first problems %q", res.CheckErrors, res.Problems[:min(3, len(res.Problems))])
+			}
+			t.Logf("stopped after %v", time.Since(start))
+		})
+	}
+}
+
+// sharedL2 makes an image of size bytes (zeros after its tables) whose
+// 65536 L1 entries all name one L2 table, whose entries all name one
+// data cluster.
+func sharedL2(t *testing.T, dir string, size int64) string {
+	path := filepath.Join(dir, "shared-l2.qcow2")
+	qemutest.Create(t, path, "qcow2", "32T")
+	qemutest.IO(t, path, "write -P 1 0 64k")
+	f := qemutest.ReadImageFile(t, path)
+	l1 := f.L1()
+	for i := range int64(65536) {
+		f.Put64(l1+8*i, f.U64(l1))
+	}
+	l2 := f.L2Entry(0)
+	for i := range int64(8192) {
+		f.Put64(l2+8*i, f.U64(l2))
+	}
+	f.Save()
+	if err := os.Truncate(path, size); err != nil {
 		t.Fatal(err)
 	}
-	const tableOff, entry = 3 << 16, 48
-	for i := range 65536 {
-		binary.BigEndian.PutUint32(b[tableOff+i*entry+8:], 32<<20/8)
-	}
-	if err := os.WriteFile(path, b, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	start := time.Now()
-	done := make(chan *qcow2.CheckResult, 1)
-	go func() { done <- checkImage(t, path) }()
-	var res *qcow2.CheckResult
-	select {
-	case res = <-done:
-	case <-time.After(30 * time.Second):
-		t.Fatal("still checking after 30 s: the budget did not stop it")
-	}
-	if res.CheckErrors != 1 || len(res.Problems) == 0 || !strings.Contains(res.Problems[0], "stopped counting") {
-		t.Errorf("check errors %d, first problems %q", res.CheckErrors, res.Problems[:min(3, len(res.Problems))])
-	}
-	t.Logf("stopped after %v", time.Since(start))
+	return path
 }
 
 // TestAllowMissingDataFile opens an image whose data file is gone, to

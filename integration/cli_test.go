@@ -220,6 +220,7 @@ func TestSubcommandMistakes(t *testing.T) {
 		{[]string{"info", "--key-file", "demo.qcow2=", image}, `--key-file "demo.qcow2=": no file named`, 2},
 		{[]string{"info", "--key-file", "/nonexistent/key", "../testdata/images/v3-luks.qcow2"}, "--key-file /nonexistent/key: open /nonexistent/key: no such file", 2},
 		{[]string{"info", "--remote-cache-size", "1K", "http://127.0.0.1:9/x.qcow2"}, "--remote-cache-size: 1024 bytes is outside", 2},
+		{[]string{"info", "--remote-timeout", "0s", "http://127.0.0.1:9/x.qcow2"}, "--remote-timeout 0s: must be positive", 2},
 		{[]string{"info", "--header-file", badHeaders, "http://127.0.0.1:9/x.qcow2"}, "line 3 is not \"Name: value\"", 2},
 		{[]string{"info", "ftp://127.0.0.1/x.qcow2"}, "no such file", 3},
 		{[]string{"export", image}, "export takes IMAGE and OUT", 2},

@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -237,4 +238,44 @@ func TestRemoteImages(t *testing.T) {
 			t.Fatalf("exit %d: %s", code, out)
 		}
 	})
+}
+
+// TestRemoteServerThatNeverAnswers: info of a URL whose server takes the
+// connection and sends nothing gives up after --remote-timeout, retries
+// included, saying why.
+func TestRemoteServerThatNeverAnswers(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var conns []net.Conn
+	var mu sync.Mutex
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c) // held open, never answered
+			mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		l.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+	})
+	start := time.Now()
+	out, code := run(t, "info", "--remote-timeout", "2s", "http://"+l.Addr().String()+"/disk.qcow2")
+	took := time.Since(start)
+	if code != 3 || !strings.Contains(out, "no complete answer in time (the limit for one fetch is 2s)") {
+		t.Fatalf("exit %d: %s", code, out)
+	}
+	if took > 20*time.Second {
+		t.Errorf("gave up after %v with --remote-timeout 2s", took)
+	}
 }

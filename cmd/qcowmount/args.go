@@ -74,6 +74,7 @@ var ownOptions = map[string]string{
 	"ca_file":                "ca-file",
 	"header_file":            "header-file",
 	"remote_cache_size":      "remote-cache-size",
+	"remote_timeout":         "remote-timeout",
 }
 
 // ignoredOptions are meant for mount(8) or its helper, not for the file

@@ -29,6 +29,7 @@ func remoteFlags() []cli.Flag {
 		&cli.StringFlag{Name: "ca-file", Usage: "for https:// images, also trust the certificates in PEM `FILE` (a private CA)"},
 		&cli.StringFlag{Name: "header-file", Usage: "send the HTTP headers in `FILE` (Name: value, one a line) with every request for a remote image, e.g. an Authorization token"},
 		&cli.StringFlag{Name: "remote-cache-size", Value: "64M", Usage: "`SIZE` of a remote image's fetched bytes kept in memory"},
+		&cli.DurationFlag{Name: "remote-timeout", Value: remote.DefaultTimeout, Usage: "give up a remote read (one fetch, retries included) after `DURATION`: EIO for that read in a mount"},
 	}
 }
 
@@ -113,7 +114,10 @@ func openImage(c *cli.Context, arg string, opts qcow2.Options, log *zap.Logger) 
 }
 
 func remoteOptions(c *cli.Context, log *zap.Logger) (remote.Options, error) {
-	o := remote.Options{CAFile: c.String("ca-file")}
+	o := remote.Options{CAFile: c.String("ca-file"), Timeout: c.Duration("remote-timeout")}
+	if o.Timeout <= 0 {
+		return o, usageError{fmt.Errorf("--remote-timeout %v: must be positive", o.Timeout)}
+	}
 	var err error
 	if o.CacheSize, err = cacheSizeFlag(c, "remote-cache-size"); err != nil {
 		return o, err

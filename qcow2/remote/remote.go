@@ -32,9 +32,9 @@ const (
 	DefaultCacheSize    = 64 << 20
 	DefaultMaxInFlight  = 8
 	DefaultRetries      = 4
+	DefaultTimeout      = 60 * time.Second
 	maxReadahead        = 8 << 20
 	maxBlocksPerRequest = 16
-	requestTimeout      = 60 * time.Second
 )
 
 // Options control fetching. The zero value works.
@@ -51,6 +51,11 @@ type Options struct {
 	CacheSize   int64
 	MaxInFlight int
 	Retries     int
+	// Timeout bounds one fetch, its retries included: the probe at
+	// open, or one run of blocks a read waits for. A server that accepts
+	// connections and never answers fails a read after this long. 0 means
+	// DefaultTimeout.
+	Timeout time.Duration
 	// Trace, when set, is told of every request: the byte range, the
 	// HTTP status (0 for none), how long it took, and its error.
 	Trace func(name string, start, end int64, status int, took time.Duration, err error)
@@ -115,6 +120,9 @@ func Open(rawURL string, opts Options) (*File, error) {
 	if opts.Retries <= 0 {
 		opts.Retries = DefaultRetries
 	}
+	if opts.Timeout <= 0 {
+		opts.Timeout = DefaultTimeout
+	}
 	client, err := newClient(u, opts)
 	if err != nil {
 		return nil, err
@@ -145,7 +153,9 @@ func redact(u *url.URL) string {
 
 func newClient(origin *url.URL, opts Options) (*http.Client, error) {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
-	tr.ResponseHeaderTimeout = 30 * time.Second
+	// Half the time for one fetch: a server that hangs once is asked
+	// again before the fetch's time runs out.
+	tr.ResponseHeaderTimeout = opts.Timeout / 2
 	tr.MaxIdleConnsPerHost = opts.MaxInFlight
 	tr.Proxy = nil // a stranger's image must not be fetched through whatever the environment names
 	if opts.CAFile != "" {
@@ -164,7 +174,6 @@ func newClient(origin *url.URL, opts Options) (*http.Client, error) {
 	}
 	return &http.Client{
 		Transport: tr,
-		Timeout:   requestTimeout,
 		CheckRedirect: func(req *http.Request, via []*http.Request) error {
 			if !sameOrigin(req.URL, origin) {
 				return fmt.Errorf("redirected to another origin (%s): refused", redact(req.URL))
@@ -183,7 +192,9 @@ func sameOrigin(a, b *url.URL) bool {
 
 // probe learns the size and version of the object from a one-byte range.
 func (f *File) probe() error {
-	resp, err := f.do(0, 0)
+	ctx, cancel := context.WithTimeout(context.Background(), f.opts.Timeout)
+	defer cancel()
+	resp, err := f.do(ctx, 0, 0)
 	if err != nil {
 		return err
 	}
@@ -198,15 +209,19 @@ func (f *File) probe() error {
 }
 
 // do sends a range request for bytes [start, end], trying again after a
-// network error or a 5xx, and returns a 206 response.
-func (f *File) do(start, end int64) (*http.Response, error) {
+// network error or a 5xx until ctx ends, and returns a 206 response.
+func (f *File) do(ctx context.Context, start, end int64) (*http.Response, error) {
 	var lastErr error
 	for try := 0; try <= f.opts.Retries; try++ {
 		if try > 0 {
-			time.Sleep(time.Duration(50<<try) * time.Millisecond)
+			select {
+			case <-time.After(time.Duration(50<<try) * time.Millisecond):
+			case <-ctx.Done():
+				return nil, f.timedOut(start, end, lastErr)
+			}
 		}
 		begun := time.Now()
-		resp, err := f.request(start, end)
+		resp, err := f.request(ctx, start, end)
 		status := 0
 		if resp != nil {
 			status = resp.StatusCode
@@ -216,6 +231,8 @@ func (f *File) do(start, end int64) (*http.Response, error) {
 		}
 		f.requests.Add(1)
 		switch {
+		case err != nil && ctx.Err() != nil:
+			return nil, f.timedOut(start, end, lastErr)
 		case err != nil:
 			lastErr = fmt.Errorf("%s: bytes %d-%d: %w", f.name, start, end, err)
 			// Trying again cannot change a certificate or a redirect.
@@ -244,8 +261,20 @@ func (f *File) do(start, end int64) (*http.Response, error) {
 	return nil, fmt.Errorf("%w (gave up after %d tries)", lastErr, f.opts.Retries+1)
 }
 
-func (f *File) request(start, end int64) (*http.Response, error) {
-	req, err := http.NewRequestWithContext(context.Background(), http.MethodGet, f.url.String(), nil)
+// ErrTimeout is wrapped by the error of a fetch that did not finish
+// within Options.Timeout.
+var ErrTimeout = errors.New("no complete answer in time")
+
+func (f *File) timedOut(start, end int64, last error) error {
+	err := fmt.Errorf("%s: bytes %d-%d: %w (the limit for one fetch is %v)", f.name, start, end, ErrTimeout, f.opts.Timeout)
+	if last != nil {
+		err = fmt.Errorf("%w; last error: %v", err, last)
+	}
+	return err
+}
+
+func (f *File) request(ctx context.Context, start, end int64) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, f.url.String(), nil)
 	if err != nil {
 		return nil, err
 	}
@@ -433,13 +462,18 @@ func (f *File) fetchRun(first, last int64, fe *fetch) {
 // get fetches bytes [start, end] and checks that the server sent them,
 // of the object that was opened.
 func (f *File) get(start, end int64) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), f.opts.Timeout)
+	defer cancel()
 	for try := 0; ; try++ {
-		resp, err := f.do(start, end)
+		resp, err := f.do(ctx, start, end)
 		if err != nil {
 			return nil, err
 		}
 		buf, err := f.body(resp, start, end)
 		resp.Body.Close()
+		if err != nil && ctx.Err() != nil {
+			return nil, f.timedOut(start, end, nil)
+		}
 		// A connection that drops mid-body is tried again, as a failed
 		// request is.
 		if err != nil && errors.Is(err, io.ErrUnexpectedEOF) && try < f.opts.Retries {

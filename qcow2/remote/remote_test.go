@@ -193,6 +193,36 @@ func TestServerFaults(t *testing.T) {
 	}
 }
 
+// TestServerThatNeverAnswers: a server that takes the connection and
+// sends nothing fails the open, or a read, after Options.Timeout, retries
+// included, rather than after every try's own timeout.
+func TestServerThatNeverAnswers(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		holdAt int64 // ranges from here are never answered
+	}{{"at open", 0}, {"on a read", 512 << 10}} {
+		t.Run(tc.name, func(t *testing.T) {
+			o, srv := serve(t, 1<<20)
+			o.hold, o.holdAt = make(chan struct{}), tc.holdAt
+			t.Cleanup(func() { close(o.hold) }) // before the server closes
+			const limit = time.Second
+			start := time.Now()
+			f, err := Open(srv.URL, small(Options{Timeout: limit}))
+			if err == nil {
+				defer f.Close()
+				_, err = f.ReadAt(make([]byte, 4096), 600<<10)
+			}
+			took := time.Since(start)
+			if !errors.Is(err, ErrTimeout) || !strings.Contains(err.Error(), "the limit for one fetch is 1s") {
+				t.Fatalf("error %v, want a timeout", err)
+			}
+			if took > 10*limit {
+				t.Errorf("gave up after %v with a limit of %v", took, limit)
+			}
+		})
+	}
+}
+
 // TestObjectChanging: once the object is another, every read fails, and
 // none returns bytes of the new one.
 func TestObjectChanging(t *testing.T) {

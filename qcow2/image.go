@@ -72,8 +72,9 @@ type Options struct {
 	// AllowLocked opens encrypted images that have no passphrase, to
 	// describe them: reading their encrypted data fails with ErrNoKey.
 	AllowLocked bool
-	// MaxKDFTime bounds the time trying one LUKS key slot may take, as
-	// estimated on this machine; 0 means encryption.DefaultMaxKDFTime.
+	// MaxKDFTime bounds the time trying a passphrase on all LUKS key
+	// slots together may take, as estimated on this machine; 0 means
+	// encryption.DefaultMaxKDFTime.
 	MaxKDFTime time.Duration
 	// Name names the image in messages and passphrase requests, and
 	// Resolver opens the backing and data files it names: for New only

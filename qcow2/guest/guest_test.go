@@ -1,7 +1,6 @@
 package guest_test
 
 import (
-	"bytes"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
@@ -376,35 +375,6 @@ func TestFileSystems(t *testing.T) {
 		fs := scan(t, path).FS
 		if fs.Type != "crypto_LUKS" || fs.UUID != "8b7e4bd1-2b9f-4b43-a7c6-1c1b1a5c9e0d" {
 			t.Errorf("LUKS: %+v", fs)
-		}
-	})
-}
-
-// bytesDisk is a disk in memory.
-type bytesDisk struct{ *bytes.Reader }
-
-// FuzzScan scans fuzzed disks. Its seeds are in testdata/fuzz/FuzzScan: a
-// GPT and an MBR disk with logical partitions, 48 KiB each, made once by
-// sfdisk, so that the seeds run everywhere without it.
-func FuzzScan(f *testing.F) {
-	f.Fuzz(func(t *testing.T, b []byte) {
-		d := bytesDisk{bytes.NewReader(b)}
-		l, err := guest.Scan(d)
-		if err != nil {
-			t.Fatalf("a disk in memory failed with an I/O error: %v", err)
-		}
-		for _, p := range l.Partitions {
-			if p.Start < 0 || p.Size <= 0 || p.Start+p.Size > d.Size() {
-				t.Fatalf("partition outside the disk: %+v", p)
-			}
-		}
-		for _, v := range l.Volumes {
-			if v.Unreadable == "" {
-				buf := make([]byte, min(v.Size, 4096))
-				if _, err := v.View(d).ReadAt(buf, 0); err != nil {
-					t.Fatalf("volume %s: %v", v.Name, err)
-				}
-			}
 		}
 	})
 }

@@ -26,6 +26,9 @@ import (
 	"github.com/qcowmount/qcowmount/qcow2/internal/lru"
 )
 
+// retryDelay is the backoff before a second try, doubling for each next.
+var retryDelay = 50 * time.Millisecond
+
 // Defaults for Options.
 const (
 	DefaultBlockSize    = 256 << 10
@@ -108,25 +111,37 @@ func Open(rawURL string, opts Options) (*File, error) {
 	if u.Scheme != "http" && u.Scheme != "https" || u.Host == "" {
 		return nil, fmt.Errorf("%s: only http:// and https:// URLs are read", redact(u))
 	}
-	if opts.BlockSize <= 0 {
-		opts.BlockSize = DefaultBlockSize
-	}
-	if opts.CacheSize <= 0 {
-		opts.CacheSize = DefaultCacheSize
-	}
-	if opts.MaxInFlight <= 0 {
-		opts.MaxInFlight = DefaultMaxInFlight
-	}
-	if opts.Retries <= 0 {
-		opts.Retries = DefaultRetries
-	}
-	if opts.Timeout <= 0 {
-		opts.Timeout = DefaultTimeout
-	}
+	opts = opts.withDefaults()
 	client, err := newClient(u, opts)
 	if err != nil {
 		return nil, err
 	}
+	return open(u, opts, client)
+}
+
+// withDefaults fills in what is 0 with the defaults.
+func (o Options) withDefaults() Options {
+	if o.BlockSize <= 0 {
+		o.BlockSize = DefaultBlockSize
+	}
+	if o.CacheSize <= 0 {
+		o.CacheSize = DefaultCacheSize
+	}
+	if o.MaxInFlight <= 0 {
+		o.MaxInFlight = DefaultMaxInFlight
+	}
+	if o.Retries <= 0 {
+		o.Retries = DefaultRetries
+	}
+	if o.Timeout <= 0 {
+		o.Timeout = DefaultTimeout
+	}
+	return o
+}
+
+// open is Open with its options complete and its client made: the fuzz
+// target hands it one whose transport answers from fuzzed bytes.
+func open(u *url.URL, opts Options, client *http.Client) (*File, error) {
 	f := &File{
 		url: u, name: redact(u), client: client, opts: opts,
 		cache:    lru.New[int64, []byte](opts.CacheSize),
@@ -215,7 +230,7 @@ func (f *File) do(ctx context.Context, start, end int64) (*http.Response, error)
 	for try := 0; try <= f.opts.Retries; try++ {
 		if try > 0 {
 			select {
-			case <-time.After(time.Duration(50<<try) * time.Millisecond):
+			case <-time.After(retryDelay << try):
 			case <-ctx.Done():
 				return nil, f.timedOut(start, end, lastErr)
 			}

@@ -5,12 +5,14 @@ import (
 	"encoding/json"
 	"fmt"
 	"hash/crc32"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/qcowmount/qcowmount/qcow2/guest"
 	"github.com/qcowmount/qcowmount/qcow2/qemutest"
@@ -138,6 +140,61 @@ func TestPartitionTables(t *testing.T) {
 			}
 			if len(l.Problems) > 0 {
 				t.Errorf("problems: %q", l.Problems)
+			}
+		})
+	}
+}
+
+// TestRandomPartitionTables: layouts drawn at random (a new seed each
+// run, logged), written by sfdisk and read back by sfdisk and by Scan:
+// GPTs of up to 16 partitions in any slots with gaps, MBRs of primaries
+// and an extended partition of up to 8 logical ones.
+func TestRandomPartitionTables(t *testing.T) {
+	qemutest.Require(t, "sfdisk")
+	seed := time.Now().UnixNano()
+	t.Logf("seed %d", seed)
+	r := rand.New(rand.NewPCG(uint64(seed), 0))
+	const diskMiB = 256
+	for i := range 30 {
+		var script strings.Builder
+		at := 1 + r.IntN(4) // MiB
+		part := func(extra string) bool {
+			size := 1 + r.IntN(12)
+			if at+size >= diskMiB-1 {
+				return false
+			}
+			fmt.Fprintf(&script, "start=%dM, size=%dM%s\n", at, size, extra)
+			at += size + r.IntN(3)
+			return true
+		}
+		if r.IntN(2) == 0 {
+			script.WriteString("label: gpt\n")
+			for n := r.IntN(16) + 1; n > 0 && part(fmt.Sprintf(", type=%s", []string{"L", "S", "U", "E6D6D379-F507-44C2-A23C-238F2A3DF928"}[r.IntN(4)])); n-- {
+			}
+		} else {
+			script.WriteString("label: dos\n")
+			primaries := r.IntN(4)
+			for n := primaries; n > 0 && part(fmt.Sprintf(", type=%s", []string{"83", "82", "c", "7", "8e"}[r.IntN(5)])); n-- {
+			}
+			if primaries < 4 && r.IntN(3) > 0 {
+				logical := 1 + r.IntN(8)
+				fmt.Fprintf(&script, "start=%dM, size=%dM, type=%s\n", at, logical*16, []string{"5", "f", "85"}[r.IntN(3)])
+				for n := logical; n > 0; n-- {
+					at++ // room for the record before each logical partition
+					part(", type=83")
+				}
+			}
+		}
+		t.Run(fmt.Sprint(i), func(t *testing.T) {
+			path := newDisk(t, diskMiB<<20, script.String())
+			l := scan(t, path)
+			_, want := sfdiskPartitions(t, path)
+			samePartitions(t, l.Partitions, want)
+			if len(l.Problems) > 0 {
+				t.Errorf("problems: %q", l.Problems)
+			}
+			if t.Failed() {
+				t.Logf("sfdisk script:\n%s", script.String())
 			}
 		})
 	}

@@ -3,9 +3,11 @@ package guest_test
 import (
 	"bytes"
 	"fmt"
+	"math/rand/v2"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/qcowmount/qcowmount/qcow2/guest"
 	"github.com/qcowmount/qcowmount/qcow2/qemutest"
@@ -109,6 +111,42 @@ func TestCraftedVolumeGroups(t *testing.T) {
 			}
 			if len(tc.problems) == 0 && len(l.Problems) > 0 {
 				t.Errorf("problems %q, want none", l.Problems)
+			}
+		})
+	}
+}
+
+// TestRandomLVMLayouts: volume groups the LVM tools laid out at random (a
+// new seed each run, logged), read back: every linear volume LVM lists,
+// with the bytes written where lvs says its extents lie, and no other.
+func TestRandomLVMLayouts(t *testing.T) {
+	seed := time.Now().UnixNano()
+	t.Logf("seed %d", seed)
+	r := rand.New(rand.NewPCG(uint64(seed), 0))
+	for i := range 4 {
+		t.Run(fmt.Sprint(i), func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "disk.raw")
+			g := qemutest.RandomLVMDisk(t, path, r)
+			l := scan(t, path)
+			d := openDisk(t, path)
+			var got []string
+			for _, v := range l.Volumes {
+				got = append(got, v.Name)
+				want, ok := g.Volumes[v.Name]
+				if !ok || v.Unreadable != "" {
+					t.Errorf("volume %s: %+v (LVM lists it: %v)", v.Name, v, ok)
+					continue
+				}
+				b := make([]byte, v.Size)
+				if _, err := v.View(d).ReadAt(b, 0); err != nil {
+					t.Fatal(err)
+				}
+				if at := qemutest.FirstDiff(b, want); at >= 0 || len(b) != len(want) {
+					t.Errorf("volume %s: %d bytes, want %d; first difference at %d", v.Name, len(b), len(want), at)
+				}
+			}
+			if len(got) != len(g.Volumes) || len(l.Problems) > 0 {
+				t.Errorf("volumes %q, LVM lists %d; problems %q", got, len(g.Volumes), l.Problems)
 			}
 		})
 	}

@@ -2,6 +2,7 @@ package qemutest
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -69,13 +70,92 @@ func (g LVMGuest) FileName(lv string) string {
 // linear volume's bytes where `lvs --segments` says its extents lie.
 func LVMDisk(t testing.TB, path string) LVMGuest {
 	t.Helper()
+	g, segments := buildLVM(t, path, func(lvm lvmRunner, vg string, pvs []string) {
+		lvm.create(vg, "root", 12, pvs[0])
+		lvm.create(vg, "other", 4, pvs[0])
+		lvm.extend(vg, "root", 8, pvs[0])
+		lvm.create(vg, "span", 13, pvs[0])
+		lvm.extend(vg, "span", 5, pvs[1])
+		lvm("lvcreate", "-q", "-i", "2", "-I", "64k", "-L", "4M", "-n", "stripes", vg, "--driverloaded", "n", "--activate", "n", "--zero", "n")
+	})
+	if len(segments["root"]) != 2 || len(segments["span"]) != 2 {
+		t.Fatalf("the LVM tools made another layout than the tests need: %v", segments)
+	}
+	return g
+}
+
+// RandomLVMDisk is LVMDisk's disk with a layout drawn from r: up to eight
+// linear volumes of 1 to 8 MiB on either physical volume, some extended
+// once or twice, on the same or the other one.
+func RandomLVMDisk(t testing.TB, path string, r *rand.Rand) LVMGuest {
+	t.Helper()
+	g, _ := buildLVM(t, path, func(lvm lvmRunner, vg string, pvs []string) {
+		free := []int{lvmPVExtents, lvmPVExtents}
+		// place picks a PV with room for n extents, or -1.
+		place := func(n int) int {
+			i := r.IntN(2)
+			for _, pv := range []int{i, 1 - i} {
+				if free[pv] >= n {
+					free[pv] -= n
+					return pv
+				}
+			}
+			return -1
+		}
+		var names []string
+		for i := range 1 + r.IntN(8) {
+			n := 1 + r.IntN(8)
+			if pv := place(n); pv >= 0 {
+				names = append(names, fmt.Sprintf("lv%d", i))
+				lvm.create(vg, names[len(names)-1], n, pvs[pv])
+			}
+			for range r.IntN(3) {
+				if len(names) == 0 {
+					break
+				}
+				n := 1 + r.IntN(4)
+				if pv := place(n); pv >= 0 {
+					lvm.extend(vg, names[r.IntN(len(names))], n, pvs[pv])
+				}
+			}
+		}
+	})
+	return g
+}
+
+// lvmPVExtents is how many 1 MiB extents each 40 MiB physical volume has
+// once LVM has put its metadata at the start.
+const lvmPVExtents = 39
+
+// lvmRunner runs an LVM command with the test's own configuration and
+// returns its output, failing the test if it fails.
+type lvmRunner func(args ...string) string
+
+// create makes linear volume lv of n MiB on pv, extend adds n MiB on pv:
+// metadata only, with no device-mapper to activate or zero it.
+func (lvm lvmRunner) create(vg, lv string, n int, pv string) {
+	lvm("lvcreate", "-q", "-L", fmt.Sprintf("%dM", n), "-n", lv, vg, pv, "--driverloaded", "n", "--activate", "n", "--zero", "n")
+}
+
+func (lvm lvmRunner) extend(vg, lv string, n int, pv string) {
+	lvm("lvextend", "-q", "--driverloaded", "n", "-L", fmt.Sprintf("+%dM", n), vg+"/"+lv, pv)
+}
+
+// lvmSegment is a run of a volume's bytes on the disk.
+type lvmSegment struct{ start, size int64 }
+
+// buildLVM makes the disk of LVMDisk, lets create make the volumes in its
+// volume group, and writes each linear volume's bytes (a pattern of its
+// own) where `lvs --segments` says its extents lie.
+func buildLVM(t testing.TB, path string, create func(lvm lvmRunner, vg string, pvs []string)) (LVMGuest, map[string][]lvmSegment) {
+	t.Helper()
 	Require(t, "sfdisk", "losetup", "pvcreate", "vgcreate", "lvcreate", "lvextend", "lvs", "pvs")
 	if os.Geteuid() != 0 {
 		Missing(t, "the LVM tools need root and loop devices")
 	}
 	etc := t.TempDir()
 	env := append(os.Environ(), "LVM_SYSTEM_DIR="+etc, "LVM_SUPPRESS_FD_WARNINGS=1")
-	lvm := func(args ...string) string {
+	lvm := lvmRunner(func(args ...string) string {
 		t.Helper()
 		cmd := exec.Command(args[0], args[1:]...)
 		cmd.Env = env
@@ -84,7 +164,7 @@ func LVMDisk(t testing.TB, path string) LVMGuest {
 			t.Fatalf("%q: %v: %s", args, err, out)
 		}
 		return string(out)
-	}
+	})
 	const lvmType = "E6D6D379-F507-44C2-A23C-238F2A3DF928"
 	Sfdisk(t, path, 96<<20, "label: gpt\nstart=2048, size=40M, type="+lvmType+"\nsize=40M, type="+lvmType+"\n")
 	partStart := map[string]int64{}
@@ -99,15 +179,9 @@ func LVMDisk(t testing.TB, path string) LVMGuest {
 		t.Fatal(err)
 	}
 	vg := fmt.Sprintf("vg-guest-%d-%d", os.Getpid(), vgSerial.Add(1))
-	noDM := []string{"--driverloaded", "n", "--activate", "n", "--zero", "n"}
 	lvm("pvcreate", "-q", loops[0], loops[1])
 	lvm("vgcreate", "-q", "-s", "1M", vg, loops[0], loops[1])
-	lvm(append([]string{"lvcreate", "-q", "-L", "12M", "-n", "root", vg, loops[0]}, noDM...)...)
-	lvm(append([]string{"lvcreate", "-q", "-L", "4M", "-n", "other", vg, loops[0]}, noDM...)...)
-	lvm("lvextend", "-q", "--driverloaded", "n", "-L", "+8M", vg+"/root", loops[0])
-	lvm(append([]string{"lvcreate", "-q", "-L", "13M", "-n", "span", vg, loops[0]}, noDM...)...)
-	lvm("lvextend", "-q", "--driverloaded", "n", "-L", "+5M", vg+"/span", loops[1])
-	lvm(append([]string{"lvcreate", "-q", "-i", "2", "-I", "64k", "-L", "4M", "-n", "stripes", vg}, noDM...)...)
+	create(lvm, vg, loops)
 
 	// Where LVM says each volume's extents are.
 	peStart := map[string]int64{}
@@ -116,8 +190,8 @@ func LVMDisk(t testing.TB, path string) LVMGuest {
 			peStart[f[0]], _ = strconv.ParseInt(f[1], 10, 64)
 		}
 	}
-	type segment struct{ start, size int64 }
-	segments := map[string][]segment{}
+	segments := map[string][]lvmSegment{}
+	var names []string
 	out := lvm("lvs", "--segments", "--noheadings", "--units", "b", "--nosuffix", "-o", "lv_name,segtype,seg_pe_ranges", vg)
 	for _, line := range strings.Split(out, "\n") {
 		f := strings.Fields(line)
@@ -128,13 +202,13 @@ func LVMDisk(t testing.TB, path string) LVMGuest {
 		a, b, _ := strings.Cut(ranges, "-")
 		first, _ := strconv.ParseInt(a, 10, 64)
 		last, _ := strconv.ParseInt(b, 10, 64)
-		segments[f[0]] = append(segments[f[0]], segment{partStart[dev] + peStart[dev] + first<<20, (last - first + 1) << 20})
-	}
-	if len(segments["root"]) != 2 || len(segments["span"]) != 2 {
-		t.Fatalf("the LVM tools made another layout than the tests need: %s", out)
+		if segments[f[0]] == nil {
+			names = append(names, f[0])
+		}
+		segments[f[0]] = append(segments[f[0]], lvmSegment{partStart[dev] + peStart[dev] + first<<20, (last - first + 1) << 20})
 	}
 	volumes := map[string][]byte{}
-	for i, name := range []string{"root", "other", "span"} {
+	for i, name := range names {
 		var size int64
 		for _, s := range segments[name] {
 			size += s.size
@@ -146,5 +220,5 @@ func LVMDisk(t testing.TB, path string) LVMGuest {
 			off += s.size
 		}
 	}
-	return LVMGuest{VG: vg, Volumes: volumes}
+	return LVMGuest{VG: vg, Volumes: volumes}, segments
 }

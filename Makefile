@@ -12,7 +12,7 @@ TEST_PACKAGES := qemu-utils fuse3 e2fsprogs fdisk dosfstools mtools util-linux f
 # ... and the peers the benchmark measures us against.
 BENCH_PACKAGES := qemu-system-common libqcow-utils
 
-.PHONY: all build man test deps vet lint unit integration demo install bench clean
+.PHONY: all build man test deps vet lint unit integration fuzz fuzz-smoke demo install bench clean
 
 all: build
 
@@ -44,6 +44,16 @@ lint: vet
 
 test: deps build lint
 	$(GO) test -race -count=1 -timeout 20m ./...
+	@$(MAKE) --no-print-directory fuzz-smoke
+
+# fuzz runs every fuzz target for FUZZTIME in turn (testdata/fuzz.sh says
+# how); fuzz-smoke for a few seconds each, so that a broken target fails.
+FUZZTIME ?= 1m
+fuzz:
+	FUZZTIME=$(FUZZTIME) testdata/fuzz.sh
+
+fuzz-smoke:
+	FUZZTIME=3s testdata/fuzz.sh
 
 unit: build
 	$(GO) test -race ./qcow2/... ./fusefs/... ./cmd/...

@@ -58,7 +58,7 @@ while read -r target pkg files; do
 		printf '%-20s %8s  %s\n' "$target" "$pct" "$files"
 		continue
 	fi
-	if ! go test -run '^$' -fuzz "^$target\$" -fuzztime "$time" -fuzzminimizetime 0 -parallel "$workers" "$pkg" >"$tmp/log" 2>&1; then
+	if ! go test -run '^$' -fuzz "^$target\$" -fuzztime "$time" -fuzzminimizetime 0 -timeout 0 -parallel "$workers" "$pkg" >"$tmp/log" 2>&1; then
 		cat "$tmp/log"
 		echo "FAIL: $target ($pkg)"
 		exit 1

@@ -5,6 +5,9 @@
 #   testdata/fuzz.sh FuzzScan   the targets whose names match, for FUZZTIME
 #   testdata/fuzz.sh -cover     the committed corpora run as tests: statement
 #                               coverage of each target's parser files
+#   testdata/fuzz.sh -keep      commit to each package's testdata/fuzz the
+#                               fewest inputs of Go's cache that cover what
+#                               the whole cache covers of the parser files
 #
 # FUZZPARALLEL sets the workers per target (default: every CPU). Go's
 # default minimization (-fuzzminimizetime 60s for every new input) would
@@ -29,35 +32,100 @@ FuzzLUKS            ./qcow2/encryption luks.go
 FuzzRemote          ./qcow2/remote     remote.go
 "
 
-cover=false
+mode=fuzz
 match=.
 case "${1:-}" in
--cover) cover=true ;;
+-cover | -keep) mode=${1#-} ;;
 "") ;;
 *) match=$1 ;;
 esac
+[ -n "${2:-}" ] && match=$2
 
 time=${FUZZTIME:-1m}
 workers=${FUZZPARALLEL:-$(nproc)}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
-if $cover; then
-	printf '%-20s %8s  %s\n' target covered "of the parser's statements (files)"
-else
+# covered prints the blocks of the parser files that a coverage profile
+# shows run, with their statements: "file:range statements".
+covered() {
+	awk -v p="$2" 'NR > 1 && $1 ~ p && $3 > 0 { print $1, $2 }' "$1" | sort -u
+}
+
+# keep copies the inputs of Go's cache for target into the package's
+# testdata/fuzz, runs each alone with coverage, and keeps the fewest that
+# cover what they all cover beyond the seeds and the inputs already
+# committed (greedily: the one adding most statements first).
+keep() {
+	local target=$1 pkg=$2 pattern=$3
+	local dir corpus cache bin name
+	dir=$(go list -f '{{.Dir}}' "$pkg")
+	cache=$(go env GOCACHE)/fuzz/$(go list "$pkg")/$target
+	corpus=$dir/testdata/fuzz/$target
+	[ -d "$cache" ] || { echo "$target: nothing in $cache"; return; }
+	bin=$tmp/$target.test
+	go test -c -cover -o "$bin" "$pkg"
+	mkdir -p "$corpus"
+	(cd "$dir" && "$bin" -test.run "^$target\$" -test.coverprofile "$tmp/base.out" >/dev/null)
+	covered "$tmp/base.out" "$pattern" >"$tmp/base"
+	: >"$tmp/candidates"
+	: >"$tmp/added"
+	for f in "$cache"/*; do
+		name=$(basename "$f")
+		[ -e "$corpus/$name" ] && continue
+		cp "$f" "$corpus/$name"
+		echo "$name" >>"$tmp/added"
+		if (cd "$dir" && "$bin" -test.run "^$target/$name\$" -test.coverprofile "$tmp/one.out" >/dev/null 2>&1); then
+			covered "$tmp/one.out" "$pattern" | sed "s|^|$name |" >>"$tmp/candidates"
+		fi
+	done
+	# Greedy set cover of the blocks the committed corpus leaves out.
+	awk 'NR == FNR { have[$1] = 1; next }
+		!($2 in have) { n[$1]++; blk[$1, n[$1]] = $2; left[$2] = $3 }
+		END {
+			for (;;) {
+				best = ""; gain = 0
+				for (i in n) {
+					g = 0
+					for (k = 1; k <= n[i]; k++) if (blk[i, k] in left) g += left[blk[i, k]]
+					if (g > gain) { gain = g; best = i }
+				}
+				if (best == "") break
+				print best
+				for (k = 1; k <= n[best]; k++) delete left[blk[best, k]]
+				delete n[best]
+			}
+		}' "$tmp/base" "$tmp/candidates" >"$tmp/chosen"
+	while read -r name; do
+		grep -qxF "$name" "$tmp/chosen" || rm "$corpus/$name"
+	done <"$tmp/added"
+	echo "$target: kept $(wc -l <"$tmp/chosen") of $(wc -l <"$tmp/added") new inputs in Go's cache, in ${corpus#"$PWD"/}"
+}
+
+case $mode in
+cover) printf '%-20s %8s  %s\n' target covered "of the parser's statements (files)" ;;
+keep) ;;
+*)
 	printf '%-20s %8s %10s %9s %12s\n' target time execs execs/s "new inputs"
-fi
+	;;
+esac
 while read -r target pkg files; do
 	[ -n "$target" ] || continue
 	[[ $target =~ $match ]] || continue
-	if $cover; then
+	# Profile lines: file:start.col,end.col statements count
+	pattern=$(sed 's/[^ ]*/\/&:/g; s/ /|/g' <<<"$files")
+	case $mode in
+	cover)
 		go test -count=1 -run "^$target\$" -coverprofile "$tmp/$target.out" "$pkg" >"$tmp/log" 2>&1 || { cat "$tmp/log"; exit 1; }
-		# Profile lines: file:start.col,end.col statements count
-		pattern=$(sed 's/[^ ]*/\/&:/g; s/ /|/g' <<<"$files")
 		pct=$(awk -v p="$pattern" 'NR > 1 && $1 ~ p { n += $2; if ($3 > 0) c += $2 } END { printf "%.1f%%", 100 * c / n }' "$tmp/$target.out")
 		printf '%-20s %8s  %s\n' "$target" "$pct" "$files"
 		continue
-	fi
+		;;
+	keep)
+		keep "$target" "$pkg" "$pattern"
+		continue
+		;;
+	esac
 	if ! go test -run '^$' -fuzz "^$target\$" -fuzztime "$time" -fuzzminimizetime 0 -timeout 0 -parallel "$workers" "$pkg" >"$tmp/log" 2>&1; then
 		cat "$tmp/log"
 		echo "FAIL: $target ($pkg)"

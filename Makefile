@@ -6,9 +6,10 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 # Debian packages the tests need: QEMU as the oracle, FUSE, tools to make
 # and read guest disks (file systems, LVM, fuse2fs for the rootless flow),
 # python3 for C zlib as the deflate decoder's oracle, GNU time for peak
-# memory, nginx to serve remote images, b3sum to check hash's BLAKE3.
+# memory, nginx to serve remote images, b3sum to check hash's BLAKE3,
+# cryptsetup to read LUKS headers beside ours.
 TEST_PACKAGES := qemu-utils fuse3 e2fsprogs fdisk dosfstools mtools util-linux fio python3 time \
-	xfsprogs btrfs-progs ntfs-3g lvm2 fuse2fs nginx-light b3sum
+	xfsprogs btrfs-progs ntfs-3g lvm2 fuse2fs nginx-light b3sum cryptsetup-bin
 # ... and the peers the benchmark measures us against.
 BENCH_PACKAGES := qemu-system-common libqcow-utils
 

@@ -8,8 +8,11 @@ import (
 	"crypto/rand"
 	"encoding/binary"
 	"errors"
+	"fmt"
+	"github.com/qcowmount/qcowmount/qcow2/qemutest"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -135,6 +138,85 @@ func TestKDFLimitBoundsTheWholeAttempt(t *testing.T) {
 		t.Errorf("%d slots tried, want 1 to %d", tried, cpus())
 	}
 	t.Logf("%d iterations a slot, %d slots not tried, %v in all", iters, len(wrong.NotTried), took)
+}
+
+// TestHeadersMatchCryptsetup: LUKS headers QEMU writes, of every cipher,
+// mode, IV generator and hash it makes and cryptsetup knows, read by
+// ParseLUKS and by cryptsetup luksDump: the same fields.
+func TestHeadersMatchCryptsetup(t *testing.T) {
+	qemutest.Require(t, "qemu-img", "cryptsetup")
+	// Each cipher, mode, IV generator and hash at least once.
+	specs := []string{
+		"aes-256 xts plain64 sha256", "aes-192 xts plain64 sha512", "aes-128 cbc plain sha224",
+		"aes-256 cbc essiv:sha256 sha384", "aes-256 ecb plain64 ripemd160", "aes-128 ctr plain64 sha1",
+		"twofish-128 cbc essiv:sha256 sha256", "cast5-128 cbc plain64 sha256", // cryptsetup refuses md5
+	}
+	for _, spec := range specs {
+		t.Run(strings.ReplaceAll(spec, " ", "-"), func(t *testing.T) {
+			t.Parallel()
+			f := strings.Fields(spec)
+			ivgen, ivhash, _ := strings.Cut(f[2], ":")
+			opts := []string{"iter-time=10", "cipher-alg=" + f[0], "cipher-mode=" + f[1], "ivgen-alg=" + ivgen, "hash-alg=" + f[3]}
+			if ivhash != "" {
+				opts = append(opts, "ivgen-hash-alg="+ivhash)
+			}
+			path := filepath.Join(t.TempDir(), "disk.luks")
+			qemutest.CreateEncrypted(t, path, "luks", "1M", "pass", opts...)
+			file, err := os.Open(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer file.Close()
+			st, err := file.Stat()
+			if err != nil {
+				t.Fatal(err)
+			}
+			l, err := ParseLUKS(file, st.Size())
+			if err != nil {
+				t.Fatal(err)
+			}
+			ours := fmt.Sprintf("Version: 1\nCipher name: %s\nCipher mode: %s\nHash spec: %s\nPayload offset: %d\nMK bits: %d\nMK digest: %s\nMK salt: %s\nMK iterations: %d\nUUID: %s\n",
+				l.Spec.Cipher, strings.TrimPrefix(l.Spec.String(), l.Spec.Cipher+"-"), l.Hash, l.PayloadOffset/SectorSize, 8*l.Spec.KeyBytes,
+				hexSpaced(l.digest[:]), hexSpaced(l.salt[:]), l.DigestIters, l.UUID)
+			for i, s := range l.Slots {
+				if !s.Active {
+					ours += fmt.Sprintf("Key Slot %d: DISABLED\n", i)
+					continue
+				}
+				ours += fmt.Sprintf("Key Slot %d: ENABLED\nIterations: %d\nSalt: %s\nKey material offset: %d\nAF stripes: %d\n",
+					i, s.Iterations, hexSpaced(s.Salt[:]), s.KeyOffset/SectorSize, s.Stripes)
+			}
+			// cryptsetup's lines, without its tabs and the wrapping of
+			// long hex strings.
+			dump := qemutest.Run(t, "cryptsetup", "luksDump", path)
+			var theirs strings.Builder
+			for _, line := range strings.Split(dump, "\n") {
+				line = strings.Join(strings.Fields(line), " ")
+				switch {
+				case line == "" || strings.HasPrefix(line, "LUKS header information"):
+				case !strings.Contains(line, ":"): // a continued hex string
+					theirs.WriteString(" " + line)
+				default:
+					if theirs.Len() > 0 {
+						theirs.WriteString("\n")
+					}
+					theirs.WriteString(line)
+				}
+			}
+			if got := strings.TrimSpace(theirs.String()); got != strings.TrimSpace(ours) {
+				t.Errorf("cryptsetup luksDump says\n%s\nParseLUKS read\n%s", got, ours)
+			}
+		})
+	}
+}
+
+// hexSpaced writes bytes as cryptsetup luksDump does: hex pairs apart.
+func hexSpaced(b []byte) string {
+	var parts []string
+	for _, c := range b {
+		parts = append(parts, fmt.Sprintf("%02x", c))
+	}
+	return strings.Join(parts, " ")
 }
 
 // TestParseLUKSRefuses: each field QEMU checks, and what we check beside,

@@ -41,7 +41,11 @@ func CreateEncrypted(t testing.TB, path, format, size, passphrase string, opts .
 	t.Helper()
 	objects, _ := secretArgs([]string{passphrase})
 	args := append([]string{"create", "-q"}, objects...)
-	runEncrypting(t, filepath.Dir(path), append(args, "-f", format, "-o", strings.Join(append(opts, "encrypt.key-secret=s0"), ","), path, size)...)
+	key := "encrypt.key-secret=s0"
+	if format == "luks" { // a raw LUKS file: the options are the encryption's own
+		key = "key-secret=s0"
+	}
+	runEncrypting(t, filepath.Dir(path), append(args, "-f", format, "-o", strings.Join(append(opts, key), ","), path, size)...)
 }
 
 // ConvertEncrypted converts a raw file into an image encrypted with

@@ -133,7 +133,9 @@ while read -r target pkg files; do
 	fi
 	# The last progress line: "fuzz: elapsed: 60s, execs: 123 (0/sec), new interesting: 4 (total: 9)"
 	last=$(grep 'fuzz: elapsed:' "$tmp/log" | tail -1)
-	secs=$(sed -E 's/.*elapsed: ([0-9]+)s.*/\1/' <<<"$last")
+	# elapsed is written as Go writes durations: 45s, 8m0s, 1h0m3s.
+	secs=$(sed -E 's/.*elapsed: ([0-9hms]+),.*/\1/; s/h/*3600+/; s/m/*60+/; s/s//' <<<"$last")
+	secs=$((secs))
 	execs=$(sed -E 's/.*execs: ([0-9]+).*/\1/' <<<"$last")
 	new=$(sed -E 's/.*new interesting: ([0-9]+).*/\1/' <<<"$last")
 	printf '%-20s %7ss %10s %9s %12s\n' "$target" "$secs" "$execs" "$((execs / (secs > 0 ? secs : 1)))" "$new"

@@ -112,11 +112,20 @@ func (l *Layout) readLVM(d Disk, areas []pvArea) error {
 		for _, id := range vg.pvIDs {
 			seenOn[lvmUUID(id)] = true
 		}
-		if err := l.addVolumes(d, vg, pvs); err != nil {
-			return err
-		}
+		l.addVolumes(vg, pvs)
 	}
 	l.refuseClashes()
+	// File systems last: a crafted disk's thousands of refused volumes
+	// cost no reads.
+	for i := range l.Volumes {
+		if v := &l.Volumes[i]; v.Unreadable == "" {
+			fs, err := Identify(v.View(d), 0, v.Size)
+			if err != nil {
+				return err
+			}
+			v.FS = fs
+		}
+	}
 	return nil
 }
 
@@ -169,7 +178,7 @@ func (l *Layout) refuseClashes() {
 
 // refuse leaves out a volume that was readable, saying why.
 func (l *Layout) refuse(v *Volume, why string) {
-	v.Unreadable, v.Segments, v.FS = why, nil, FileSystem{}
+	v.Unreadable, v.Segments = why, nil
 	l.problem("LVM volume %s/%s is not exposed: %s", v.VG, v.Name, why)
 }
 
@@ -249,7 +258,7 @@ func readMetadata(d Disk, p pv) (string, error) {
 	return strings.TrimRight(string(text), "\x00"), nil
 }
 
-func (l *Layout) addVolumes(d Disk, vg *vgMetadata, pvs []pv) error {
+func (l *Layout) addVolumes(vg *vgMetadata, pvs []pv) {
 	// Physical volumes by their name in the metadata (pv0, pv1, ...).
 	onDisk := map[string]pv{}
 	for name, id := range vg.pvIDs {
@@ -263,7 +272,7 @@ func (l *Layout) addVolumes(d Disk, vg *vgMetadata, pvs []pv) error {
 	for _, lv := range vg.lvs {
 		if len(l.Volumes) == maxVolumes {
 			l.problem("volume group %s: more than %d logical volumes on the disk; the rest are left out", vg.name, maxVolumes)
-			return nil
+			return
 		}
 		v := Volume{VG: vg.name, Name: lv.name, Unreadable: lv.unreadable}
 		for _, seg := range lv.segments {
@@ -296,16 +305,8 @@ func (l *Layout) addVolumes(d Disk, vg *vgMetadata, pvs []pv) error {
 			v.Segments = append(v.Segments, s)
 			v.Size += s.Size
 		}
-		if v.Unreadable == "" {
-			if len(v.Segments) == 0 {
-				v.Unreadable = "no segments"
-			} else {
-				fs, err := Identify(v.View(d), 0, v.Size)
-				if err != nil {
-					return err
-				}
-				v.FS = fs
-			}
+		if v.Unreadable == "" && len(v.Segments) == 0 {
+			v.Unreadable = "no segments"
 		}
 		if v.Unreadable != "" {
 			v.Segments, v.Size = nil, min(lv.extents, math.MaxInt64/extent)*extent
@@ -313,7 +314,6 @@ func (l *Layout) addVolumes(d Disk, vg *vgMetadata, pvs []pv) error {
 		}
 		l.Volumes = append(l.Volumes, v)
 	}
-	return nil
 }
 
 // badLVMName says why name could not be an LVM volume group or logical

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // The command a user runs starts a copy of itself in the background and
@@ -67,7 +69,7 @@ func reportReady(ready *os.File, err error, notes ...string) error {
 		return quietExit(exitCode(err))
 	}
 	if null, nerr := os.OpenFile(os.DevNull, os.O_WRONLY, 0); nerr == nil {
-		syscall.Dup2(int(null.Fd()), 2)
+		unix.Dup3(int(null.Fd()), 2, 0) // arm64 has no dup2 system call
 		null.Close()
 	}
 	return werr

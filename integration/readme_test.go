@@ -64,6 +64,9 @@ func TestReadmeFlows(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			if name == "root" || name == "whole disk" {
 				requireRoot(t)
+				// These flows mount on /mnt/q and /mnt/guest, as the
+				// README writes them: one clone at a time.
+				holdMachineLock(t, "mnt-q")
 			}
 			script := readmeBlock(t, name)
 			cmd := exec.Command("bash", "-euo", "pipefail", "-c", script)

@@ -59,6 +59,7 @@ func readSome(t *testing.T, img *Image, off uint64, n int) {
 // snapshots), then reads and describes whatever opens.
 func FuzzOpen(f *testing.F) {
 	seedImages(f, func(b []byte) { f.Add(b) })
+	f.Add(extensionsSeed(f))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		for _, snapshot := range []string{"", "1"} {
 			img, err := openBytes(b, snapshot)
@@ -68,6 +69,7 @@ func FuzzOpen(f *testing.F) {
 			if _, err := img.Info(); err != nil {
 				t.Errorf("info: %v", err)
 			}
+			img.Warnings()
 			readSome(t, img, 12345, 70000)
 			img.Close()
 		}
@@ -135,6 +137,35 @@ func FuzzChain(f *testing.F) {
 	})
 }
 
+// extensionsSeed is the tiny zlib image with every kind of header
+// extension in place of its own: backing format, feature names, data
+// file, bitmaps, full disk encryption, and one nobody defined.
+func extensionsSeed(f *testing.F) []byte {
+	b, err := os.ReadFile("../testdata/images/tiny/v3-zlib.qcow2")
+	if err != nil {
+		f.Fatal(err)
+	}
+	be := binary.BigEndian
+	at := uint64(be.Uint32(b[100:])) // header_length: where extensions start
+	add := func(typ uint32, body []byte) {
+		be.PutUint32(b[at:], typ)
+		be.PutUint32(b[at+4:], uint32(len(body)))
+		copy(b[at+8:], body)
+		at += 8 + (uint64(len(body))+7)/8*8
+	}
+	feature := make([]byte, 48)
+	feature[0], feature[1] = 0, 2
+	copy(feature[2:], "external data file")
+	add(0xe2792aca, []byte("qcow2"))
+	add(0x6803f857, feature)
+	add(0x44415441, []byte("data.raw"))
+	add(0x23852875, be.AppendUint64(be.AppendUint64(be.AppendUint64(nil, 1<<32), 64), 3<<16))
+	add(0x0537be77, be.AppendUint64(be.AppendUint64(nil, 4<<16), 1<<16))
+	add(0x12345678, []byte("hello"))
+	add(0, nil)
+	return b
+}
+
 // tinyTop is a small v3 image naming backing file "base.qcow2", format
 // qcow2: the tiny zlib image with the name written after its header.
 func tinyTop(f *testing.F) []byte {
@@ -190,6 +221,14 @@ func FuzzSnapshotTable(f *testing.F) {
 // can hold.
 func FuzzReadAt(f *testing.F) {
 	seedImages(f, func(b []byte) { f.Add(b, uint64(4096), uint32(65536)) })
+	// Encrypted with "qcowmount", the passphrase fuzzOptions gives.
+	for _, name := range []string{"v3-aes.qcow2", "v1-aes.qcow"} {
+		b, err := os.ReadFile("../testdata/images/" + name)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b, uint64(8192), uint32(70000))
+	}
 	f.Fuzz(func(t *testing.T, b []byte, off uint64, n uint32) {
 		img, err := openBytes(b, "")
 		if err != nil {

@@ -19,8 +19,8 @@ cd "$(dirname "$0")/.."
 
 # Each target, its package, and the files of the parser it aims at.
 targets="
-FuzzOpen            ./qcow2            header.go extensions.go image.go
-FuzzReadAt          ./qcow2            read.go translate.go decompress.go crypt.go
+FuzzOpen            ./qcow2            header.go extensions.go
+FuzzReadAt          ./qcow2            read.go translate.go decompress.go
 FuzzCheck           ./qcow2            check.go
 FuzzChain           ./qcow2            chain.go
 FuzzSnapshotTable   ./qcow2            snapshot.go
@@ -70,6 +70,8 @@ keep() {
 	covered "$tmp/base.out" "$pattern" >"$tmp/base"
 	: >"$tmp/candidates"
 	: >"$tmp/added"
+	# One candidate in the corpus at a time: go test parses every file
+	# of a target's corpus before it picks those -run names.
 	for f in "$cache"/*; do
 		name=$(basename "$f")
 		[ -e "$corpus/$name" ] && continue
@@ -78,6 +80,7 @@ keep() {
 		if (cd "$dir" && "$bin" -test.run "^$target/$name\$" -test.coverprofile "$tmp/one.out" >/dev/null 2>&1); then
 			covered "$tmp/one.out" "$pattern" | sed "s|^|$name |" >>"$tmp/candidates"
 		fi
+		rm "$corpus/$name"
 	done
 	# Greedy set cover of the blocks the committed corpus leaves out.
 	awk 'NR == FNR { have[$1] = 1; next }
@@ -97,8 +100,8 @@ keep() {
 			}
 		}' "$tmp/base" "$tmp/candidates" >"$tmp/chosen"
 	while read -r name; do
-		grep -qxF "$name" "$tmp/chosen" || rm "$corpus/$name"
-	done <"$tmp/added"
+		cp "$cache/$name" "$corpus/$name"
+	done <"$tmp/chosen"
 	echo "$target: kept $(wc -l <"$tmp/chosen") of $(wc -l <"$tmp/added") new inputs in Go's cache, in ${corpus#"$PWD"/}"
 }
 

@@ -3,8 +3,10 @@ package qcow2
 import (
 	"bytes"
 	"encoding/binary"
+	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -96,12 +98,16 @@ func FuzzCheck(f *testing.F) {
 	})
 }
 
-// anyName resolves every backing or data file name to base: a fuzzed name
-// still opens something, and a base that names a backing file of its own
-// makes a chain of itself, which the depth limit ends.
+// anyName resolves every backing or data file name to base, but for
+// names that say "missing": a fuzzed name still opens something, and a
+// base that names a backing file of its own makes a chain of itself,
+// which the depth limit ends.
 type anyName struct{ base []byte }
 
 func (a anyName) Resolve(from, name, what string) (File, int64, string, error) {
+	if strings.Contains(name, "missing") {
+		return nil, 0, "", fmt.Errorf("no %s %q beside %s", what, name, from)
+	}
 	return namedReader{bytes.NewReader(a.base), "base.qcow2"}, int64(len(a.base)), "base.qcow2", nil
 }
 
@@ -112,11 +118,14 @@ func (a anyName) Resolve(from, name, what string) (File, int64, string, error) {
 func FuzzChain(f *testing.F) {
 	open := func(top, base []byte) (*Image, error) {
 		opts := fuzzOptions("")
-		opts.NoBacking, opts.Resolver = false, anyName{base}
+		// A missing file refuses the open, or (AllowMissing, as check
+		// opens) fails the reads that need it: either way by the base's
+		// length, so that the fuzzer reaches both.
+		opts.NoBacking, opts.Resolver, opts.AllowMissing = false, anyName{base}, len(base)%2 == 1
 		return New(bytes.NewReader(top), int64(len(top)), opts)
 	}
 	seedImages(f, func(base []byte) {
-		top := tinyTop(f)
+		top := tinyTop(f, "base.qcow2")
 		img, err := open(top, base)
 		if err != nil {
 			f.Fatalf("the seed top does not open over a tiny image: %v", err)
@@ -127,6 +136,12 @@ func FuzzChain(f *testing.F) {
 		img.Close()
 		f.Add(top, base)
 	})
+	// A raw base, the base as an external data file, and a missing
+	// base, refused and allowed (by the length of the base).
+	f.Add(tinyTop(f, "base.qcow2"), bytes.Repeat([]byte("raw base "), 8000))
+	f.Add(dataFileTop(f), bytes.Repeat([]byte("raw data "), 8000))
+	f.Add(tinyTop(f, "missing.qcow2"), []byte("even"))
+	f.Add(tinyTop(f, "missing.qcow2"), []byte("odd"))
 	f.Fuzz(func(t *testing.T, top, base []byte) {
 		img, err := open(top, base)
 		if err != nil {
@@ -137,43 +152,62 @@ func FuzzChain(f *testing.F) {
 	})
 }
 
-// extensionsSeed is the tiny zlib image with every kind of header
-// extension in place of its own: backing format, feature names, data
-// file, bitmaps, full disk encryption, and one nobody defined.
-func extensionsSeed(f *testing.F) []byte {
+// extension is a header extension: its type and its data.
+type extension struct {
+	typ  uint32
+	data []byte
+}
+
+// withExtensions is the tiny zlib image with exts as its header
+// extensions, in place of its own.
+func withExtensions(f *testing.F, exts ...extension) []byte {
 	b, err := os.ReadFile("../testdata/images/tiny/v3-zlib.qcow2")
 	if err != nil {
 		f.Fatal(err)
 	}
 	be := binary.BigEndian
 	at := uint64(be.Uint32(b[100:])) // header_length: where extensions start
-	add := func(typ uint32, body []byte) {
-		be.PutUint32(b[at:], typ)
-		be.PutUint32(b[at+4:], uint32(len(body)))
-		copy(b[at+8:], body)
-		at += 8 + (uint64(len(body))+7)/8*8
+	for _, e := range append(exts, extension{}) {
+		be.PutUint32(b[at:], e.typ)
+		be.PutUint32(b[at+4:], uint32(len(e.data)))
+		copy(b[at+8:], e.data)
+		at += 8 + (uint64(len(e.data))+7)/8*8
 	}
-	feature := make([]byte, 48)
-	feature[0], feature[1] = 0, 2
-	copy(feature[2:], "external data file")
-	add(0xe2792aca, []byte("qcow2"))
-	add(0x6803f857, feature)
-	add(0x44415441, []byte("data.raw"))
-	add(0x23852875, be.AppendUint64(be.AppendUint64(be.AppendUint64(nil, 1<<32), 64), 3<<16))
-	add(0x0537be77, be.AppendUint64(be.AppendUint64(nil, 4<<16), 1<<16))
-	add(0x12345678, []byte("hello"))
-	add(0, nil)
 	return b
 }
 
-// tinyTop is a small v3 image naming backing file "base.qcow2", format
-// qcow2: the tiny zlib image with the name written after its header.
-func tinyTop(f *testing.F) []byte {
+// extensionsSeed has every kind of header extension: backing format,
+// feature names, data file, bitmaps, full disk encryption, and one
+// nobody defined.
+func extensionsSeed(f *testing.F) []byte {
+	be := binary.BigEndian
+	feature := make([]byte, 48)
+	feature[0], feature[1] = 0, 2
+	copy(feature[2:], "external data file")
+	return withExtensions(f,
+		extension{0xe2792aca, []byte("qcow2")},
+		extension{0x6803f857, feature},
+		extension{0x44415441, []byte("data.raw")},
+		extension{0x23852875, be.AppendUint64(be.AppendUint64(be.AppendUint64(nil, 1<<32), 64), 3<<16)},
+		extension{0x0537be77, be.AppendUint64(be.AppendUint64(nil, 4<<16), 1<<16)},
+		extension{0x12345678, []byte("hello")})
+}
+
+// dataFileTop is the tiny zlib image made to keep its data in an external
+// data file, "data.raw": the extension and the incompatible feature bit.
+func dataFileTop(f *testing.F) []byte {
+	b := withExtensions(f, extension{0x44415441, []byte("data.raw")})
+	binary.BigEndian.PutUint64(b[72:], binary.BigEndian.Uint64(b[72:])|IncompatExternalData)
+	return b
+}
+
+// tinyTop is a small v3 image naming backing file name: the tiny zlib
+// image with the name written after its header extensions.
+func tinyTop(f *testing.F, name string) []byte {
 	b, err := os.ReadFile("../testdata/images/tiny/v3-zlib.qcow2")
 	if err != nil {
 		f.Fatal(err)
 	}
-	const name = "base.qcow2"
 	hdrLen := binary.BigEndian.Uint32(b[100:])
 	at := uint64(hdrLen) + 8 // past the end-of-extensions marker: QEMU's first extension is ours to overwrite
 	for i := uint64(hdrLen); i+8 <= uint64(len(b)); {

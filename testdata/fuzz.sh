@@ -25,7 +25,7 @@ FuzzCheck           ./qcow2            check.go
 FuzzChain           ./qcow2            chain.go
 FuzzSnapshotTable   ./qcow2            snapshot.go
 FuzzDeflateDecoder  ./qcow2            inflate.go
-FuzzScan            ./qcow2/guest      partition.go lvm.go view.go
+FuzzScan            ./qcow2/guest      partition.go lvm.go
 FuzzIdentify        ./qcow2/guest      fs.go
 FuzzLVMMetadata     ./qcow2/guest      config.go
 FuzzLUKS            ./qcow2/encryption luks.go

@@ -109,13 +109,24 @@ func lvmSeed() []byte {
 	return bytes.TrimRight(disk[:16<<10], "\x00")
 }
 
+// lvmClashSeed is a physical volume whose metadata LVM would not write:
+// two volumes of one name, a name with a leading dash, overlapping
+// extents, a volume of two segments.
+func lvmClashSeed() []byte {
+	disk := qemutest.CraftLVM(fuzzDiskSize, "vg", []qemutest.CraftedLV{
+		{Name: "a", At: 0, Extents: 2}, {Name: "a", At: 2, Extents: 1}, {Name: "-b", At: 3, Extents: 1},
+		{Name: "c", At: 4, Extents: 3}, {Name: "d", At: 6, Extents: 2}, {Name: "e", At: 9, Extents: 1},
+	})
+	return bytes.TrimRight(disk[:16<<10], "\x00")
+}
+
 // FuzzScan scans fuzzed disks: partition tables (MBR with logical
 // partitions, GPT), file-system signatures and LVM. Whatever the bytes,
 // the partitions lie inside the disk, overlap nothing and have numbers
 // and file names of their own; the exposed volumes lie inside the disk,
 // overlap nothing, and read exactly what was asked.
 func FuzzScan(f *testing.F) {
-	for _, seed := range [][]byte{mbrSeed(), gptSeed(), lvmSeed()} {
+	for _, seed := range [][]byte{mbrSeed(), gptSeed(), lvmSeed(), lvmClashSeed()} {
 		f.Add(seed)
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
@@ -152,9 +163,13 @@ func FuzzScan(f *testing.F) {
 				vols = append(vols, span{s.Start, s.Start + s.Size})
 			}
 			buf := make([]byte, min(v.Size, 4096)+10)
-			n, err := v.View(d).ReadAt(buf, v.Size-int64(len(buf))+10)
+			view := v.View(d)
+			n, err := view.ReadAt(buf, v.Size-int64(len(buf))+10)
 			if n != len(buf)-10 || err != io.EOF {
 				t.Fatalf("volume %s: reading its last %d bytes and 10 past its end: %d, %v", v.Name, len(buf)-10, n, err)
+			}
+			if n, err := view.ReadAt(buf[:len(buf)-10], 0); n != len(buf)-10 || err != nil {
+				t.Fatalf("volume %s: reading its first %d bytes: %d, %v", v.Name, len(buf)-10, n, err)
 			}
 		}
 		for _, spans := range [][]span{parts, vols} {

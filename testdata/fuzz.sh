@@ -135,7 +135,10 @@ while read -r target pkg files; do
 		exit 1
 	fi
 	# The last progress line: "fuzz: elapsed: 60s, execs: 123 (0/sec), new interesting: 4 (total: 9)"
-	last=$(grep 'fuzz: elapsed:' "$tmp/log" | tail -1)
+	# (A short run may end while Go still gathers the cached corpus's
+	# baseline coverage: then it reports no execs.)
+	last=$(grep 'fuzz: elapsed:.*execs:' "$tmp/log" | tail -1 || true)
+	last=${last:-"fuzz: elapsed: 0s, execs: 0 (0/sec), new interesting: 0 (total: 0)"}
 	# elapsed is written as Go writes durations: 45s, 8m0s, 1h0m3s.
 	secs=$(sed -E 's/.*elapsed: ([0-9hms]+),.*/\1/; s/h/*3600+/; s/m/*60+/; s/s//' <<<"$last")
 	secs=$((secs))

@@ -98,13 +98,17 @@ func FuzzCheck(f *testing.F) {
 	})
 }
 
-// anyName resolves every backing or data file name to base, but for
-// names that say "missing": a fuzzed name still opens something, and a
-// base that names a backing file of its own makes a chain of itself,
-// which the depth limit ends.
+// anyName resolves every backing or data file name that the local
+// resolver would take as a path (resolveReference) to base, but for names
+// that say "missing": a fuzzed name still opens something, and a base
+// that names a backing file of its own makes a chain of itself, which the
+// depth limit ends.
 type anyName struct{ base []byte }
 
 func (a anyName) Resolve(from, name, what string) (File, int64, string, error) {
+	if _, err := resolveReference(from, name, what); err != nil {
+		return nil, 0, "", err
+	}
 	if strings.Contains(name, "missing") {
 		return nil, 0, "", fmt.Errorf("no %s %q beside %s", what, name, from)
 	}
@@ -136,12 +140,17 @@ func FuzzChain(f *testing.F) {
 		img.Close()
 		f.Add(top, base)
 	})
-	// A raw base, the base as an external data file, and a missing
-	// base, refused and allowed (by the length of the base).
+	// A raw base, the base as an external data file, a missing base and
+	// a missing data file, refused and allowed (by the length of the
+	// base), and names the local resolver refuses.
 	f.Add(tinyTop(f, "base.qcow2"), bytes.Repeat([]byte("raw base "), 8000))
-	f.Add(dataFileTop(f), bytes.Repeat([]byte("raw data "), 8000))
+	f.Add(dataFileTop(f, "data.raw"), bytes.Repeat([]byte("raw data "), 8000))
 	f.Add(tinyTop(f, "missing.qcow2"), []byte("even"))
 	f.Add(tinyTop(f, "missing.qcow2"), []byte("odd"))
+	f.Add(dataFileTop(f, "missing.raw"), []byte("odd"))
+	f.Add(tinyTop(f, "file:base.qcow2"), []byte("even"))
+	f.Add(tinyTop(f, "nbd:localhost:10809"), []byte("even"))
+	f.Add(tinyTop(f, "base\x00.qcow2"), []byte("even"))
 	f.Fuzz(func(t *testing.T, top, base []byte) {
 		img, err := open(top, base)
 		if err != nil {
@@ -193,10 +202,10 @@ func extensionsSeed(f *testing.F) []byte {
 		extension{0x12345678, []byte("hello")})
 }
 
-// dataFileTop is the tiny zlib image made to keep its data in an external
-// data file, "data.raw": the extension and the incompatible feature bit.
-func dataFileTop(f *testing.F) []byte {
-	b := withExtensions(f, extension{0x44415441, []byte("data.raw")})
+// dataFileTop is the tiny zlib image made to keep its data in the
+// external data file name: the extension and the incompatible feature bit.
+func dataFileTop(f *testing.F, name string) []byte {
+	b := withExtensions(f, extension{0x44415441, []byte(name)})
 	binary.BigEndian.PutUint64(b[72:], binary.BigEndian.Uint64(b[72:])|IncompatExternalData)
 	return b
 }
@@ -224,9 +233,10 @@ func tinyTop(f *testing.F, name string) []byte {
 	return b
 }
 
-// FuzzSnapshotTable walks fuzzed snapshot tables of nb entries: a
-// snapshot list or an error naming the entry, never a panic, and no more
-// snapshots than the table says.
+// FuzzSnapshotTable walks fuzzed snapshot tables of nb entries, listing
+// them and looking up key as --snapshot does: a snapshot list or an error
+// naming the entry, never a panic, no more snapshots than the table says,
+// and a lookup that finds only a snapshot of that ID or name.
 func FuzzSnapshotTable(f *testing.F) {
 	b, err := os.ReadFile("../testdata/images/tiny/v3-snapshot.qcow2")
 	if err != nil {
@@ -236,16 +246,24 @@ func FuzzSnapshotTable(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	f.Add(h.NbSnapshots, b[h.SnapshotsOffset:])
-	f.Fuzz(func(t *testing.T, nb uint32, table []byte) {
-		hdr := Header{Version: 3, ClusterBits: 16, Size: 1 << 30, NbSnapshots: nb % 70000}
-		n := 0
-		_, err := walkSnapshots(namedReader{bytes.NewReader(table), "fuzz"}, &hdr, int64(len(table)), func(sn Snapshot) error {
-			n++
-			return nil
-		})
-		if n > int(hdr.NbSnapshots) || (err == nil && n != int(hdr.NbSnapshots)) {
-			t.Fatalf("%d snapshots of %d, %v", n, hdr.NbSnapshots, err)
+	f.Add(h.NbSnapshots, b[h.SnapshotsOffset:], "")
+	f.Add(h.NbSnapshots, b[h.SnapshotsOffset:], "1")
+	f.Add(h.NbSnapshots, b[h.SnapshotsOffset:], "first")
+	f.Add(h.NbSnapshots, b[h.SnapshotsOffset:], "none")
+	f.Fuzz(func(t *testing.T, nb uint32, table []byte, key string) {
+		img := &Image{file: namedReader{bytes.NewReader(table), "fuzz"}, fileSize: int64(len(table)),
+			hdr: Header{Version: 3, ClusterBits: 16, Size: 1 << 30, NbSnapshots: nb % 70000}}
+		snaps, err := img.Snapshots()
+		if len(snaps) > int(img.hdr.NbSnapshots) || (err == nil && len(snaps) != int(img.hdr.NbSnapshots)) {
+			t.Fatalf("%d snapshots of %d, %v", len(snaps), img.hdr.NbSnapshots, err)
+		}
+		sn, err := img.checkSnapshots(key)
+		switch {
+		case err != nil:
+		case key == "" && sn != nil:
+			t.Fatalf("no key, and snapshot %q found", sn.ID)
+		case key != "" && (sn == nil || sn.ID != key && sn.Name != key):
+			t.Fatalf("key %q found %+v", key, sn)
 		}
 	})
 }

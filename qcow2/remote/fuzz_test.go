@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 // fuzzObject is the object a fuzzed server holds: byte i is i*7+i>>8.
@@ -24,6 +25,7 @@ type scriptedServer struct {
 	mu     sync.Mutex
 	script []byte
 	n      int
+	hung   bool
 }
 
 func (s *scriptedServer) RoundTrip(req *http.Request) (*http.Response, error) {
@@ -35,13 +37,21 @@ func (s *scriptedServer) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 	}
 	s.n++
+	hang := b[0] == 0xfe && !s.hung
+	s.hung = s.hung || hang
 	s.mu.Unlock()
 	var start, end int64
 	fmt.Sscanf(req.Header.Get("Range"), "bytes=%d-%d", &start, &end)
 	statuses := []int{206, 206, 206, 206, 200, 503, 429, 412, 404, 416, 302, 500}
 	status := statuses[int(b[0])%len(statuses)]
-	if b[0] == 0xff {
+	switch b[0] {
+	case 0xff:
 		return nil, io.ErrUnexpectedEOF // the connection dropped
+	case 0xfe:
+		if hang { // once: a fetch it hangs costs the whole Timeout
+			<-req.Context().Done() // the server never answers
+			return nil, req.Context().Err()
+		}
 	}
 	total := int64(fuzzObjectSize)
 	switch b[3] % 8 {
@@ -81,7 +91,7 @@ func (s *scriptedServer) RoundTrip(req *http.Request) (*http.Response, error) {
 		h.Set("Last-Modified", "Mon, 02 Jan 2006 15:04:05 GMT")
 	}
 	if status == 302 {
-		h.Set("Location", "http://elsewhere.example/x")
+		h.Set("Location", []string{"/moved.qcow2", "http://elsewhere.example/x", "https://fuzz.example/x", "HTTP://FUZZ.EXAMPLE/y"}[b[2]%4])
 	}
 	return &http.Response{StatusCode: status, Status: fmt.Sprint(status), Header: h, Body: io.NopCloser(bytes.NewReader(body)),
 		ContentLength: int64(len(body)), Request: req}, nil
@@ -99,16 +109,41 @@ func FuzzRemote(f *testing.F) {
 	f.Add([]byte{4, 0, 0, 0})                               // no byte ranges
 	f.Add([]byte{0, 0, 0, 0, 0, 0, 0, 2, 0xff, 0, 0, 0})    // another range, a dropped connection
 	f.Add([]byte{0, 4, 0, 0, 'b', 'y', 't', 'e', 's', ' '}) // a Content-Range of junk
+	f.Add([]byte{10, 0, 0, 0, 0, 0, 0, 0})                  // redirected on the origin
+	f.Add([]byte{10, 0, 1, 0})                              // redirected elsewhere
+	f.Add([]byte("../base.qcow2"))                          // names of backing files
+	f.Add([]byte("https://fuzz.example:8443/base.qcow2"))
+	f.Add([]byte("http://169.254.169.254/latest"))
+	f.Add([]byte("/etc/passwd"))
+	f.Add([]byte("base\n.qcow2"))
+	f.Add([]byte("nbd://fuzz.example/x"))
+	f.Add([]byte{0xfe, 0, 0, 0})             // a server that never answers
+	f.Add([]byte{5, 0, 0, 0, 0xfe, 0, 0, 0}) // a 503, then no answer
 	f.Fuzz(func(t *testing.T, script []byte) {
-		u, _ := url.Parse("http://fuzz.example/disk.qcow2")
-		opts := Options{BlockSize: 16 << 10, CacheSize: 64 << 10, Retries: 2, Timeout: 5e9}.withDefaults()
-		file, err := open(u, opts, &http.Client{Transport: &scriptedServer{script: script}})
+		u, _ := url.Parse("http://user:secret@fuzz.example/disk.qcow2?signature=secret")
+		// The script is also a name an image on the server could give
+		// its backing file.
+		if ref, err := ResolveReference(u, string(script)); err == nil && !sameOrigin(ref, u) {
+			t.Fatalf("%q resolves to %s, off the image's origin", script, ref)
+		}
+		opts := Options{BlockSize: 16 << 10, CacheSize: 64 << 10, Timeout: 50 * time.Millisecond,
+			Header: http.Header{"Authorization": {"Bearer token"}}}.withDefaults()
+		client, err := newClient(u, opts) // its redirect policy, over the scripted transport
+		if err != nil {
+			t.Fatal(err)
+		}
+		client.Transport = &scriptedServer{script: script}
+		file, err := open(u, opts, client)
 		if err != nil {
 			return
 		}
 		defer file.Close()
+		if strings.Contains(file.Name(), "secret") || file.URL() != u {
+			t.Fatalf("name %q, URL %s", file.Name(), file.URL())
+		}
+		file.ModTime()
 		buf := make([]byte, 40<<10)
-		for _, off := range []int64{0, 100 << 10, file.Size() - 1000, 5000} {
+		for _, off := range []int64{0, 100 << 10, file.Size() - 1000, 5000, -1, file.Size()} {
 			n, err := file.ReadAt(buf, off)
 			if n > len(buf) || n < 0 {
 				t.Fatalf("ReadAt(%d) = %d bytes of %d", off, n, len(buf))
@@ -124,6 +159,9 @@ func FuzzRemote(f *testing.F) {
 			if err != nil && strings.Contains(err.Error(), "panic") {
 				t.Fatal(err)
 			}
+		}
+		if got, _ := file.Fetched(); got < 0 || file.CacheSize() != opts.CacheSize {
+			t.Fatalf("fetched %d bytes, cache %d", got, file.CacheSize())
 		}
 	})
 }

@@ -16,7 +16,6 @@ import (
 
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
-	"github.com/hanwen/go-fuse/v2/splice"
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 )
@@ -132,18 +131,6 @@ func Mount(mountpoint string, files []File, opts Options) (*fuse.Server, error) 
 		log.Debug("kernel readahead left at its default", zap.Error(err))
 	}
 	return server, nil
-}
-
-// raiseReadahead sets the mount's readahead to n bytes, so that buffered
-// sequential reads arrive as 1 MiB requests; the kernel starts FUSE mounts
-// at 128 KiB whatever the file system asks. Only root may change it.
-func raiseReadahead(mountpoint string, n int) error {
-	var st syscall.Stat_t
-	if err := syscall.Stat(mountpoint, &st); err != nil {
-		return err
-	}
-	bdi := fmt.Sprintf("/sys/class/bdi/%d:%d/read_ahead_kb", unix.Major(st.Dev), unix.Minor(st.Dev))
-	return os.WriteFile(bdi, []byte(strconv.Itoa(n>>10)), 0)
 }
 
 // rootDir is the mount's root: a read-only directory of disk files.
@@ -324,12 +311,6 @@ func (f *diskFile) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off 
 	// it) before falling back to writev, on every reply.
 	return fuse.ReadResultVector([][]byte{dest[:n]}), 0
 }
-
-// spliceMax is the largest read go-fuse can splice: the reply, its header
-// and a page must fit in a pipe of the system's maximum size (1 MiB by
-// default, so the 1 MiB reads of sequential I/O cannot be spliced; trying
-// would cost a pipe and a failed resize before the fallback).
-var spliceMax = splice.MaxPipeSize() - 2*os.Getpagesize()
 
 func setTimes(a *fuse.Attr, t time.Time) {
 	a.SetTimes(&t, &t, &t)

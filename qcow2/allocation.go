@@ -1,10 +1,9 @@
 package qcow2
 
 import (
-	"errors"
 	"fmt"
 
-	"golang.org/x/sys/unix"
+	"github.com/qcowmount/qcowmount/qcow2/internal/hostfile"
 )
 
 // Allocation reports whether the guest bytes from off on hold data or are
@@ -57,21 +56,5 @@ func (r *rawDisk) Allocation(off, limit int64) (bool, int64, error) {
 	if !ok {
 		return true, limit, nil // nothing to ask
 	}
-	fd := int(f.Fd())
-	next, err := unix.Seek(fd, off, unix.SEEK_DATA)
-	switch {
-	case errors.Is(err, unix.ENXIO):
-		return false, limit, nil // no data from off to the end of the file
-	case errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EOPNOTSUPP):
-		return true, limit, nil // a file system without holes
-	case err != nil:
-		return false, 0, fmt.Errorf("%s: finding data at %d: %w", r.f.Name(), off, err)
-	case next > off:
-		return false, min(limit, next-off), nil
-	}
-	end, err := unix.Seek(fd, off, unix.SEEK_HOLE)
-	if err != nil {
-		return false, 0, fmt.Errorf("%s: finding a hole at %d: %w", r.f.Name(), off, err)
-	}
-	return true, min(limit, end-off), nil
+	return hostfile.Extent(f, off, limit)
 }

@@ -62,7 +62,3 @@ type UnsupportedError struct {
 func (e *UnsupportedError) Error() string {
 	return "unsupported feature: " + e.Feature
 }
-
-// ErrUnsafePath is wrapped by errors about backing or data file names that
-// the path policy refuses.
-var ErrUnsafePath = errors.New("refused by path policy")

@@ -1,3 +1,5 @@
+//go:build unix
+
 package qcow2_test
 
 import (
@@ -187,7 +189,9 @@ func TestBackingChainRefusals(t *testing.T) {
 		}, []string{"not a plain path"}},
 		{"fifo", func(t *testing.T, dir string) (string, qcow2.Options) {
 			top, _, _ := qemutest.ThreeLevelChain(t, dir)
-			syscall.Mkfifo(filepath.Join(dir, "fifo"), 0o644)
+			if err := syscall.Mkfifo(filepath.Join(dir, "fifo"), 0o644); err != nil {
+				t.Fatal(err)
+			}
 			qemutest.SetBackingName(t, top, "fifo")
 			return top, qcow2.Options{AllowDevices: true}
 		}, []string{"not a regular file"}},

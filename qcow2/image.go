@@ -167,8 +167,8 @@ func Open(path string, opts Options) (*Image, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer local.close()
-	f, size, err := local.openTop(abs)
+	defer local.files.Close()
+	f, size, err := local.files.OpenTop(abs)
 	if err != nil {
 		return nil, err
 	}

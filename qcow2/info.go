@@ -2,7 +2,8 @@ package qcow2
 
 import (
 	"fmt"
-	"syscall"
+
+	"github.com/qcowmount/qcowmount/qcow2/internal/hostfile"
 )
 
 // Info describes one image of a chain. The JSON keys are those of
@@ -203,12 +204,9 @@ func allocatedBytes(f File, size int64) int64 {
 	if !ok {
 		return size
 	}
-	st, err := of.Stat()
+	n, err := hostfile.Allocated(of)
 	if err != nil {
 		return 0
 	}
-	if sys, ok := st.Sys().(*syscall.Stat_t); ok {
-		return sys.Blocks * 512
-	}
-	return st.Size()
+	return n
 }

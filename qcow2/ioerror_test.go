@@ -1,3 +1,5 @@
+//go:build linux
+
 package qcow2_test
 
 import (
@@ -52,6 +54,7 @@ func serveFailing(t *testing.T, path string, start, end int64) string {
 // reader reports an I/O error (EIO, with the file and offset), not a
 // damaged image.
 func TestHostIOErrorsStayIOErrors(t *testing.T) {
+	qemutest.SkipIfEmulated(t)
 	qemutest.Require(t, "qemu-img", "qemu-io")
 	if os.Geteuid() != 0 {
 		qemutest.Missing(t, "needs root for a FUSE mount")

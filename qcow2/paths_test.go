@@ -1,3 +1,5 @@
+//go:build unix
+
 package qcow2_test
 
 import (

@@ -1,3 +1,5 @@
+//go:build !windows
+
 package main
 
 import (
@@ -11,8 +13,6 @@ import (
 	"strings"
 	"sync"
 	"syscall"
-
-	"golang.org/x/sys/unix"
 )
 
 // The command a user runs starts a copy of itself in the background and
@@ -69,7 +69,7 @@ func reportReady(ready *os.File, err error, notes ...string) error {
 		return quietExit(exitCode(err))
 	}
 	if null, nerr := os.OpenFile(os.DevNull, os.O_WRONLY, 0); nerr == nil {
-		unix.Dup3(int(null.Fd()), 2, 0) // arm64 has no dup2 system call
+		redirect(int(null.Fd()), 2)
 		null.Close()
 	}
 	return werr

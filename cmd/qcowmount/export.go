@@ -11,7 +11,6 @@ import (
 
 	"github.com/qcowmount/qcowmount/qcow2/stream"
 	"github.com/urfave/cli/v2"
-	"golang.org/x/sys/unix"
 	"golang.org/x/term"
 )
 
@@ -153,9 +152,7 @@ func openDestination(out string, size int64) (*destination, error) {
 	if err != nil {
 		return nil, err
 	}
-	umask := unix.Umask(0)
-	unix.Umask(umask)
-	if err := f.Chmod(os.FileMode(0o666 &^ umask)); err != nil {
+	if err := f.Chmod(os.FileMode(0o666 &^ umask())); err != nil {
 		f.Close()
 		os.Remove(f.Name())
 		return nil, err

@@ -1,3 +1,5 @@
+//go:build !windows
+
 package main
 
 import (
@@ -235,49 +237,6 @@ func checkMountpoint(mountpoint string) error {
 		return fmt.Errorf("%s is already a mount point: unmount it first (qcowmount umount %s)", shellQuote(mountpoint), shellQuote(mountpoint))
 	}
 	return nil
-}
-
-// checkFUSEDevice fails, naming the fix, where /dev/fuse is missing.
-// Whether the user may use it is fusermount's to say: it is setuid, and
-// its reason reaches the user through explainFailure.
-func checkFUSEDevice() error {
-	if _, err := os.Stat("/dev/fuse"); err != nil {
-		return fmt.Errorf("/dev/fuse is missing: load the fuse module (modprobe fuse) or install fuse3 (%v)", err)
-	}
-	return nil
-}
-
-// fileKind names a file's type for messages.
-func fileKind(m os.FileMode) string {
-	switch {
-	case m.IsRegular():
-		return "regular file"
-	case m.IsDir():
-		return "directory"
-	case m&os.ModeSymlink != 0:
-		return "symbolic link"
-	case m&os.ModeDevice != 0:
-		return "device"
-	case m&os.ModeNamedPipe != 0:
-		return "FIFO"
-	case m&os.ModeSocket != 0:
-		return "socket"
-	}
-	return m.Type().String()
-}
-
-// shellQuote quotes a path for a command a user may paste.
-func shellQuote(s string) string {
-	safe := s != ""
-	for _, r := range s {
-		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("/._-+,:@%=", r)) {
-			safe = false
-		}
-	}
-	if safe {
-		return s
-	}
-	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
 // explainFailure adds fusermount's own reason, which it prints on stderr,

@@ -1,9 +1,10 @@
+//go:build !windows
+
 package main
 
 import (
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"time"
@@ -44,7 +45,7 @@ func umountAction(c *cli.Context) error {
 	}
 	told := false
 	for {
-		out, err := exec.Command(fusermountBinary(), "-u", mnt).CombinedOutput()
+		out, err := unmountCommand(mnt).CombinedOutput()
 		if err == nil {
 			return nil
 		}
@@ -62,15 +63,4 @@ func umountAction(c *cli.Context) error {
 		}
 		time.Sleep(time.Second)
 	}
-}
-
-// fusermountBinary is fusermount3, or the old fusermount where only it is
-// installed.
-func fusermountBinary() string {
-	for _, name := range []string{"fusermount3", "fusermount"} {
-		if p, err := exec.LookPath(name); err == nil {
-			return p
-		}
-	}
-	return "fusermount3"
 }

@@ -200,3 +200,19 @@ func Open(t testing.TB, path string) (*os.File, int64) {
 	}
 	return f, st.Size()
 }
+
+// EmulatedEnv names the environment variable that says the tests run under
+// user-mode emulation (qemu-user): make emulated sets it to the
+// emulator's name.
+const EmulatedEnv = "QCOWMOUNT_EMULATED"
+
+// SkipIfEmulated skips a test that serves FUSE under user-mode emulation:
+// the emulated process writes FUSE's structures in its own byte order
+// and layout, and the host kernel reads them in its own, so no mount can
+// work there; what the test checks beyond FUSE is checked natively.
+func SkipIfEmulated(t testing.TB) {
+	t.Helper()
+	if emu := os.Getenv(EmulatedEnv); emu != "" {
+		t.Skipf("skipped under %s: FUSE speaks the host kernel's byte order and layout, not the emulated process's", emu)
+	}
+}

@@ -1,4 +1,4 @@
-package qcow2
+package hostfile
 
 import (
 	"errors"
@@ -7,9 +7,12 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
-
-	"golang.org/x/sys/unix"
 )
+
+// openFlags open image files. O_NONBLOCK: opening a FIFO must not wait
+// for a writer before we can refuse it; it changes nothing for files and
+// block devices.
+const openFlags = os.O_RDONLY | syscall.O_NONBLOCK
 
 // A stranger's image names its backing and data files, and could name any
 // file the serving user can read (/etc/shadow as a raw backing file). So a
@@ -18,7 +21,9 @@ import (
 // file actually opened, not for its name: each open goes through an
 // os.Root, which refuses any path, symlinks included, that leaves the
 // root, whatever changes between our look at the name and the open.
-type pathPolicy struct {
+//
+// Policy is that check.
+type Policy struct {
 	any   bool       // Options.AllowAnyPath: no roots
 	roots []confined // tried in order
 }
@@ -32,8 +37,10 @@ type confined struct {
 // name it so that a user who trusts the image knows what to pass.
 const flagAnyPath = "--allow-any-backing-path"
 
-func newPathPolicy(topImage string, opts Options) (*pathPolicy, error) {
-	p := &pathPolicy{any: opts.AllowAnyPath}
+// NewPolicy allows the directory of topImage and opts.BackingDir, or,
+// with opts.AllowAnyPath, anything. Close lets go of the directories.
+func NewPolicy(topImage string, opts Options) (*Policy, error) {
+	p := &Policy{any: opts.AllowAnyPath}
 	if p.any {
 		return p, nil
 	}
@@ -47,12 +54,12 @@ func newPathPolicy(topImage string, opts Options) (*pathPolicy, error) {
 			real, err = filepath.Abs(real)
 		}
 		if err != nil {
-			p.close()
+			p.Close()
 			return nil, fmt.Errorf("backing directory: %w", err)
 		}
 		root, err := os.OpenRoot(real)
 		if err != nil {
-			p.close()
+			p.Close()
 			return nil, fmt.Errorf("backing directory: %w", err)
 		}
 		p.roots = append(p.roots, confined{real, root})
@@ -60,7 +67,8 @@ func newPathPolicy(topImage string, opts Options) (*pathPolicy, error) {
 	return p, nil
 }
 
-func (p *pathPolicy) close() {
+// Close lets go of the allowed directories.
+func (p *Policy) Close() {
 	for _, r := range p.roots {
 		r.root.Close()
 	}
@@ -68,7 +76,7 @@ func (p *pathPolicy) close() {
 }
 
 // describe names the directories files may come from, for errors.
-func (p *pathPolicy) describe() string {
+func (p *Policy) describe() string {
 	dirs := make([]string, len(p.roots))
 	for i, r := range p.roots {
 		dirs[i] = r.dir
@@ -76,13 +84,10 @@ func (p *pathPolicy) describe() string {
 	return strings.Join(dirs, " or ")
 }
 
-// open opens path, a backing or data file, read-only if the policy allows
-// it. O_NONBLOCK: opening a FIFO must not wait for a writer before we can
-// refuse it; it changes nothing for files and block devices.
-func (p *pathPolicy) open(path string) (*os.File, error) {
-	const flags = os.O_RDONLY | syscall.O_NONBLOCK
+// Open opens path, a backing or data file, read-only if the policy allows
+func (p *Policy) Open(path string) (*os.File, error) {
 	if p.any {
-		return os.OpenFile(path, flags, 0)
+		return os.OpenFile(path, openFlags, 0)
 	}
 	real, err := filepath.EvalSymlinks(path)
 	if err != nil {
@@ -95,7 +100,7 @@ func (p *pathPolicy) open(path string) (*os.File, error) {
 		}
 		// The name may have changed since EvalSymlinks (a symlink that
 		// flips): the root still refuses whatever leads out of it.
-		f, err := r.root.OpenFile(rel, flags, 0)
+		f, err := r.root.OpenFile(rel, openFlags, 0)
 		if err != nil {
 			if errIsEscape(err) {
 				return nil, fmt.Errorf("%s leads outside %s: %w", path, r.dir, ErrUnsafePath)
@@ -116,43 +121,6 @@ func inside(dir, path string) (string, bool) {
 		return "", false
 	}
 	return rel, true
-}
-
-// pseudoFileSystems are kernel file systems whose files describe the host
-// (processes, devices, kernel state): never an image, whatever the flags.
-var pseudoFileSystems = map[int64]string{
-	unix.PROC_SUPER_MAGIC:     "proc",
-	unix.SYSFS_MAGIC:          "sysfs",
-	unix.DEBUGFS_MAGIC:        "debugfs",
-	unix.TRACEFS_MAGIC:        "tracefs",
-	unix.SECURITYFS_MAGIC:     "securityfs",
-	unix.CGROUP_SUPER_MAGIC:   "cgroup",
-	unix.CGROUP2_SUPER_MAGIC:  "cgroup2",
-	unix.EFIVARFS_MAGIC:       "efivarfs",
-	unix.BPF_FS_MAGIC:         "bpf",
-	unix.PSTOREFS_MAGIC:       "pstore",
-	unix.DEVPTS_SUPER_MAGIC:   "devpts",
-	unix.SELINUX_MAGIC:        "selinuxfs",
-	unix.SMACK_MAGIC:          "smackfs",
-	unix.BINFMTFS_MAGIC:       "binfmt_misc",
-	unix.NSFS_MAGIC:           "nsfs",
-	unix.RDTGROUP_SUPER_MAGIC: "resctrl",
-	unix.PID_FS_MAGIC:         "pidfs",
-	unix.SECRETMEM_MAGIC:      "secretmem",
-	0x62656570:                "configfs", // CONFIGFS_MAGIC, not in x/sys
-	0x65735543:                "fusectl",  // FUSECTL_SUPER_MAGIC, not in x/sys
-}
-
-// checkFileSystem refuses a file that lives on a pseudo file system.
-func checkFileSystem(f *os.File) error {
-	var st unix.Statfs_t
-	if err := unix.Fstatfs(int(f.Fd()), &st); err != nil {
-		return fmt.Errorf("%s: %w", f.Name(), err)
-	}
-	if name, ok := pseudoFileSystems[int64(st.Type)]; ok {
-		return fmt.Errorf("%s lies on the %s pseudo file system, which holds no images: %w", f.Name(), name, ErrUnsafePath)
-	}
-	return nil
 }
 
 // errIsEscape is true for os.Root's refusal of a path that leaves it (the

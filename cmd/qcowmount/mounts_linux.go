@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -113,4 +114,31 @@ func holders(mountpoint string) []string {
 		out = append(out, "whatever holds its files open (see fuser -vm "+shellQuote(abs)+")")
 	}
 	return out
+}
+
+// checkFUSEDevice fails, naming the fix, where /dev/fuse is missing.
+// Whether the user may use it is fusermount's to say: it is setuid, and
+// its reason reaches the user through explainFailure.
+func checkFUSEDevice() error {
+	if _, err := os.Stat("/dev/fuse"); err != nil {
+		return fmt.Errorf("/dev/fuse is missing: load the fuse module (modprobe fuse) or install fuse3 (%v)", err)
+	}
+	return nil
+}
+
+// unmountCommand unmounts mnt as the user running us may: with
+// fusermount, which is setuid.
+func unmountCommand(mnt string) *exec.Cmd {
+	return exec.Command(fusermountBinary(), "-u", mnt)
+}
+
+// fusermountBinary is fusermount3, or the old fusermount where only it is
+// installed.
+func fusermountBinary() string {
+	for _, name := range []string{"fusermount3", "fusermount"} {
+		if p, err := exec.LookPath(name); err == nil {
+			return p
+		}
+	}
+	return "fusermount3"
 }

@@ -1,4 +1,4 @@
-package qcow2
+package hostfile
 
 import (
 	"errors"
@@ -23,15 +23,11 @@ const (
 	lockUnshareBase    = 200
 )
 
-// ErrLocked is wrapped by the error for an image that another process
-// holds in a way that conflicts with reading it consistently.
-var ErrLocked = errors.New("image is in use by another process")
-
-// lockFile takes QEMU's shared locks on f for a consistent reader, after
+// Lock takes QEMU's shared locks on f for a consistent reader, after
 // checking that nobody holds a conflicting one. With forceShare it takes
 // only "consistent read" and checks only that no one forbids it, like
 // QEMU's --force-share.
-func lockFile(f *os.File, forceShare bool) error {
+func Lock(f *os.File, forceShare bool) error {
 	check := []int64{lockUnshareBase + permConsistentRead}
 	take := []int64{lockHoldBase + permConsistentRead}
 	if !forceShare {

@@ -7,13 +7,17 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime"
+	"runtime/debug"
 	"strings"
 
 	"github.com/urfave/cli/v2"
 )
 
-// version is set at build time with -ldflags "-X main.version=...".
-var version = "dev"
+// version and commit are set at build time with -ldflags "-X
+// main.version=... -X main.commit=..." (make build, make dist); a plain go
+// build takes the commit from Go's build information where it has one.
+var version, commit = "dev", ""
 
 // Exit codes, as the README and the man page list them.
 const (
@@ -122,8 +126,33 @@ func versionCommand() *cli.Command {
 		Name:  "version",
 		Usage: "print the version",
 		Action: func(c *cli.Context) error {
-			fmt.Printf("qcowmount version %s\n", version)
+			fmt.Println(versionLine())
 			return nil
 		},
 	}
+}
+
+// versionLine names the version, the commit it was built from (with
+// "+changes" when the tree had uncommitted ones), the Go that built it
+// and the platform.
+func versionLine() string {
+	c := commit
+	if info, ok := debug.ReadBuildInfo(); ok && c == "" {
+		var modified string
+		for _, s := range info.Settings {
+			switch s.Key {
+			case "vcs.revision":
+				c = s.Value[:min(12, len(s.Value))]
+			case "vcs.modified":
+				modified = s.Value
+			}
+		}
+		if c != "" && modified == "true" {
+			c += "+changes"
+		}
+	}
+	if c == "" {
+		c = "unknown"
+	}
+	return fmt.Sprintf("qcowmount version %s (commit %s, %s, %s/%s)", version, c, runtime.Version(), runtime.GOOS, runtime.GOARCH)
 }

@@ -22,7 +22,7 @@ const openFlags = os.O_RDONLY | syscall.O_NONBLOCK
 // os.Root, which refuses any path, symlinks included, that leaves the
 // root, whatever changes between our look at the name and the open.
 //
-// Policy is that check.
+// A Policy keeps a chain's files to those roots.
 type Policy struct {
 	any   bool       // Options.AllowAnyPath: no roots
 	roots []confined // tried in order

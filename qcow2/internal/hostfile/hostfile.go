@@ -1,7 +1,7 @@
 // Package hostfile opens the files of an image chain on this machine as
 // a stranger's image may have them opened: the top image as the user
 // named it; backing and data files only beneath the allowed directories
-// (Policy), and only if they are regular files (block devices on request)
+// (the path policy), and only if they are regular files (block devices on request)
 // off the host's pseudo file systems, with QEMU's read locks taken. It
 // knows nothing of qcow2; what is Linux-only (OFD locks, statfs magic)
 // has a portable fallback on other systems.
@@ -40,14 +40,14 @@ type Options struct {
 // that loops is refused.
 type Files struct {
 	opts   Options
-	policy *Policy // while opening: where backing and data files may lie
+	policy *pathPolicy // while opening: where backing and data files may lie
 	seen   map[fileID]string
 }
 
 // New prepares to open the chain of the image at topImage (an absolute
 // path). Close lets go of the policy's directories.
 func New(topImage string, opts Options) (*Files, error) {
-	p, err := NewPolicy(topImage, opts)
+	p, err := newPolicy(topImage, opts)
 	if err != nil {
 		return nil, err
 	}
@@ -56,45 +56,52 @@ func New(topImage string, opts Options) (*Files, error) {
 
 // Close lets go of the policy's directories: they are needed only while
 // the chain is being opened.
-func (l *Files) Close() { l.policy.Close() }
+func (l *Files) Close() { l.policy.close() }
+
+// role is what a file is to its chain: how it may be opened and sized.
+type role int
+
+const (
+	top     role = iota // as the user named it
+	backing             // beneath the policy's roots, once per chain
+	data                // beneath the policy's roots
+)
 
 // OpenTop opens the image the user named, and returns its size.
-func (l *Files) OpenTop(path string) (*os.File, int64, error) {
-	f, err := l.open(path, true)
-	if err != nil {
-		return nil, 0, err
-	}
-	size, err := l.remember(f, path)
-	if err != nil {
-		f.Close()
-		return nil, 0, err
-	}
-	return f, size, nil
-}
+func (l *Files) OpenTop(path string) (*os.File, int64, error) { return l.open(path, top) }
 
 // OpenBacking opens a backing file an image names, as the policy allows,
 // and returns its size; opening one already in the chain is an error.
-func (l *Files) OpenBacking(path string) (*os.File, int64, error) {
-	f, err := l.open(path, false)
-	if err != nil {
-		return nil, 0, err
-	}
-	size, err := l.remember(f, path)
-	if err != nil {
-		f.Close()
-		return nil, 0, err
-	}
-	return f, size, nil
-}
+func (l *Files) OpenBacking(path string) (*os.File, int64, error) { return l.open(path, backing) }
 
 // OpenData opens an external data file an image names, as the policy
 // allows, and returns its size.
-func (l *Files) OpenData(path string) (*os.File, int64, error) {
-	f, err := l.open(path, false)
+func (l *Files) OpenData(path string) (*os.File, int64, error) { return l.open(path, data) }
+
+// open opens an image file read-only, as its role allows, checks that it
+// is one we may read as an image (a regular file, or a block device where
+// allowed), takes QEMU's read locks on it and returns its size.
+func (l *Files) open(path string, r role) (*os.File, int64, error) {
+	var f *os.File
+	var err error
+	if r == top {
+		f, err = os.OpenFile(path, openFlags, 0)
+	} else {
+		f, err = l.policy.open(path)
+	}
 	if err != nil {
 		return nil, 0, err
 	}
-	size, err := Size(f)
+	var size int64
+	err = check(f, r == top || l.opts.AllowDevices)
+	if err == nil {
+		err = lockFile(f, l.opts.ForceShare)
+	}
+	if err == nil && r == data {
+		size, err = fileSize(f)
+	} else if err == nil {
+		size, err = l.remember(f, path)
+	}
 	if err != nil {
 		f.Close()
 		return nil, 0, err
@@ -115,38 +122,12 @@ func (l *Files) remember(f *os.File, path string) (int64, error) {
 		}
 		l.seen[id] = path
 	}
-	return Size(f)
+	return fileSize(f)
 }
 
-// Size is the size of a regular file or a block device.
-func Size(f *os.File) (int64, error) {
+// fileSize is the size of a regular file or a block device.
+func fileSize(f *os.File) (int64, error) {
 	return f.Seek(0, io.SeekEnd)
-}
-
-// open opens an image file read-only: the top image as the user named
-// it, a backing or data file as the policy allows. It checks that the
-// file is one we may read as an image (a regular file, or a block device
-// where allowed) and takes QEMU's read locks on it.
-func (l *Files) open(path string, top bool) (*os.File, error) {
-	var f *os.File
-	var err error
-	if top {
-		f, err = os.OpenFile(path, openFlags, 0)
-	} else {
-		f, err = l.policy.Open(path)
-	}
-	if err != nil {
-		return nil, err
-	}
-	if err := check(f, top || l.opts.AllowDevices); err != nil {
-		f.Close()
-		return nil, err
-	}
-	if err := Lock(f, l.opts.ForceShare); err != nil {
-		f.Close()
-		return nil, err
-	}
-	return f, nil
 }
 
 func check(f *os.File, allowDevices bool) error {

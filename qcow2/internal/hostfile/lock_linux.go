@@ -23,11 +23,11 @@ const (
 	lockUnshareBase    = 200
 )
 
-// Lock takes QEMU's shared locks on f for a consistent reader, after
+// lockFile takes QEMU's shared locks on f for a consistent reader, after
 // checking that nobody holds a conflicting one. With forceShare it takes
 // only "consistent read" and checks only that no one forbids it, like
 // QEMU's --force-share.
-func Lock(f *os.File, forceShare bool) error {
+func lockFile(f *os.File, forceShare bool) error {
 	check := []int64{lockUnshareBase + permConsistentRead}
 	take := []int64{lockHoldBase + permConsistentRead}
 	if !forceShare {

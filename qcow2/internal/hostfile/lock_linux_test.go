@@ -61,12 +61,12 @@ func TestLockFile(t *testing.T) {
 			for _, b := range tc.otherHolds {
 				holdByte(t, other, b)
 			}
-			err := Lock(mustOpen(t, path, os.O_RDONLY), tc.forceShare)
+			err := lockFile(mustOpen(t, path, os.O_RDONLY), tc.forceShare)
 			if tc.wantLocked && !errors.Is(err, ErrLocked) {
-				t.Fatalf("Lock: %v, want ErrLocked", err)
+				t.Fatalf("lockFile: %v, want ErrLocked", err)
 			}
 			if !tc.wantLocked && err != nil {
-				t.Fatalf("Lock: %v, want no error", err)
+				t.Fatalf("lockFile: %v, want no error", err)
 			}
 		})
 	}
@@ -76,7 +76,7 @@ func TestLockFile(t *testing.T) {
 // locks: it cannot take write's byte exclusively.
 func TestLockKeepsWritersOut(t *testing.T) {
 	path := tempImage(t)
-	if err := Lock(mustOpen(t, path, os.O_RDONLY), false); err != nil {
+	if err := lockFile(mustOpen(t, path, os.O_RDONLY), false); err != nil {
 		t.Fatal(err)
 	}
 	w := mustOpen(t, path, os.O_RDWR)

@@ -4,7 +4,7 @@ package hostfile
 
 import "os"
 
-// Lock takes no lock where there are no open file description locks:
+// lockFile takes no lock where there are no open file description locks:
 // QEMU's locks are OFD locks, which only Linux has, so no QEMU on this
 // system could see ours either.
-func Lock(*os.File, bool) error { return nil }
+func lockFile(*os.File, bool) error { return nil }

@@ -22,8 +22,8 @@ const openFlags = os.O_RDONLY | syscall.O_NONBLOCK
 // os.Root, which refuses any path, symlinks included, that leaves the
 // root, whatever changes between our look at the name and the open.
 //
-// A Policy keeps a chain's files to those roots.
-type Policy struct {
+// A pathPolicy keeps a chain's files to those roots.
+type pathPolicy struct {
 	any   bool       // Options.AllowAnyPath: no roots
 	roots []confined // tried in order
 }
@@ -37,10 +37,10 @@ type confined struct {
 // name it so that a user who trusts the image knows what to pass.
 const flagAnyPath = "--allow-any-backing-path"
 
-// NewPolicy allows the directory of topImage and opts.BackingDir, or,
+// newPolicy allows the directory of topImage and opts.BackingDir, or,
 // with opts.AllowAnyPath, anything. Close lets go of the directories.
-func NewPolicy(topImage string, opts Options) (*Policy, error) {
-	p := &Policy{any: opts.AllowAnyPath}
+func newPolicy(topImage string, opts Options) (*pathPolicy, error) {
+	p := &pathPolicy{any: opts.AllowAnyPath}
 	if p.any {
 		return p, nil
 	}
@@ -54,12 +54,12 @@ func NewPolicy(topImage string, opts Options) (*Policy, error) {
 			real, err = filepath.Abs(real)
 		}
 		if err != nil {
-			p.Close()
+			p.close()
 			return nil, fmt.Errorf("backing directory: %w", err)
 		}
 		root, err := os.OpenRoot(real)
 		if err != nil {
-			p.Close()
+			p.close()
 			return nil, fmt.Errorf("backing directory: %w", err)
 		}
 		p.roots = append(p.roots, confined{real, root})
@@ -67,8 +67,8 @@ func NewPolicy(topImage string, opts Options) (*Policy, error) {
 	return p, nil
 }
 
-// Close lets go of the allowed directories.
-func (p *Policy) Close() {
+// close lets go of the allowed directories.
+func (p *pathPolicy) close() {
 	for _, r := range p.roots {
 		r.root.Close()
 	}
@@ -76,7 +76,7 @@ func (p *Policy) Close() {
 }
 
 // describe names the directories files may come from, for errors.
-func (p *Policy) describe() string {
+func (p *pathPolicy) describe() string {
 	dirs := make([]string, len(p.roots))
 	for i, r := range p.roots {
 		dirs[i] = r.dir
@@ -84,8 +84,8 @@ func (p *Policy) describe() string {
 	return strings.Join(dirs, " or ")
 }
 
-// Open opens path, a backing or data file, read-only if the policy allows
-func (p *Policy) Open(path string) (*os.File, error) {
+// open opens path, a backing or data file, read-only if the policy allows
+func (p *pathPolicy) open(path string) (*os.File, error) {
 	if p.any {
 		return os.OpenFile(path, openFlags, 0)
 	}

@@ -74,6 +74,8 @@ dist:
 # emulated runs the unit tests of qcow2 and its packages on arm64 and on
 # big-endian s390x under Debian's user-mode emulation (qemu-user): byte
 # order is where a reader breaks first. Tests that need FUSE skip there.
+# Not yet in make test: on s390x TestKDFLimitBoundsTheWholeAttempt fails
+# (more slots tried than the plan allows: not yet understood).
 EMULATED := arm64:qemu-aarch64 s390x:qemu-s390x
 emulated:
 	@$(MAKE) --no-print-directory deps EXTRA_PACKAGES=qemu-user

@@ -41,7 +41,8 @@ func pbkdf2Key(h hashFunc, password, salt []byte, iter, keyLen int) []byte {
 }
 
 // Below this many hash iterations PBKDF2 takes well under a second on
-// any machine we run on: not worth measuring.
+// any native machine: not worth measuring. (Under an emulator it can
+// take seconds; a plan of such slots is still bounded by this much.)
 const cheapIterations = 1 << 18
 
 var (

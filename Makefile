@@ -111,7 +111,7 @@ demo: deps build
 # passes flags, e.g. BENCH_ARGS="-image my.qcow2 -seconds 20".
 bench: build
 	@$(MAKE) --no-print-directory deps EXTRA_PACKAGES="$(BENCH_PACKAGES)"
-	$(GO) test -run '^$$' -bench . -benchmem ./qcow2 ./qcow2/encryption
+	$(GO) test -run '^$$' -bench . -benchmem ./qcow2 ./qcow2/internal/decompress ./qcow2/encryption
 	$(GO) run ./integration/bench -out integration/bench/RESULTS.md $(BENCH_ARGS)
 
 # man and completions come from the command line's own definition.

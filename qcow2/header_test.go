@@ -203,3 +203,20 @@ func TestSnapshotDiskSizeOutOfRange(t *testing.T) {
 	}
 	img.Close()
 }
+
+// expectError checks err against a table case's expected error: none when
+// want is empty, else one that says want. It reports whether the case
+// expected an error, and so is done.
+func expectError(t *testing.T, err error, want string) bool {
+	t.Helper()
+	if want == "" {
+		if err != nil {
+			t.Fatal(err)
+		}
+		return false
+	}
+	if err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("error %v, want one saying %q", err, want)
+	}
+	return true
+}

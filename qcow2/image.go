@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/qcowmount/qcowmount/qcow2/encryption"
+	"github.com/qcowmount/qcowmount/qcow2/internal/decompress"
 	"github.com/qcowmount/qcowmount/qcow2/internal/lru"
 )
 
@@ -141,8 +142,8 @@ type Image struct {
 	l1Entries       int64 // of the L1 table, those that cover the view
 	lastL1          atomic.Pointer[l1Slice]
 	l1Offset        uint64
-	decompress      decompressFunc
-	fileSize        int64 // when opened
+	decompress      func(dst, src []byte) error // fills one cluster
+	fileSize        int64                       // when opened
 
 	crypt     *encryption.SectorCipher // nil unless encrypted and unlocked
 	cryptHost bool                     // IVs from host offsets (LUKS), not guest ones
@@ -390,4 +391,13 @@ func (img *Image) closeFiles() error {
 		errs = append(errs, closeFile(img.file))
 	}
 	return errors.Join(errs...)
+}
+
+// decompressorFor is the decoder of compressed clusters of an image of
+// this compression type; the header check has refused any other.
+func decompressorFor(compressionType uint8) func(dst, src []byte) error {
+	if compressionType == CompressionZstd {
+		return decompress.Zstd
+	}
+	return decompress.Deflate
 }

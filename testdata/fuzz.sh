@@ -19,17 +19,17 @@ cd "$(dirname "$0")/.."
 
 # Each target, its package, and the files of the parser it aims at.
 targets="
-FuzzOpen            ./qcow2            header.go extensions.go
-FuzzReadAt          ./qcow2            read.go translate.go decompress.go
-FuzzCheck           ./qcow2            check.go
-FuzzChain           ./qcow2            chain.go
-FuzzSnapshotTable   ./qcow2            snapshot.go
-FuzzDeflateDecoder  ./qcow2            inflate.go
-FuzzScan            ./qcow2/guest      partition.go lvm.go
-FuzzIdentify        ./qcow2/guest      fs.go
-FuzzLVMMetadata     ./qcow2/guest      config.go
-FuzzLUKS            ./qcow2/encryption luks.go
-FuzzRemote          ./qcow2/remote     remote.go
+FuzzOpen            ./qcow2                     header.go extensions.go
+FuzzReadAt          ./qcow2                     read.go
+FuzzCheck           ./qcow2                     check.go
+FuzzChain           ./qcow2                     chain.go
+FuzzSnapshotTable   ./qcow2                     snapshot.go
+FuzzDeflateDecoder  ./qcow2/internal/decompress deflate.go
+FuzzScan            ./qcow2/guest               partition.go lvm.go
+FuzzIdentify        ./qcow2/guest               fs.go
+FuzzLVMMetadata     ./qcow2/guest               config.go
+FuzzLUKS            ./qcow2/encryption          luks.go
+FuzzRemote          ./qcow2/remote              remote.go
 "
 
 mode=fuzz

@@ -1,4 +1,4 @@
-package qcow2
+package decompress
 
 import (
 	"encoding/binary"
@@ -8,28 +8,6 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 )
-
-// decompressFunc fills dst (exactly one cluster) from the compressed bytes
-// in src, which may carry trailing bytes that belong to nothing.
-type decompressFunc func(dst, src []byte) error
-
-func decompressorFor(compressionType uint8) decompressFunc {
-	if compressionType == CompressionZstd {
-		return unzstd
-	}
-	return inflate
-}
-
-var deflateDecoders = sync.Pool{New: func() any { return new(deflateDecoder) }}
-
-// inflate decodes raw deflate (QEMU writes it without a zlib header) until
-// dst is full. Like QEMU, more data than a cluster is not an error: the
-// stream just stops being read; less is.
-func inflate(dst, src []byte) error {
-	d := deflateDecoders.Get().(*deflateDecoder)
-	defer deflateDecoders.Put(d)
-	return d.decode(dst, src)
-}
 
 // zstdMaxWindow bounds the memory a hostile frame can make the decoder take;
 // a cluster is at most 2 MiB, and QEMU's frames never need more.
@@ -46,10 +24,10 @@ var zstdDecoder = func() *zstd.Decoder {
 	return d
 }()
 
-// unzstd decodes zstd frames, one after another, until dst is exactly full.
+// Zstd decodes zstd frames, one after another, until dst is exactly full.
 // As in QEMU, a frame that would produce more than dst holds, or input that
 // ends before dst is full, is an error; bytes after the last frame are not.
-func unzstd(dst, src []byte) error {
+func Zstd(dst, src []byte) error {
 	produced := 0
 	for produced < len(dst) {
 		n, skippable, err := zstdFrameLen(src)

@@ -14,13 +14,13 @@ PLATFORMS := linux/amd64 linux/arm64 linux/s390x darwin/amd64 darwin/arm64 freeb
 # and read guest disks (file systems, LVM, fuse2fs for the rootless flow),
 # python3 for C zlib as the deflate decoder's oracle, GNU time for peak
 # memory, nginx to serve remote images, b3sum to check hash's BLAKE3,
-# cryptsetup to read LUKS headers beside ours.
+# cryptsetup to read LUKS headers beside ours, lintian for make deb's package.
 TEST_PACKAGES := qemu-utils fuse3 e2fsprogs fdisk dosfstools mtools util-linux fio python3 time \
-	xfsprogs btrfs-progs ntfs-3g lvm2 fuse2fs nginx-light b3sum cryptsetup-bin
+	xfsprogs btrfs-progs ntfs-3g lvm2 fuse2fs nginx-light b3sum cryptsetup-bin lintian
 # ... and the peers the benchmark measures us against.
 BENCH_PACKAGES := qemu-system-common libqcow-utils
 
-.PHONY: all build man test deps vet lint cross dist unit integration emulated fuzz fuzz-smoke demo install bench clean
+.PHONY: all build man test deps vet lint cross dist deb unit integration emulated fuzz fuzz-smoke demo install bench clean
 
 all: build
 
@@ -70,6 +70,15 @@ dist:
 		CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $$out ./cmd/qcowmount || exit 1; \
 	done
 	cd dist && sha256sum qcowmount-* > SHA256SUMS
+
+# deb: the Debian package of the command for DEB_ARCH (this machine's by
+# default; arm64 cross-builds), into DEB_OUT.
+DEB_ARCH ?= $(shell dpkg --print-architecture 2>/dev/null || echo amd64)
+DEB_OUT  ?= dist
+deb:
+	@mkdir -p $(DEB_OUT)
+	CGO_ENABLED=0 GOOS=linux GOARCH=$(DEB_ARCH) $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(DEB_OUT)/qcowmount-linux-$(DEB_ARCH) ./cmd/qcowmount
+	@bash cmd/qcowmount/debian/mkdeb.sh $(DEB_OUT)/qcowmount-linux-$(DEB_ARCH) $(VERSION) $(DEB_ARCH) $(DEB_OUT)
 
 # emulated runs the unit tests of qcow2 and its packages on arm64 and on
 # big-endian s390x under Debian's user-mode emulation (qemu-user): byte

@@ -516,13 +516,13 @@ func TestExportRefusesATerminal(t *testing.T) {
 
 // TestLongCommandsStopAtASignal: hash and export of a disk that is one
 // long hole (a piece of its own, hours of zeros to hash or write) end at
-// SIGINT or SIGTERM, exit 130. They take milliseconds; the test allows 10 s
-// for a loaded machine, and fails rather than waits hours.
+// SIGINT or SIGTERM, exit 130. They stop in milliseconds; the test allows
+// 10 s for a loaded machine, and fails rather than waits hours.
 func TestLongCommandsStopAtASignal(t *testing.T) {
 	qemutest.Require(t, "qemu-img")
 	image := filepath.Join(t.TempDir(), "empty.qcow2")
 	qemutest.Create(t, image, "qcow2", "16T")
-	for _, args := range [][]string{{"hash", "--no-partitions", image}, {"export", image, "-"}} {
+	for _, args := range [][]string{{"hash", "--progress", "--no-partitions", image}, {"export", "--progress", image, "-"}} {
 		for _, sig := range []os.Signal{os.Interrupt, syscall.SIGTERM} {
 			t.Run(fmt.Sprintf("%s %v", args[0], sig), func(t *testing.T) {
 				cmd := exec.Command(bin, args...)
@@ -537,7 +537,16 @@ func TestLongCommandsStopAtASignal(t *testing.T) {
 				if err := cmd.Start(); err != nil {
 					t.Fatal(err)
 				}
-				time.Sleep(500 * time.Millisecond) // into the hole
+				// The progress bar is drawn once the signals are caught,
+				// just before the hole: a signal before that would end the
+				// command the default way, whatever the machine's load.
+				for start := time.Now(); stderr.String() == ""; time.Sleep(10 * time.Millisecond) {
+					if time.Since(start) > 30*time.Second {
+						cmd.Process.Kill()
+						t.Fatal("no progress bar 30 s after the start")
+					}
+				}
+				time.Sleep(300 * time.Millisecond) // into the hole
 				cmd.Process.Signal(sig)
 				signalled := time.Now()
 				stopped := time.AfterFunc(10*time.Second, func() { cmd.Process.Kill() })

@@ -130,6 +130,12 @@ func FuzzChain(f *testing.F) {
 	}
 	seedImages(f, func(base []byte) {
 		top := tinyTop(f, "base.qcow2")
+		if len(base) >= 16 && binary.BigEndian.Uint64(base[8:]) != 0 {
+			// A base with a backing file of its own (v3-top) names itself
+			// through anyName: a loop, refused, and a seed still.
+			f.Add(top, base)
+			return
+		}
 		img, err := open(top, base)
 		if err != nil {
 			f.Fatalf("the seed top does not open over a tiny image: %v", err)

@@ -101,6 +101,9 @@ qemu-io -f qcow2 -c 'write -P 0x55 512 1024' "$tiny/v3-snapshot.qcow2" >/dev/nul
 qemu-img create -q -f qcow2 -o cluster_size=512 "$tiny/v3-bitmap.qcow2" 64K
 qemu-img bitmap --add "$tiny/v3-bitmap.qcow2" dirty
 qemu-io -f qcow2 -c 'write -P 0x77 4096 2048' "$tiny/v3-bitmap.qcow2" >/dev/null
+# A top over the zlib image, named relative to it: a chain of two.
+qemu-img create -q -f qcow2 -o cluster_size=512 -b v3-zlib.qcow2 -F qcow2 "$tiny/v3-top.qcow2"
+qemu-io -f qcow2 -c 'write -P 0x88 0 512' "$tiny/v3-top.qcow2" >/dev/null
 qemu-img create -q -f qcow -o cluster_size=512 "$tiny/v1.qcow" 64K 2>/dev/null || qemu-img create -q -f qcow "$tiny/v1.qcow" 64K
 qemu-io -f qcow -c 'write -c -P 0x66 0 4k' -c 'write -P 0x67 8192 1000' "$tiny/v1.qcow" >/dev/null
 

@@ -6,10 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log"
 	"os"
 
 	"github.com/qcowmount/qcowmount/qcow2"
+	"github.com/qcowmount/qcowmount/qcow2/encryption"
 )
 
 // Open a local image and read the guest disk it holds, as any
@@ -82,4 +84,56 @@ func ExampleFormatError() {
 	}
 	// Output:
 	// cluster_bits at 0x14
+}
+
+// An encrypted image opens with its passphrase, which Options.Passphrase
+// gives when asked; Info then describes its encryption as qemu-img does.
+func ExampleOptions_passphrase() {
+	img, err := qcow2.Open("../testdata/images/v3-luks.qcow2", qcow2.Options{
+		Passphrase: func(req qcow2.KeyRequest) ([]byte, error) {
+			if req.Tries > 0 {
+				return nil, nil // no other passphrase to offer
+			}
+			return []byte("qcowmount"), nil
+		},
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer img.Close()
+	info, err := img.Info()
+	if err != nil {
+		log.Fatal(err)
+	}
+	enc := info.FormatSpecific.Data.Encrypt
+	fmt.Println(info.Encrypted, enc.Format, enc.CipherAlg, enc.CipherMode)
+	// Output:
+	// true luks aes-128 cbc
+}
+
+// A missing passphrase, or one that opens no key slot, is a
+// *PassphraseError; the package documentation lists the errors of each
+// kind of failure. An I/O error stays what the system said.
+func ExamplePassphraseError() {
+	for _, given := range []string{"", "not the passphrase"} {
+		_, err := qcow2.Open("../testdata/images/v3-luks.qcow2", qcow2.Options{
+			Passphrase: func(req qcow2.KeyRequest) ([]byte, error) {
+				if given == "" || req.Tries > 0 {
+					return nil, nil
+				}
+				return []byte(given), nil
+			},
+		})
+		var pe *qcow2.PassphraseError
+		var wrong *encryption.WrongPassphraseError
+		if errors.As(err, &pe) {
+			fmt.Println("missing:", pe.Missing, "wrong:", errors.As(err, &wrong))
+		}
+	}
+	_, err := qcow2.Open("../testdata/images/no-such.qcow2", qcow2.Options{})
+	fmt.Println("not there:", errors.Is(err, fs.ErrNotExist))
+	// Output:
+	// missing: true wrong: false
+	// missing: false wrong: true
+	// not there: true
 }

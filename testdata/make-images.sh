@@ -5,7 +5,9 @@
 #                    machines without QEMU and used as fuzz seeds
 #   images/*-luks.qcow2, *-aes.qcow*  encrypted, passphrase "qcowmount"
 #   images/SHA256SUMS  the sha256 of `qemu-img convert -O raw` of each
-# Needs qemu-utils, fdisk, e2fsprogs, dosfstools and mtools; no root.
+#   ../qcow2/guest/testdata/lvm.qcow2  a guest that is an LVM volume group
+# Needs qemu-utils, fdisk, e2fsprogs, dosfstools and mtools; root and lvm2
+# for the LVM guest only.
 set -euo pipefail
 cd "$(dirname "$0")"
 work=$(mktemp -d)
@@ -115,4 +117,43 @@ qemu-io -f qcow -c 'write -c -P 0x66 0 4k' -c 'write -P 0x67 8192 1000' "$tiny/v
 	esac
 	echo "$(sha256sum < "$work/$f.raw" | cut -d' ' -f1)  $f"
 done) > images/SHA256SUMS
-ls -l demo.qcow2 images/
+
+# --- ../qcow2/guest/testdata/lvm.qcow2 ---------------------------------------
+# A guest disk that is one LVM physical volume, made with the LVM tools on a
+# loop device (root) and without device-mapper: volume group vg0 with
+# volumes data (2 MiB, starting "hello from vg0/data") and logs (1 MiB).
+# The LVM configuration is the script's own, as the tests' is.
+lvm_image() {
+	local raw=$work/lvm.raw etc=$work/lvm dev
+	truncate -s 8M "$raw"
+	dev=$(losetup --show -f "$raw")
+	mkdir -p "$etc"
+	cat > "$etc/lvm.conf" <<CONF
+activation { udev_sync = 0 udev_rules = 0 }
+backup { backup = 0 archive = 0 }
+devices { obtain_device_list_from_udev = 0 scan_lvs = 0 use_devicesfile = 0 hints = "none"
+	filter = [ "a|^$dev\$|", "r|.*|" ] global_filter = [ "a|^$dev\$|", "r|.*|" ] }
+CONF
+	local ok=0
+	(
+		export LVM_SYSTEM_DIR=$etc LVM_SUPPRESS_FD_WARNINGS=1
+		set -e
+		pvcreate -q "$dev"
+		vgcreate -q -s 1M vg0 "$dev"
+		for lv in data:2M logs:1M; do
+			lvcreate -q -L "${lv#*:}" -n "${lv%%:*}" vg0 --driverloaded n --activate n --zero n
+		done
+		pvs --noheadings --units b --nosuffix -o pe_start "$dev" > "$work/pe_start"
+	) || ok=$?
+	losetup -d "$dev"
+	[ "$ok" = 0 ]
+	printf 'hello from vg0/data' | dd of="$raw" bs=1 seek="$(tr -d ' ' < "$work/pe_start")" conv=notrunc status=none
+	qemu-img convert -q -c -f raw -O qcow2 -o cluster_size=4096 "$raw" ../qcow2/guest/testdata/lvm.qcow2
+}
+if [ "$(id -u)" = 0 ]; then
+	lvm_image
+else
+	echo "not root: ../qcow2/guest/testdata/lvm.qcow2 kept as it is (the LVM tools need a loop device)" >&2
+fi
+
+ls -l demo.qcow2 images/ ../qcow2/guest/testdata/lvm.qcow2

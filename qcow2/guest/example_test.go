@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log"
 
+	"github.com/qcowmount/qcowmount/qcow2"
 	"github.com/qcowmount/qcowmount/qcow2/guest"
 )
 
@@ -41,4 +42,32 @@ func ExampleScan() {
 	// Output:
 	// mbr p1.raw 1048576 2097152 Linux
 	// hello from p1
+}
+
+// A *qcow2.Image is a guest disk: Scan finds the LVM volume group on it
+// (made by the LVM tools, see testdata/make-images.sh), and a volume's
+// View reads the volume as a disk of its own, wherever its extents lie.
+func ExampleScan_lvm() {
+	img, err := qcow2.Open("testdata/lvm.qcow2", qcow2.Options{})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer img.Close()
+	layout, err := guest.Scan(img)
+	if err != nil {
+		log.Fatal(err)
+	}
+	for _, v := range layout.Volumes {
+		fmt.Println(v.VG, v.Name, v.Size, v.FileName())
+	}
+	data := layout.Volumes[0].View(img)
+	first := make([]byte, 19)
+	if _, err := data.ReadAt(first, 0); err != nil {
+		log.Fatal(err)
+	}
+	fmt.Printf("%s\n", first)
+	// Output:
+	// vg0 data 2097152 vg0-data.raw
+	// vg0 logs 1048576 vg0-logs.raw
+	// hello from vg0/data
 }

@@ -1,5 +1,16 @@
 // Package fusefs serves a guest disk over FUSE as a read-only directory
-// holding disk.raw and, beside it, a file per partition and volume.
+// holding disk.raw and, beside it, a file per partition and volume. Each
+// file is a Disk (bytes and a size: a *qcow2.Image, a guest View):
+//
+//	server, err := fusefs.Mount("/mnt/q", []fusefs.File{{Name: fusefs.DiskName, Disk: img}},
+//		fusefs.Options{Source: "disk.qcow2"})
+//	if err != nil {
+//		return err
+//	}
+//	server.Wait() // until unmounted
+//
+// A failed read is EIO for that read and a line in Options.Log; the mount
+// stays up.
 package fusefs
 
 import (

@@ -37,7 +37,7 @@ type allocator interface {
 
 // allocationBelow asks the backing disk about an unallocated range: past
 // its end, or without one, the range is a hole.
-func allocationBelow(backing Disk, off, n int64) (bool, int64, error) {
+func allocationBelow(backing guestDisk, off, n int64) (bool, int64, error) {
 	if backing == nil || off >= backing.Size() {
 		return false, n, nil
 	}

@@ -96,11 +96,11 @@ func (c *chain) resolve(from, name, what string) (File, int64, string, error) {
 // openBacking reads a backing image in the named format, or the format its
 // contents show when the referring image names none (qcow2 magic: qcow2;
 // anything else: raw). On error it closes f.
-func (c *chain) openBacking(f File, size int64, path, name, format string, depth int) (Disk, error) {
+func (c *chain) openBacking(f File, size int64, path, name, format string, depth int) (guestDisk, error) {
 	if format == "" {
 		format = probeFormat(f)
 	}
-	var d Disk
+	var d guestDisk
 	var err error
 	switch format {
 	case "qcow2", "qcow":

@@ -1,6 +1,3 @@
-// Package qcow2 reads QEMU disk images (qcow2 v2 and v3, and the old qcow
-// format) as the guest disk they describe: an io.ReaderAt over the bytes
-// that `qemu-img convert -O raw` would write.
 package qcow2
 
 import (
@@ -19,8 +16,8 @@ import (
 	"github.com/qcowmount/qcowmount/qcow2/internal/lru"
 )
 
-// Disk is a guest disk: its bytes, its size, and the files behind it.
-type Disk interface {
+// guestDisk is a guest disk: its bytes, its size, and the files behind it.
+type guestDisk interface {
 	io.ReaderAt
 	Size() int64
 	Close() error
@@ -149,7 +146,7 @@ type Image struct {
 	cryptHost bool                     // IVs from host offsets (LUKS), not guest ones
 	luks      *encryption.LUKS
 
-	backing     Disk // nil without a backing file or with NoBacking
+	backing     guestDisk // nil without a backing file or with NoBacking
 	backingName string
 	backingPath string // as the resolver named the file it opened
 	backingErr  error  // why it did not open (Options.AllowMissing)

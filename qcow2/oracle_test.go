@@ -111,7 +111,7 @@ func TestReadMatchesQEMU(t *testing.T) {
 
 // compareWithRaw reads all of d with read sizes that vary, so requests
 // start and end at odd places, and compares with QEMU's raw output.
-func compareWithRaw(t *testing.T, d qcow2.Disk, rawPath string) {
+func compareWithRaw(t *testing.T, d *qcow2.Image, rawPath string) {
 	t.Helper()
 	raw, err := os.Open(rawPath)
 	if err != nil {

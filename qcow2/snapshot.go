@@ -14,13 +14,13 @@ import (
 type Snapshot struct {
 	ID          string
 	Name        string
-	Date        time.Time
-	VMClock     time.Duration
-	VMStateSize uint64
-	DiskSize    uint64
-	ICount      int64 // -1 when the entry does not record it
-	L1Offset    uint64
-	L1Size      uint32
+	Date        time.Time     // when it was taken, by the host's clock
+	VMClock     time.Duration // how long the guest had run
+	VMStateSize uint64        // bytes of saved VM state (RAM, devices); 0 for disk only
+	DiskSize    uint64        // the virtual disk's size then
+	ICount      int64         // instructions run; -1 when the entry does not record it
+	L1Offset    uint64        // where the snapshot's L1 table lies in the file
+	L1Size      uint32        // its entries
 
 	entryOffset int64 // where the entry lies in the file, for errors
 	entryLen    int64 // its bytes, padded to 8 as QEMU lays entries out

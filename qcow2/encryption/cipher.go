@@ -2,7 +2,17 @@
 // LUKS1 headers stored inside the image (crypt_method 2) and the legacy
 // AES scheme (crypt_method 1). It reads LUKS headers from any io.ReaderAt
 // and knows nothing of qcow2 itself: the reader hands it sectors and their
-// numbers.
+// numbers. Package qcow2 uses it through Options.Passphrase; on its own:
+//
+//	luks, err := encryption.ParseLUKS(r, size)
+//	if err != nil {
+//		return err // a *HeaderError names the field and its offset
+//	}
+//	c, err := luks.Unlock(passphrase, encryption.DefaultMaxKDFTime)
+//	if err != nil {
+//		return err // *WrongPassphraseError or *KDFLimitError
+//	}
+//	err = c.Decrypt(sector, number)
 package encryption
 
 import (

@@ -1,7 +1,19 @@
 // Package guest finds what lies inside a guest disk: its partition table
 // (GPT or MBR), the LVM2 logical volumes on its physical volumes, and the
 // file systems they hold, by signature. It reads the disk through an
-// io.ReaderAt and knows nothing of the image format around it.
+// io.ReaderAt with a size (a *qcow2.Image is one) and knows nothing of the
+// image format around it:
+//
+//	layout, err := guest.Scan(img)
+//	if err != nil {
+//		return err // only I/O fails a scan
+//	}
+//	for _, p := range layout.Partitions {
+//		fmt.Println(p.FileName(), p.FS.Type) // p.View(img) reads it
+//	}
+//	for _, v := range layout.Volumes {
+//		fmt.Println(v.FileName(), v.Unreadable) // v.View(img) reads it
+//	}
 //
 // A guest disk is as untrusted as the image that carries it: every offset
 // and count read from it is bounded before use, and a damaged table or

@@ -29,6 +29,7 @@ func (p Partition) View(d Disk) *View { return NewView(d, []Segment{{p.Start, p.
 // View returns the volume's bytes as a disk.
 func (v Volume) View(d Disk) *View { return NewView(d, v.Segments) }
 
+// Size is the sum of the segments' sizes.
 func (v *View) Size() int64 { return v.size }
 
 // ReadAt follows io.ReaderAt: a read that reaches past the end returns

@@ -4,7 +4,24 @@
 // requests in flight, retries with backoff, and timeouts. It refuses a
 // server that ignores byte ranges rather than download a whole image, and
 // once the object changes (ETag, Last-Modified, length) every read fails
-// instead of mixing two versions. It knows nothing of what the file holds.
+// instead of mixing two versions. It knows nothing of what the file holds;
+// with package qcow2 it reads an image where it lies:
+//
+//	f, err := remote.Open("https://example.com/disk.qcow2", remote.Options{})
+//	if err != nil {
+//		return err
+//	}
+//	defer f.Close()
+//	img, err := qcow2.New(f, f.Size(), qcow2.Options{Name: f.Name()})
+//
+// A remote image's backing file is opened through a qcow2.Resolver; the
+// chain Example shows one that stays on the image's server, with
+// ResolveReference.
+//
+// Open fails with the server's answer where it refuses (a status, no
+// range support); reads fail with an error that wraps ErrChanged once the
+// object changed, ErrTimeout when no answer came in Options.Timeout, and
+// otherwise the network's error.
 package remote
 
 import (

@@ -1,7 +1,18 @@
 // Package stream reads a guest disk from start to end with several reads
 // in flight and hands its pieces over in order: data as bytes, holes as
 // lengths, so that a writer can seek past them and a hash need not read
-// them.
+// them. A *qcow2.Image and a guest volume's View are such disks:
+//
+//	h := sha256.New()
+//	err := stream.Run(ctx, img, stream.Options{}, func(p stream.Piece) error {
+//		if p.Data == nil {
+//			return writeZeros(h, p.Len) // a hole
+//		}
+//		_, err := h.Write(p.Data)
+//		return err
+//	})
+//
+// Run returns the first error of a read or of fn, or ctx's error.
 package stream
 
 import (

@@ -67,11 +67,11 @@ func (c *Cache[K, V]) Get(key K) (V, bool) {
 // Add stores val under key, evicting the least recently used values until
 // the budget holds. A value costing more than the whole budget is not kept.
 func (c *Cache[K, V]) Add(key K, val V, cost int64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	if cost > c.budget {
 		return
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
 	if el, ok := c.items[key]; ok {
 		e := el.Value.(*entry[K, V])
 		c.used += cost - e.cost
@@ -84,6 +84,19 @@ func (c *Cache[K, V]) Add(key K, val V, cost int64) {
 		c.items[key] = c.order.PushFront(&entry[K, V]{key, val, cost})
 		c.used += cost
 	}
+	c.shrink()
+}
+
+// SetBudget changes the budget, evicting what no longer fits.
+func (c *Cache[K, V]) SetBudget(budget int64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.budget = budget
+	c.shrink()
+}
+
+// shrink evicts the least recently used values until the budget holds.
+func (c *Cache[K, V]) shrink() {
 	for c.used > c.budget {
 		el := c.order.Back()
 		e := el.Value.(*entry[K, V])

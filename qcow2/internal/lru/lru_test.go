@@ -10,7 +10,7 @@ func TestEvictsLeastRecentlyUsed(t *testing.T) {
 	tests := []struct {
 		name    string
 		budget  int64
-		ops     []string // "+k:cost" adds, "?k" gets
+		ops     []string // "+k:cost" adds, "?k" gets, "=n" sets the budget
 		present []string
 		absent  []string
 	}{
@@ -20,10 +20,14 @@ func TestEvictsLeastRecentlyUsed(t *testing.T) {
 		{"too big is not kept", 4, []string{"+a:3", "+b:5"}, []string{"a"}, []string{"b"}},
 		{"replace updates cost", 6, []string{"+a:3", "+a:6"}, []string{"a"}, nil},
 		{"many small evicted by one big", 6, []string{"+a:1", "+b:1", "+c:1", "+d:6"}, []string{"d"}, []string{"a", "b", "c"}},
+		{"a smaller budget evicts oldest", 10, []string{"+a:3", "+b:3", "+c:3", "=6"}, []string{"b", "c"}, []string{"a"}},
+		{"a larger budget keeps more", 3, []string{"=9", "+a:3", "+b:3", "+c:3"}, []string{"a", "b", "c"}, nil},
+		{"a smaller budget refuses what no longer fits", 10, []string{"=4", "+a:5"}, nil, []string{"a"}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			c := New[string, int](tc.budget)
+			budget := tc.budget
 			for _, op := range tc.ops {
 				switch op[0] {
 				case '+':
@@ -33,6 +37,9 @@ func TestEvictsLeastRecentlyUsed(t *testing.T) {
 					c.Add(k, 1, cost)
 				case '?':
 					c.Get(op[1:])
+				case '=':
+					fmt.Sscanf(op[1:], "%d", &budget)
+					c.SetBudget(budget)
 				}
 			}
 			for _, k := range tc.present {
@@ -45,8 +52,8 @@ func TestEvictsLeastRecentlyUsed(t *testing.T) {
 					t.Errorf("%q still present", k)
 				}
 			}
-			if c.Used() > tc.budget {
-				t.Errorf("used %d > budget %d", c.Used(), tc.budget)
+			if c.Used() > budget {
+				t.Errorf("used %d > budget %d", c.Used(), budget)
 			}
 		})
 	}

@@ -95,7 +95,7 @@ func Mount(mountpoint string, files []File, opts Options) (*fuse.Server, error) 
 		Options:       []string{"ro"},
 		MaxWrite:      1 << 20, // 1 MiB read requests, fewer round trips
 		MaxReadAhead:  1 << 20,
-		MaxBackground: 64,
+		MaxBackground: 12, // as libfuse: more bought no speed, and each holds a buffer
 		DirectMount:   true,
 		Debug:         opts.Debug,
 	}

@@ -43,7 +43,7 @@ func plainBinary(t *testing.T) string {
 // whatever their headers declare: 128 MiB beyond the cache budgets.
 const (
 	memoryBound = 128 << 20
-	cacheBudget = (32 + 16) << 20 // the default L2 and cluster caches
+	cacheBudget = (32 + 16) << 20 // the default L2 and cluster caches at most
 )
 
 // peakOf runs the plain binary under GNU time and returns its output and

@@ -1,7 +1,9 @@
 package qcow2
 
 import (
+	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -108,6 +110,40 @@ func TestL1EntryErrors(t *testing.T) {
 			_, err := img.lookup(512<<20, 10)
 			if err == nil || !strings.Contains(err.Error(), tc.wantErr) || !strings.Contains(err.Error(), "L1 entry at offset 0x30008") {
 				t.Fatalf("error %v, want %q at the L1 entry's offset", err, tc.wantErr)
+			}
+		})
+	}
+}
+
+// TestTableBytesBoundsTheTableCache reads every committed image whole and
+// checks that the table cache then holds no more than tableBytes says the
+// chain's tables can take: CacheBudget, and the mount's memory limit, rely
+// on it.
+func TestTableBytesBoundsTheTableCache(t *testing.T) {
+	paths, err := filepath.Glob("../testdata/images/*.qcow*")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tiny, err := filepath.Glob("../testdata/images/tiny/*.qcow*")
+	if err != nil || len(paths)+len(tiny) < 10 {
+		t.Fatalf("the committed images: %v, %v", paths, err)
+	}
+	for _, p := range append(paths, tiny...) {
+		t.Run(filepath.Base(p), func(t *testing.T) {
+			img, err := Open(p, Options{Passphrase: func(KeyRequest) ([]byte, error) { return []byte("qcowmount"), nil }})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer img.Close()
+			if _, err := io.Copy(io.Discard, io.NewSectionReader(img, 0, img.Size())); err != nil {
+				t.Fatal(err)
+			}
+			var bound int64
+			for i := img; i != nil; i, _ = i.backing.(*Image) {
+				bound += i.tableBytes()
+			}
+			if used := img.chain.tables.Used(); used == 0 || used > bound {
+				t.Errorf("the table cache holds %d bytes; tableBytes says at most %d", used, bound)
 			}
 		})
 	}

@@ -78,7 +78,7 @@ func mountFlags() []cli.Flag {
 		&cli.StringFlag{Name: "log-file", Usage: "background process logs to `FILE` (default: syslog)"},
 		&cli.StringFlag{Name: "cpu-profile", Usage: "write a Go CPU profile of the serving process to `FILE` until unmount"},
 		&cli.StringFlag{Name: "l2-cache-size", Value: "32M", Usage: "`SIZE` of L2 tables cached for the whole chain (bytes, or with K, M, G)"},
-		&cli.StringFlag{Name: "cluster-cache-size", Value: "16M", Usage: "`SIZE` of decompressed clusters cached (bytes, or with K, M, G)"},
+		&cli.StringFlag{Name: "cluster-cache-size", Usage: "`SIZE` of decompressed clusters cached, in bytes or with K, M, G (default: 8 of the chain's largest clusters, 4M to 16M)"},
 		&cli.StringFlag{Name: "pidfile", Usage: "write the serving process's pid to `FILE` (removed at unmount)"},
 	)
 }

@@ -3,12 +3,14 @@ package qcow2_test
 import (
 	"bytes"
 	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
 	"log"
 	"os"
+	"path/filepath"
 
 	"github.com/qcowmount/qcowmount/qcow2"
 	"github.com/qcowmount/qcowmount/qcow2/encryption"
@@ -136,4 +138,51 @@ func ExamplePassphraseError() {
 	// missing: true wrong: false
 	// missing: false wrong: true
 	// not there: true
+}
+
+// A valid image with a feature this reader does not handle fails with an
+// *UnsupportedError naming it: here an incompatible feature bit no QEMU
+// has defined yet.
+func ExampleUnsupportedError() {
+	b, err := os.ReadFile("../testdata/images/tiny/v3-zlib.qcow2")
+	if err != nil {
+		log.Fatal(err)
+	}
+	b[79] |= 1 << 6 // incompatible_features, bit 6
+	_, err = qcow2.New(bytes.NewReader(b), int64(len(b)), qcow2.Options{Name: "future.qcow2"})
+	var ue *qcow2.UnsupportedError
+	if errors.As(err, &ue) {
+		fmt.Println(ue.Feature)
+	}
+	// Output:
+	// unknown incompatible bit 6
+}
+
+// An image that names a backing file outside its own directory is refused
+// with an error wrapping ErrUnsafePath, unless Options.BackingDir or
+// Options.AllowAnyPath allow it: images come from strangers.
+func ExampleErrUnsafePath() {
+	b, err := os.ReadFile("../testdata/images/tiny/v3-top.qcow2")
+	if err != nil {
+		log.Fatal(err)
+	}
+	// The header's backing_file_offset and backing_file_size, rewritten
+	// to name /etc/passwd.
+	at := binary.BigEndian.Uint64(b[8:])
+	name := "/etc/passwd"
+	copy(b[at:], name)
+	binary.BigEndian.PutUint32(b[16:], uint32(len(name)))
+	dir, err := os.MkdirTemp("", "stranger")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	path := filepath.Join(dir, "top.qcow2")
+	if err := os.WriteFile(path, b, 0o644); err != nil {
+		log.Fatal(err)
+	}
+	_, err = qcow2.Open(path, qcow2.Options{})
+	fmt.Println(errors.Is(err, qcow2.ErrUnsafePath))
+	// Output:
+	// true
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"iter"
 	"math"
 	"path/filepath"
 	"sync"
@@ -179,12 +180,11 @@ func Open(path string, opts Options) (*Image, error) {
 	if err != nil {
 		return nil, err
 	}
-	img, err := newChain(opts, local).openImage(f, size, abs, path, 0, opts.Snapshot)
+	img, err := openChain(opts, local, f, size, abs, path)
 	if err != nil {
 		f.Close()
 		return nil, err
 	}
-	img.fitClusterCache(opts.ClusterCacheSize)
 	img.ownsFile = true
 	if opts.ForceShare {
 		img.warnings = append(img.warnings, "opened with --force-share: another process may change the image while it is mounted, and reads may then be inconsistent")
@@ -200,32 +200,29 @@ func New(r io.ReaderAt, size int64, opts Options) (*Image, error) {
 	if name == "" {
 		name = "image"
 	}
-	img, err := newChain(opts, opts.Resolver).openImage(namedReader{r, name}, size, name, name, 0, opts.Snapshot)
-	if err != nil {
-		return nil, err
-	}
-	img.fitClusterCache(opts.ClusterCacheSize)
-	return img, nil
+	return openChain(opts, opts.Resolver, namedReader{r, name}, size, name, name)
 }
 
-// fitClusterCache sizes the decompressed-cluster cache to the chain's
-// largest clusters, unless the caller chose a budget.
-func (img *Image) fitClusterCache(chosen int64) {
-	if chosen > 0 {
-		return
+// openChain opens the top image, and through it the chain, then sizes the
+// decompressed-cluster cache to the chain's largest clusters unless the
+// caller chose a budget.
+func openChain(opts Options, resolver Resolver, f File, size int64, path, name string) (*Image, error) {
+	img, err := newChain(opts, resolver).openImage(f, size, path, name, 0, opts.Snapshot)
+	if err != nil || opts.ClusterCacheSize > 0 {
+		return img, err
 	}
 	c := img.chain
 	c.opts.ClusterCacheSize = min(max(defaultCachedClusters*img.LargestCluster(), MinClusterCacheSize), MaxClusterCacheSize)
 	c.clusters.SetBudget(c.opts.ClusterCacheSize)
+	return img, nil
 }
 
 // LargestCluster is the size of the largest clusters of the chain's
 // images: what one read may decompress or decrypt at once.
 func (img *Image) LargestCluster() int64 {
 	var bits uint32
-	for i := img; i != nil; {
+	for i := range img.images() {
 		bits = max(bits, i.clusterBits)
-		i, _ = i.backing.(*Image)
 	}
 	return 1 << bits
 }
@@ -235,7 +232,7 @@ func newChain(opts Options, resolver Resolver) *chain {
 		opts.L2CacheSize = DefaultL2CacheSize
 	}
 	if opts.ClusterCacheSize <= 0 {
-		opts.ClusterCacheSize = MaxClusterCacheSize // until fitClusterCache knows the clusters
+		opts.ClusterCacheSize = MaxClusterCacheSize // until openChain knows the clusters
 	}
 	c := &chain{
 		opts:     opts,
@@ -380,11 +377,20 @@ func (img *Image) Header() Header { return img.hdr }
 func (img *Image) CacheBudget() int64 {
 	budget := img.chain.opts.L2CacheSize
 	var tables int64
-	for i := img; i != nil && tables < budget; {
-		tables += min(i.tableBytes(), budget)
-		i, _ = i.backing.(*Image)
+	for i := range img.images() {
+		tables = min(tables+min(i.tableBytes(), budget), budget)
 	}
-	return min(budget, tables) + img.chain.opts.ClusterCacheSize
+	return tables + img.chain.opts.ClusterCacheSize
+}
+
+// images yields the qcow2 and qcow images of the chain, top first (a raw
+// backing file ends it).
+func (img *Image) images() iter.Seq[*Image] {
+	return func(yield func(*Image) bool) {
+		for i := img; i != nil && yield(i); {
+			i, _ = i.backing.(*Image)
+		}
+	}
 }
 
 // tableBytes is the most the table cache can hold of this image: every
@@ -407,13 +413,12 @@ func (img *Image) Path() string { return img.path }
 // (with Options.AllowMissing), top first.
 func (img *Image) Missing() []error {
 	var errs []error
-	for i := img; i != nil; {
+	for i := range img.images() {
 		for _, err := range []error{i.dataErr, i.backingErr} {
 			if err != nil {
 				errs = append(errs, err)
 			}
 		}
-		i, _ = i.backing.(*Image)
 	}
 	return errs
 }

@@ -139,7 +139,7 @@ func TestTableBytesBoundsTheTableCache(t *testing.T) {
 				t.Fatal(err)
 			}
 			var bound int64
-			for i := img; i != nil; i, _ = i.backing.(*Image) {
+			for i := range img.images() {
 				bound += i.tableBytes()
 			}
 			if used := img.chain.tables.Used(); used == 0 || used > bound {

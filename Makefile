@@ -20,7 +20,7 @@ TEST_PACKAGES := qemu-utils fuse3 e2fsprogs fdisk dosfstools mtools util-linux f
 # ... and the peers the benchmark measures us against.
 BENCH_PACKAGES := qemu-system-common libqcow-utils
 
-.PHONY: all build man test deps vet lint cross dist deb unit integration emulated fuzz fuzz-smoke demo install bench clean
+.PHONY: all build man test deps vet lint cross dist deb unit integration emulated fuzz fuzz-smoke demo install bench bench-requests clean
 
 all: build
 
@@ -128,6 +128,13 @@ bench: build
 	@$(MAKE) --no-print-directory deps EXTRA_PACKAGES="$(BENCH_PACKAGES)"
 	$(GO) test -run '^$$' -bench . -benchmem ./qcow2 ./qcow2/internal/decompress ./qcow2/encryption
 	$(GO) run ./integration/bench -out integration/bench/RESULTS.md $(BENCH_ARGS)
+
+# bench-requests: each measure once per FUSE server, recording what the
+# kernel sends it (request sizes, requests in flight, time and CPU per
+# request) from the kernel's fuse tracepoints (Linux 6.13 and later).
+bench-requests: build
+	@$(MAKE) --no-print-directory deps EXTRA_PACKAGES="$(BENCH_PACKAGES)"
+	$(GO) run ./integration/bench -trace -seconds 2 -out integration/bench/REQUESTS.md $(BENCH_ARGS)
 
 # man and completions come from the command line's own definition.
 man: build

@@ -25,6 +25,7 @@ func main() {
 	out := flag.String("out", "", "also write the results as Markdown to this file")
 	ours := flag.String("qcowmount", "bin/qcowmount", "the qcowmount binary to measure")
 	only := flag.String("only", "", "measure only the built images whose name contains this (e.g. LUKS), or only the remote measures (remote), or only export and hash on every image (commands)")
+	trace := flag.Bool("trace", false, "instead of timing, record what the kernel sends each FUSE server during each measure, once: request sizes, requests in flight, time per request (needs the fuse tracepoints of Linux 6.13)")
 	serveRaw := flag.String("serve-raw", "", "internal: serve this raw file at the mountpoint given as argument")
 	flag.Parse()
 	if *serveRaw != "" {
@@ -34,13 +35,13 @@ func main() {
 		}
 		return
 	}
-	if err := run(*work, *image, *only, *fill<<20, *seconds, *runs, *out, *ours); err != nil {
+	if err := run(*work, *image, *only, *fill<<20, *seconds, *runs, *out, *ours, *trace); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
 }
 
-func run(work, image, only string, fill int64, seconds, runs int, out, ours string) error {
+func run(work, image, only string, fill int64, seconds, runs int, out, ours string, trace bool) error {
 	ours, err := filepath.Abs(ours)
 	if err != nil {
 		return err
@@ -69,6 +70,17 @@ func run(work, image, only string, fill int64, seconds, runs int, out, ours stri
 		mountImages = nil
 	}
 	o := options{seconds: seconds, work: work}
+	if trace {
+		table, err := traceFigures(mountImages, ours, o)
+		if err != nil {
+			return err
+		}
+		fmt.Print(table)
+		if out != "" {
+			return os.WriteFile(out, []byte(table), 0o644)
+		}
+		return nil
+	}
 	ms := metrics()
 	var report strings.Builder
 	fmt.Fprintf(&report, "Measured %s on %d cores (%s), `make bench` (%s).\n\n", time.Now().UTC().Format("2006-01-02"), runtime.NumCPU(), cpuModel(), strings.TrimSpace("go run ./integration/bench "+strings.Join(os.Args[1:], " ")))

@@ -28,6 +28,9 @@ type mounted struct {
 	stop func() error
 }
 
+// noFUSE is the kernel ceiling: the raw disk file read directly.
+const noFUSE = "raw file, no FUSE (kernel ceiling)"
+
 func tools(ours, raw string) []tool {
 	all := func(benchImage) bool { return true }
 	ceiling := func(img benchImage) bool { return img.ceilings }
@@ -67,7 +70,7 @@ func tools(ours, raw string) []tool {
 				}
 				return fuseDirMount(dir, filepath.Join(dir, "qcow1"), "/usr/bin/qcowmount")
 			}},
-		{name: "raw file, no FUSE (kernel ceiling)", reads: ceiling, mount: func(img benchImage, dir string) (*mounted, error) {
+		{name: noFUSE, reads: ceiling, mount: func(img benchImage, dir string) (*mounted, error) {
 			return &mounted{file: img.raw, stop: func() error { return nil }}, nil
 		}},
 		{name: "raw disk, our FUSE layer (FUSE ceiling)", reads: ceiling, mount: func(img benchImage, dir string) (*mounted, error) {

@@ -19,8 +19,10 @@ TEST_PACKAGES := qemu-utils fuse3 e2fsprogs fdisk dosfstools mtools util-linux f
 	xfsprogs btrfs-progs ntfs-3g lvm2 fuse2fs nginx-light b3sum cryptsetup-bin lintian
 # ... and the peers the benchmark measures us against.
 BENCH_PACKAGES := qemu-system-common libqcow-utils
+# ... and what builds the smallest libfuse server for bench-ceiling.
+CEILING_PACKAGES := gcc pkg-config libfuse3-dev
 
-.PHONY: all build man test deps vet lint cross dist deb unit integration emulated fuzz fuzz-smoke demo install bench bench-requests clean
+.PHONY: all build man test deps vet lint cross dist deb unit integration emulated fuzz fuzz-smoke demo install bench bench-requests bench-ceiling clean
 
 all: build
 
@@ -135,6 +137,13 @@ bench: build
 bench-requests: build
 	@$(MAKE) --no-print-directory deps EXTRA_PACKAGES="$(BENCH_PACKAGES)"
 	$(GO) run ./integration/bench -trace -seconds 2 -out integration/bench/REQUESTS.md $(BENCH_ARGS)
+
+# bench-ceiling: what a request costs in each FUSE library alone: the
+# smallest go-fuse server, the smallest libfuse one and our fusefs layer,
+# each serving a file of zeros, under fio's random 4 KiB reads.
+bench-ceiling: build
+	@$(MAKE) --no-print-directory deps EXTRA_PACKAGES="$(CEILING_PACKAGES)"
+	$(GO) run ./integration/bench -ceiling -runs 5 -out integration/bench/CEILING.md $(BENCH_ARGS)
 
 # man and completions come from the command line's own definition.
 man: build

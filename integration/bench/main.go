@@ -26,8 +26,31 @@ func main() {
 	ours := flag.String("qcowmount", "bin/qcowmount", "the qcowmount binary to measure")
 	only := flag.String("only", "", "measure only the built images whose name contains this (e.g. LUKS), or only the remote measures (remote), or only export and hash on every image (commands)")
 	trace := flag.Bool("trace", false, "instead of timing, record what the kernel sends each FUSE server during each measure, once: request sizes, requests in flight, time per request (needs the fuse tracepoints of Linux 6.13)")
+	ceiling := flag.Bool("ceiling", false, "instead, measure what a request costs in each FUSE library: the smallest go-fuse and libfuse servers of a file of zeros, and our fusefs layer (needs gcc and libfuse3-dev)")
+	serveZerosWith := flag.String("serve-zeros", "", "internal: serve a file of zeros at the mountpoint given as argument with go-fuse or fusefs")
 	serveRaw := flag.String("serve-raw", "", "internal: serve this raw file at the mountpoint given as argument")
 	flag.Parse()
+	if *serveZerosWith != "" {
+		if err := serveZeros(*serveZerosWith, flag.Arg(0)); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	if *ceiling {
+		table, err := ceilingFigures(*work, options{seconds: *seconds, work: *work}, *runs)
+		if err == nil {
+			fmt.Print(table)
+			if *out != "" {
+				err = os.WriteFile(*out, []byte(table), 0o644)
+			}
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if *serveRaw != "" {
 		if err := serveRawFile(*serveRaw, flag.Arg(0)); err != nil {
 			fmt.Fprintln(os.Stderr, "bench:", err)
@@ -83,7 +106,7 @@ func run(work, image, only string, fill int64, seconds, runs int, out, ours stri
 	}
 	ms := metrics()
 	var report strings.Builder
-	fmt.Fprintf(&report, "Measured %s on %d cores (%s), `make bench` (%s).\n\n", time.Now().UTC().Format("2006-01-02"), runtime.NumCPU(), cpuModel(), strings.TrimSpace("go run ./integration/bench "+strings.Join(os.Args[1:], " ")))
+	fmt.Fprintf(&report, "%s, `make bench` (%s).\n\n", measuredOn(), invocation())
 	fmt.Fprintf(&report, "Each figure is the best of %d runs on fresh mounts, tools taking turns measure by measure; images in the page cache. "+
 		"Sequential: the whole disk in 1 MiB reads, by 1 reader or by 8 readers each reading its eighth. "+
 		"Random: fio, 4 KiB, psync, %d s, buffered or O_DIRECT, 1 or 4 jobs. "+
@@ -141,6 +164,16 @@ func run(work, image, only string, fill int64, seconds, runs int, out, ours stri
 		return os.WriteFile(out, []byte(report.String()), 0o644)
 	}
 	return nil
+}
+
+// measuredOn says when and on what a table was measured.
+func measuredOn() string {
+	return fmt.Sprintf("Measured %s on %d cores (%s)", time.Now().UTC().Format("2006-01-02"), runtime.NumCPU(), cpuModel())
+}
+
+// invocation is the command that produced a table.
+func invocation() string {
+	return strings.TrimSpace("go run ./integration/bench " + strings.Join(os.Args[1:], " "))
 }
 
 func cpuModel() string {

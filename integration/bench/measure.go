@@ -148,29 +148,37 @@ func sequential(file string, n int) (float64, error) {
 
 func randomReads(direct bool, jobs int) func(*mounted, benchImage, options) (float64, error) {
 	return func(m *mounted, img benchImage, o options) (float64, error) {
-		d := "0"
-		if direct {
-			d = "1"
-		}
-		out, err := exec.Command("fio", "--name=random", "--filename="+m.file, "--readonly", "--rw=randread",
-			"--bs=4k", "--ioengine=psync", "--direct="+d, "--numjobs="+strconv.Itoa(jobs), "--time_based",
-			"--runtime="+strconv.Itoa(o.seconds), "--group_reporting", "--output-format=json").Output()
-		if err != nil {
-			return 0, fmt.Errorf("fio: %v", err)
-		}
-		var report struct {
-			Jobs []struct {
-				Read struct {
-					IOPS float64 `json:"iops"`
-				} `json:"read"`
-				Error int `json:"error"`
-			} `json:"jobs"`
-		}
-		if err := json.Unmarshal(out, &report); err != nil || len(report.Jobs) == 0 || report.Jobs[0].Error != 0 {
-			return 0, fmt.Errorf("fio report: %v: %.300s", err, out)
-		}
-		return report.Jobs[0].Read.IOPS, nil
+		iops, _, err := fio(m.file, direct, jobs, o.seconds)
+		return iops, err
 	}
+}
+
+// fio reads file at random in 4 KiB blocks with psync for the given
+// seconds and returns the reads per second and how many there were.
+func fio(file string, direct bool, jobs, seconds int) (float64, int64, error) {
+	d := "0"
+	if direct {
+		d = "1"
+	}
+	out, err := exec.Command("fio", "--name=random", "--filename="+file, "--readonly", "--rw=randread",
+		"--bs=4k", "--ioengine=psync", "--direct="+d, "--numjobs="+strconv.Itoa(jobs), "--time_based",
+		"--runtime="+strconv.Itoa(seconds), "--group_reporting", "--output-format=json").Output()
+	if err != nil {
+		return 0, 0, fmt.Errorf("fio: %v", err)
+	}
+	var report struct {
+		Jobs []struct {
+			Read struct {
+				IOPS     float64 `json:"iops"`
+				TotalIOs int64   `json:"total_ios"`
+			} `json:"read"`
+			Error int `json:"error"`
+		} `json:"jobs"`
+	}
+	if err := json.Unmarshal(out, &report); err != nil || len(report.Jobs) == 0 || report.Jobs[0].Error != 0 {
+		return 0, 0, fmt.Errorf("fio report: %v: %.300s", err, out)
+	}
+	return report.Jobs[0].Read.IOPS, report.Jobs[0].Read.TotalIOs, nil
 }
 
 // guestPartition is where the built guest disk's ext4 partition starts.

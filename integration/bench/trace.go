@@ -309,6 +309,7 @@ func traceFigures(images []benchImage, ours string, o options) (string, error) {
 	}
 	defer t.close()
 	var b strings.Builder
+	fmt.Fprintf(&b, "%s, `make bench-requests` (%s), each measure once with the kernel's fuse tracepoints on.\n", measuredOn(), invocation())
 	for _, img := range images {
 		if err := warmImage(img); err != nil {
 			return "", err

@@ -2,6 +2,10 @@ package main
 
 import (
 	"bufio"
+	"bytes"
+	"io"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -71,5 +75,40 @@ func TestSummary(t *testing.T) {
 	}
 	if got := (requestStats{ops: map[string]int{"OPEN": 1}}).summary(); got[0] != "0" || got[len(got)-1] != "OPEN 1" {
 		t.Errorf("summary without READs: %q", got)
+	}
+}
+
+func TestZeroServers(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("mounting FUSE in-process needs root")
+	}
+	for _, how := range []string{"go-fuse", "fusefs"} {
+		t.Run(how, func(t *testing.T) {
+			dir := t.TempDir()
+			server, err := mountZeros(how, dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { server.Unmount() })
+			f, err := os.Open(filepath.Join(dir, "zeros"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			st, err := f.Stat()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st.Size() != zerosSize {
+				t.Errorf("size %d, want %d", st.Size(), zerosSize)
+			}
+			buf := bytes.Repeat([]byte{0xff}, 8192)
+			if n, err := f.ReadAt(buf, zerosSize-4096); n != 4096 || err != io.EOF {
+				t.Errorf("read at the end: %d bytes, %v; want 4096 and EOF", n, err)
+			}
+			if !bytes.Equal(buf[:4096], make([]byte, 4096)) {
+				t.Error("the file's last block is not zeros")
+			}
+		})
 	}
 }

@@ -29,10 +29,16 @@ type object struct {
 	hold     chan struct{} // when set, hold answers for ranges past holdAt
 	holdAt   int64
 	requests atomic.Int64
+	busy     atomic.Int64 // requests being answered
+	maxBusy  atomic.Int64 // the most answered at once
 }
 
 func (o *object) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	o.requests.Add(1)
+	n := o.busy.Add(1)
+	defer o.busy.Add(-1)
+	for m := o.maxBusy.Load(); n > m && !o.maxBusy.CompareAndSwap(m, n); m = o.maxBusy.Load() {
+	}
 	o.mu.Lock()
 	data, etag, delay, hold := o.data, o.etag, o.delay, o.hold
 	fail := o.fail503 > 0
@@ -138,18 +144,89 @@ func TestReadsWhatTheServerHolds(t *testing.T) {
 	}
 }
 
-func TestSequentialReadsAreReadAhead(t *testing.T) {
+// A cache far smaller than what is read evicts all the time, and evicted
+// blocks' buffers are reused for the next fetches: readers must still see
+// the right bytes (and -race no race).
+func TestEvictedBlocksAreReused(t *testing.T) {
+	o, srv := serve(t, 3<<20)
+	f := mustOpen(t, srv.URL, small(Options{CacheSize: 256 << 10}))
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Go(func() {
+			r := rand.New(rand.NewPCG(uint64(g), 7))
+			buf := make([]byte, 200<<10)
+			for range 50 {
+				off, n := r.Int64N(f.Size()), 1+r.IntN(len(buf))
+				got, err := f.ReadAt(buf[:n], off)
+				if (err != nil && err != io.EOF) || !bytes.Equal(buf[:got], o.data[off:off+int64(got)]) {
+					t.Errorf("ReadAt(%d, %d) = %d, %v: wrong bytes", off, n, got, err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if used := f.cache.Used(); used > 256<<10 {
+		t.Errorf("the cache holds %d bytes, over its 256 KiB", used)
+	}
+}
+
+// Readahead grows with the bytes a reader consumes, not with how many
+// reads it makes: a file system reading a few small blocks in a row must
+// not pull megabytes.
+func TestReadaheadFollowsWhatIsConsumed(t *testing.T) {
 	o, srv := serve(t, 16<<20)
 	f := mustOpen(t, srv.URL, small(Options{}))
-	buf := make([]byte, 128<<10)
-	for off := int64(0); off < f.Size(); off += int64(len(buf)) {
-		if _, err := f.ReadAt(buf, off); err != nil && err != io.EOF {
+	buf := make([]byte, 4096)
+	for off := int64(0); off < 64<<10; off += int64(len(buf)) {
+		if _, err := f.ReadAt(buf, off); err != nil {
 			t.Fatal(err)
 		}
 	}
-	// 128 reads of 128 KiB: readahead grows to 8 MiB runs of 16 blocks.
-	if n := o.requests.Load(); n > 70 {
-		t.Errorf("%d requests for 128 sequential reads: no readahead", n)
+	f.Close() // waits for readahead
+	if bytes, _ := f.Fetched(); bytes > 256<<10 {
+		t.Errorf("16 reads of 4 KiB fetched %d KiB of %d", bytes>>10, len(o.data)>>10)
+	}
+}
+
+func TestSequentialReadsAreReadAhead(t *testing.T) {
+	tests := []struct {
+		name        string
+		opts        Options
+		maxRequests int64 // for the whole object
+	}{
+		// 16 MiB in 64 KiB blocks: the window grows to runs of 16 blocks.
+		{"default cache", small(Options{}), 24},
+		// Readahead stays within half the cache, so that nothing it
+		// fetches is evicted before it is read, and nothing is fetched
+		// twice.
+		{"small cache", small(Options{CacheSize: 1 << 20}), 40},
+		// Requests in flight stay within MaxInFlight.
+		{"two in flight", small(Options{MaxInFlight: 2}), 24},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			o, srv := serve(t, 16<<20)
+			o.delay = time.Millisecond
+			f := mustOpen(t, srv.URL, tc.opts)
+			buf := make([]byte, 128<<10)
+			for off := int64(0); off < f.Size(); off += int64(len(buf)) {
+				n, err := f.ReadAt(buf, off)
+				if (err != nil && err != io.EOF) || !bytes.Equal(buf[:n], o.data[off:off+int64(n)]) {
+					t.Fatalf("ReadAt(%d) = %d, %v: wrong bytes", off, n, err)
+				}
+			}
+			f.Close()
+			if n := o.requests.Load(); n > tc.maxRequests {
+				t.Errorf("%d requests for 128 sequential reads of 128 KiB, want at most %d", n, tc.maxRequests)
+			}
+			if bytes, _ := f.Fetched(); bytes > int64(len(o.data))+1 {
+				t.Errorf("fetched %d bytes of a %d-byte object: readahead fetched some twice", bytes, len(o.data))
+			}
+			if n, limit := o.maxBusy.Load(), int64(f.opts.MaxInFlight); n > limit {
+				t.Errorf("%d requests at once, MaxInFlight is %d", n, limit)
+			}
+		})
 	}
 }
 

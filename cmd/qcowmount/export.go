@@ -56,7 +56,7 @@ func exportAction(c *cli.Context) error {
 	}
 	bar := newProgress(c, p.disk.Size(), "export "+p.name)
 	var writeErr error
-	err = stream.Run(ctx, p.disk, stream.Options{}, func(pc stream.Piece) error {
+	err = stream.Run(ctx, p.disk, streamOptions(img.Image), func(pc stream.Piece) error {
 		if writeErr = dst.write(ctx, pc); writeErr != nil {
 			return writeErr
 		}

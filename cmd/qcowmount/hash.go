@@ -122,7 +122,7 @@ func hashAction(c *cli.Context) error {
 	defer stop()
 	bar := newProgress(c, total, "hash")
 	for _, r := range reads {
-		if err := stream.Run(ctx, r.disk, stream.Options{}, func(p stream.Piece) error {
+		if err := stream.Run(ctx, r.disk, streamOptions(img.Image), func(p stream.Piece) error {
 			if err := feed(ctx, r.parts, p); err != nil {
 				return err
 			}

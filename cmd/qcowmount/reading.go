@@ -167,6 +167,12 @@ func (p *progress) done() {
 // zeros is what holes are written and hashed from.
 var zeros = make([]byte, 1<<20)
 
+// streamOptions are how export and hash read img's disk: chunks of 1 MiB,
+// or of the chain's largest cluster, so that no two reads decompress one.
+func streamOptions(img *qcow2.Image) stream.Options {
+	return stream.Options{Chunk: int(max(1<<20, img.LargestCluster()))}
+}
+
 func isZero(b []byte) bool { return bytes.Equal(b, zeros[:len(b)]) }
 
 // writeZeros writes n zero bytes to w, stopping early when ctx ends: n

@@ -1,9 +1,12 @@
 package main
 
 import (
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/qcowmount/qcowmount/qcow2"
 	"github.com/qcowmount/qcowmount/qcow2/guest"
 )
 
@@ -41,5 +44,32 @@ func TestFindVolume(t *testing.T) {
 	}
 	if _, err := findVolume(nil, "x"); err == nil || !strings.Contains(err.Error(), "the guest disk has: none") {
 		t.Errorf("no volumes: %v", err)
+	}
+}
+
+func TestStreamOptionsCoverACluster(t *testing.T) {
+	tests := []struct {
+		clusterSize string
+		wantChunk   int
+	}{
+		{"4096", 1 << 20},
+		{"65536", 1 << 20},
+		{"2097152", 2 << 20},
+	}
+	for _, tc := range tests {
+		t.Run(tc.clusterSize, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "disk.qcow2")
+			if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", "-o", "cluster_size="+tc.clusterSize, path, "64M").CombinedOutput(); err != nil {
+				t.Fatalf("qemu-img create: %v: %s", err, out)
+			}
+			img, err := qcow2.Open(path, qcow2.Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer img.Close()
+			if got := streamOptions(img).Chunk; got != tc.wantChunk {
+				t.Errorf("chunk %d, want %d", got, tc.wantChunk)
+			}
+		})
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/qcowmount/qcowmount/fusefs"
 )
 
@@ -38,9 +39,15 @@ func serveRawFile(path, mountpoint string) error {
 	if err != nil {
 		return err
 	}
+	serveUntilSignalled(server)
+	return nil
+}
+
+// serveUntilSignalled serves until the mount is unmounted, or a signal
+// asks for it.
+func serveUntilSignalled(server *fuse.Server) {
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 	go func() { <-sigs; server.Unmount() }()
 	server.Wait()
-	return nil
 }

@@ -40,10 +40,7 @@ func main() {
 	if *ceiling {
 		table, err := ceilingFigures(*work, options{seconds: *seconds, work: *work}, *runs)
 		if err == nil {
-			fmt.Print(table)
-			if *out != "" {
-				err = os.WriteFile(*out, []byte(table), 0o644)
-			}
+			err = emit(table, *out)
 		}
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "bench:", err)
@@ -98,11 +95,7 @@ func run(work, image, only string, fill int64, seconds, runs int, out, ours stri
 		if err != nil {
 			return err
 		}
-		fmt.Print(table)
-		if out != "" {
-			return os.WriteFile(out, []byte(table), 0o644)
-		}
-		return nil
+		return emit(table, out)
 	}
 	ms := metrics()
 	var report strings.Builder
@@ -164,6 +157,15 @@ func run(work, image, only string, fill int64, seconds, runs int, out, ours stri
 		return os.WriteFile(out, []byte(report.String()), 0o644)
 	}
 	return nil
+}
+
+// emit prints a table that is the whole report, and writes it to out.
+func emit(table, out string) error {
+	fmt.Print(table)
+	if out == "" {
+		return nil
+	}
+	return os.WriteFile(out, []byte(table), 0o644)
 }
 
 // measuredOn says when and on what a table was measured.

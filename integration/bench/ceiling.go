@@ -62,17 +62,6 @@ func ceilingFigures(work string, o options, runs int) (string, error) {
 	if err := sh("gcc", append([]string{"-O2", "-o", libfuse, src}, strings.Fields(string(flags))...)...); err != nil {
 		return "", err
 	}
-	type workload struct {
-		name   string
-		direct bool
-		jobs   int
-	}
-	workloads := []workload{
-		{"random 4 KiB, buffered, 1 job", false, 1},
-		{"random 4 KiB, buffered, 4 jobs", false, 4},
-		{"random 4 KiB, O_DIRECT, 1 job", true, 1},
-		{"random 4 KiB, O_DIRECT, 4 jobs", true, 4},
-	}
 	servers := zeroServers(self, libfuse)
 	type cell struct {
 		iops, cpuUsec, switches float64
@@ -80,7 +69,7 @@ func ceilingFigures(work string, o options, runs int) (string, error) {
 	}
 	best := map[[2]int]cell{}
 	for run := 1; run <= runs; run++ {
-		for w, wl := range workloads {
+		for w, wl := range randomWorkloads {
 			for s, srv := range servers {
 				fmt.Fprintf(os.Stderr, "ceiling, run %d of %d: %s: %s ...\n", run, runs, wl.name, srv.name)
 				c := cell{}
@@ -98,7 +87,7 @@ func ceilingFigures(work string, o options, runs int) (string, error) {
 		fmt.Fprintf(&b, " %s |", srv.name)
 	}
 	b.WriteString("\n|---|" + strings.Repeat("---:|", len(servers)) + "\n")
-	for w, wl := range workloads {
+	for w, wl := range randomWorkloads {
 		fmt.Fprintf(&b, "| %s |", wl.name)
 		for s := range servers {
 			c := best[[2]int{w, s}]
@@ -136,7 +125,10 @@ func zerosOnce(srv tool, direct bool, jobs int, o options) (iops, cpuUsec, switc
 	if stopErr := m.stop(); err == nil {
 		err = stopErr
 	}
-	if err != nil || reads == 0 {
+	if err == nil && reads == 0 {
+		err = fmt.Errorf("fio read nothing from %s", m.file)
+	}
+	if err != nil {
 		return 0, 0, 0, err
 	}
 	return iops, float64((after.CPU - before.CPU).Microseconds()) / float64(reads), float64(after.Switches-before.Switches) / float64(reads), nil

@@ -32,22 +32,39 @@ type options struct {
 	work    string
 }
 
+// randomWorkload is one of fio's random 4 KiB read patterns.
+type randomWorkload struct {
+	name   string
+	direct bool
+	jobs   int
+}
+
+// randomWorkloads are the random patterns every image and the FUSE
+// ceiling are measured with.
+var randomWorkloads = []randomWorkload{
+	{"random 4 KiB, buffered, 1 job", false, 1},
+	{"random 4 KiB, buffered, 4 jobs", false, 4},
+	{"random 4 KiB, O_DIRECT, 1 job", true, 1},
+	{"random 4 KiB, O_DIRECT, 4 jobs", true, 4},
+}
+
 func metrics() []metric {
-	return []metric{
+	ms := []metric{
 		{name: "sequential, 1 reader", unit: "MiB/s", higher: true, run: func(m *mounted, img benchImage, o options) (float64, error) {
 			return sequential(m.file, 1)
 		}},
 		{name: "sequential, 8 readers", unit: "MiB/s", higher: true, run: func(m *mounted, img benchImage, o options) (float64, error) {
 			return sequential(m.file, 8)
 		}},
-		{name: "random 4 KiB, buffered, 1 job", unit: "IOPS", higher: true, run: randomReads(false, 1)},
-		{name: "random 4 KiB, buffered, 4 jobs", unit: "IOPS", higher: true, run: randomReads(false, 4)},
-		{name: "random 4 KiB, O_DIRECT, 1 job", unit: "IOPS", higher: true, run: randomReads(true, 1)},
-		{name: "random 4 KiB, O_DIRECT, 4 jobs", unit: "IOPS", higher: true, run: randomReads(true, 4)},
+	}
+	for _, w := range randomWorkloads {
+		ms = append(ms, metric{name: w.name, unit: "IOPS", higher: true, run: randomReads(w.direct, w.jobs)})
+	}
+	return append(ms, []metric{
 		{name: "guest: tar of the ext4 files (loop device)", unit: "MiB/s", higher: true, guest: true, run: guestTar},
 		{name: fmt.Sprintf("guest: up to %d files under 16 KiB (loop device)", smallFiles), unit: "s", guest: true, run: guestSmallFiles},
 		{name: "guest: tar through fuse2fs (no root)", unit: "MiB/s", higher: true, guest: true, run: fuse2fsTar},
-	}
+	}...)
 }
 
 // figures are one tool's results on one image: a value per metric.

@@ -36,6 +36,16 @@ type tracer struct {
 
 func newTracer() (*tracer, error) {
 	t := &tracer{}
+	if err := t.setUp(); err != nil {
+		t.close()
+		return nil, err
+	}
+	return t, nil
+}
+
+// setUp mounts what is missing and makes the instance; close undoes
+// whatever it did.
+func (t *tracer) setUp() error {
 	for _, fs := range []struct {
 		typ, dir string
 		magic    int64
@@ -45,28 +55,21 @@ func newTracer() (*tracer, error) {
 			continue
 		}
 		if err := unix.Mount("none", fs.dir, fs.typ, 0, ""); err != nil {
-			t.close()
-			return nil, fmt.Errorf("mount %s at %s: %w", fs.typ, fs.dir, err)
+			return fmt.Errorf("mount %s at %s: %w", fs.typ, fs.dir, err)
 		}
 		t.mounted = append(t.mounted, fs.dir)
 	}
 	if _, err := os.Stat(filepath.Join(tracefs, "events/fuse/fuse_request_send")); err != nil {
-		t.close()
-		return nil, fmt.Errorf("this kernel has no fuse tracepoints (Linux 6.13 added them): %w", err)
+		return fmt.Errorf("this kernel has no fuse tracepoints (Linux 6.13 added them): %w", err)
 	}
 	dir := filepath.Join(tracefs, "instances", fmt.Sprintf("qcowmount-bench-%d", os.Getpid()))
 	if err := os.Mkdir(dir, 0o755); err != nil {
-		t.close()
-		return nil, err
+		return err
 	}
 	t.dir = dir
 	// Room for a few million events per CPU: 4 jobs of random 4 KiB reads
 	// for a few seconds.
-	if err := t.write("buffer_size_kb", "262144"); err != nil {
-		t.close()
-		return nil, err
-	}
-	return t, nil
+	return t.write("buffer_size_kb", "262144")
 }
 
 func (t *tracer) write(name, value string) error {

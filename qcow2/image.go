@@ -7,12 +7,14 @@ import (
 	"io"
 	"iter"
 	"math"
+	"math/bits"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/qcowmount/qcowmount/qcow2/encryption"
+	"github.com/qcowmount/qcowmount/qcow2/internal/bufpool"
 	"github.com/qcowmount/qcowmount/qcow2/internal/decompress"
 	"github.com/qcowmount/qcowmount/qcow2/internal/lru"
 )
@@ -106,20 +108,64 @@ type chain struct {
 	clusters  *lru.Cache[cacheKey, []byte]   // decompressed; read with Read only
 	failed    *lru.Cache[cacheKey, error]    // compressed clusters that did not decompress
 	anyFailed atomic.Bool                    // failed holds anything
-	spare     sync.Pool                      // cluster buffers the cache let go
 	nextID    atomic.Uint32
 	resolver  Resolver // opens backing and data files; nil: there are none
+
+	// Spare buffers by cluster bits: for decompressed clusters (those
+	// the cache let go) and for the compressed bytes read from the file.
+	spare, compressed [maxClusterBits + 1]*bufpool.Pool
+
+	decodingMu sync.Mutex
+	decoding   map[cacheKey]*decoding // compressed clusters being decompressed
 }
 
-// clusterBuf returns a buffer of n bytes for a decompressed cluster.
-func (c *chain) clusterBuf(n int64) []byte {
-	if b, ok := c.spare.Get().(*[]byte); ok && int64(cap(*b)) >= n {
-		return (*b)[:n]
+// spareBuffers is how many spare buffers of each kind and size a chain
+// keeps: about as many reads as a FUSE mount has in flight (12 in the
+// background and the readers), so that a busy mount allocates none.
+const spareBuffers = 16
+
+// compressedSlack is what a compressed cluster's bytes may take beyond a
+// cluster in the images QEMU writes: it stores a cluster compressed only
+// when that is smaller, and the bytes begin anywhere in a 512-byte sector.
+// A descriptor may claim up to two clusters; those reads allocate.
+const compressedSlack = 512
+
+// recycleCluster takes back a decompressed cluster's buffer.
+func (c *chain) recycleCluster(b []byte) {
+	if k := bits.Len(uint(cap(b))) - 1; k <= maxClusterBits {
+		c.spare[k].Put(b)
 	}
-	return make([]byte, n)
 }
 
-func (c *chain) recycleCluster(b []byte) { c.spare.Put(&b) }
+// decoding is a compressed cluster that one read is decompressing, for
+// others that want it to wait on.
+type decoding struct {
+	done chan struct{}
+	err  error // set before done is closed
+}
+
+// startDecoding registers a read that is about to decompress the cluster
+// of key; if another read is at it already, it returns that one instead,
+// and first is false.
+func (c *chain) startDecoding(key cacheKey) (d *decoding, first bool) {
+	c.decodingMu.Lock()
+	defer c.decodingMu.Unlock()
+	if d, ok := c.decoding[key]; ok {
+		return d, false
+	}
+	d = &decoding{done: make(chan struct{})}
+	c.decoding[key] = d
+	return d, true
+}
+
+// endDecoding ends what startDecoding began and wakes the waiting reads.
+func (c *chain) endDecoding(key cacheKey, d *decoding, err error) {
+	c.decodingMu.Lock()
+	delete(c.decoding, key)
+	c.decodingMu.Unlock()
+	d.err = err
+	close(d.done)
+}
 
 // Image is an opened qcow2 (or qcow) image, read as its guest disk. It is
 // safe for concurrent use.
@@ -238,7 +284,12 @@ func newChain(opts Options, resolver Resolver) *chain {
 		opts:     opts,
 		tables:   lru.New[cacheKey, []uint64](opts.L2CacheSize),
 		failed:   lru.New[cacheKey, error](maxFailedClusters),
+		decoding: map[cacheKey]*decoding{},
 		resolver: resolver,
+	}
+	for b := range c.spare {
+		c.spare[b] = bufpool.New(1<<b, spareBuffers)
+		c.compressed[b] = bufpool.New(1<<b+compressedSlack, spareBuffers)
 	}
 	c.clusters = lru.NewRecycling[cacheKey, []byte](opts.ClusterCacheSize, c.recycleCluster)
 	return c

@@ -1,8 +1,13 @@
 package qcow2_test
 
 import (
+	"bytes"
+	"os"
 	"path/filepath"
+	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/qcowmount/qcowmount/qcow2"
 	"github.com/qcowmount/qcowmount/qcow2/qemutest"
@@ -57,5 +62,60 @@ func TestCacheBudgetFitsTheImage(t *testing.T) {
 					img.CacheBudget(), got, tc.tablesMin, tc.tablesMax, tc.clusters)
 			}
 		})
+	}
+}
+
+// slowFile counts the reads of a file and makes each take a while, so
+// that reads started together overlap.
+type slowFile struct {
+	f     *os.File
+	reads atomic.Int32
+}
+
+func (s *slowFile) ReadAt(p []byte, off int64) (int, error) {
+	s.reads.Add(1)
+	time.Sleep(20 * time.Millisecond)
+	return s.f.ReadAt(p, off)
+}
+
+// TestConcurrentReadsDecompressOnce: reads of one compressed cluster that
+// arrive together (as the kernel's readahead sends them) read and
+// decompress it once, and each gets its part.
+func TestConcurrentReadsDecompressOnce(t *testing.T) {
+	qemutest.Require(t, "qemu-img", "qemu-io")
+	path := filepath.Join(t.TempDir(), "compressed.qcow2")
+	qemutest.Create(t, path, "qcow2", "1M")
+	qemutest.IO(t, path, "write -c -P 0x21 0 64k", "write -c -P 0x22 64k 64k")
+	f, size := qemutest.Open(t, path)
+	file := &slowFile{f: f}
+	img, err := qcow2.New(file, size, qcow2.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer img.Close()
+	// The second cluster brings the L2 table into the cache.
+	if _, err := img.ReadAt(make([]byte, 1), 64<<10); err != nil {
+		t.Fatal(err)
+	}
+	file.reads.Store(0)
+	const readers = 8
+	var wg sync.WaitGroup
+	parts := make([][]byte, readers)
+	errs := make([]error, readers)
+	for i := range readers {
+		parts[i] = make([]byte, 4<<10)
+		wg.Go(func() { _, errs[i] = img.ReadAt(parts[i], int64(i)*8<<10) })
+	}
+	wg.Wait()
+	for i := range readers {
+		if errs[i] != nil {
+			t.Fatalf("reader %d: %v", i, errs[i])
+		}
+		if !bytes.Equal(parts[i], bytes.Repeat([]byte{0x21}, 4<<10)) {
+			t.Errorf("reader %d got other bytes than 0x21", i)
+		}
+	}
+	if n := file.reads.Load(); n != 1 {
+		t.Errorf("%d readers of one compressed cluster read the file %d times, want once", readers, n)
 	}
 }

@@ -173,22 +173,36 @@ func (img *Image) readData(p []byte, host uint64) error {
 
 // readCompressedPart serves part of a compressed cluster through the cache
 // of decompressed clusters, so that small reads of one cluster decompress
-// it once.
+// it once, even when they come at the same time (the kernel's readahead
+// asks for the halves of a 2 MiB cluster at once).
 func (img *Image) readCompressedPart(p []byte, desc uint64, inCluster int64) error {
 	key := cacheKey{img.id, kindCluster, desc}
-	if img.chain.clusters.Read(key, func(cl []byte) { copy(p, cl[inCluster:]) }) {
-		return nil
-	}
-	// Buffers come back from the cache as it evicts them: random reads,
-	// which miss, then allocate nothing.
-	cl := img.chain.clusterBuf(img.clusterSize())
-	if err := img.decompressCluster(cl, desc); err != nil {
-		img.chain.recycleCluster(cl)
+	c := img.chain
+	for {
+		if c.clusters.Read(key, func(cl []byte) { copy(p, cl[inCluster:]) }) {
+			return nil
+		}
+		d, first := c.startDecoding(key)
+		if !first {
+			<-d.done
+			if d.err != nil {
+				return d.err
+			}
+			continue // now in the cache, unless evicted already
+		}
+		// Buffers come back from the cache as it evicts them: random
+		// reads, which miss, then allocate nothing.
+		cl := c.spare[img.clusterBits].Get()
+		err := img.decompressCluster(cl, desc)
+		if err == nil {
+			copy(p, cl[inCluster:])
+			c.clusters.Add(key, cl, int64(len(cl)))
+		} else {
+			c.recycleCluster(cl)
+		}
+		c.endDecoding(key, d, err)
 		return err
 	}
-	copy(p, cl[inCluster:])
-	img.chain.clusters.Add(key, cl, int64(len(cl)))
-	return nil
 }
 
 // runCompressed decompresses whole clusters, spreading them over the CPUs.
@@ -222,18 +236,6 @@ func (img *Image) runCompressed(jobs []compressedJob) error {
 	return errors.Join(errs...)
 }
 
-// compressedBufs holds input buffers for compressed clusters, by cluster
-// bits: a compressed cluster takes at most two clusters' worth of bytes.
-var compressedBufs [maxClusterBits + 1]sync.Pool
-
-func getCompressedBuf(clusterBits uint32) *[]byte {
-	if bp, ok := compressedBufs[clusterBits].Get().(*[]byte); ok {
-		return bp
-	}
-	b := make([]byte, 2<<clusterBits)
-	return &b
-}
-
 // decompressCluster reads the compressed cluster that desc describes and
 // decompresses it into dst, one cluster long.
 // A cluster that fails to decompress is remembered, so that reading it
@@ -247,9 +249,15 @@ func (img *Image) decompressCluster(dst []byte, desc uint64) error {
 		}
 	}
 	host, length := img.compressedRange(desc)
-	bp := getCompressedBuf(img.clusterBits)
-	defer compressedBufs[img.clusterBits].Put(bp)
-	src := (*bp)[:length]
+	pool := img.chain.compressed[img.clusterBits]
+	var src []byte
+	if length <= int64(pool.Size()) {
+		buf := pool.Get()
+		defer pool.Put(buf)
+		src = buf[:length]
+	} else {
+		src = make([]byte, length)
+	}
 	// The last sector may run past the end of the file: use what is there.
 	n, err := img.file.ReadAt(src, int64(host))
 	if err != nil && !errors.Is(err, io.EOF) {

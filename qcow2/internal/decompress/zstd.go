@@ -4,9 +4,10 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"sync"
+	"math/bits"
 
 	"github.com/klauspost/compress/zstd"
+	"github.com/qcowmount/qcowmount/qcow2/internal/bufpool"
 )
 
 // zstdMaxWindow bounds the memory a hostile frame can make the decoder take;
@@ -37,8 +38,8 @@ func Zstd(dst, src []byte) error {
 		if !skippable {
 			// Decode into a buffer with slack past the cluster: with room
 			// to overrun, the decoder takes its fast copy loops.
-			bp := getZstdScratch(len(dst))
-			room := (*bp)[: 0 : len(dst)-produced+zstdSlack]
+			scratch := getZstdScratch(len(dst))
+			room := scratch[: 0 : len(dst)-produced+zstdSlack]
 			out, err := zstdDecoder.DecodeAll(src[:n], room)
 			if err == nil && len(out) > len(dst)-produced {
 				err = fmt.Errorf("zstd data decompresses to more than a cluster (%d bytes)", len(dst))
@@ -46,7 +47,7 @@ func Zstd(dst, src []byte) error {
 				err = fmt.Errorf("zstd data is corrupt: %w", err)
 			}
 			copy(dst[produced:], out)
-			zstdScratch.Put(bp)
+			putZstdScratch(scratch)
 			if err != nil {
 				return err
 			}
@@ -60,14 +61,34 @@ func Zstd(dst, src []byte) error {
 // zstdSlack is the room the decoder's fast path wants past its output.
 const zstdSlack = 64
 
-var zstdScratch sync.Pool
-
-func getZstdScratch(clusterSize int) *[]byte {
-	if bp, ok := zstdScratch.Get().(*[]byte); ok && cap(*bp) >= clusterSize+zstdSlack {
-		return bp
+// zstdScratch holds decoding buffers by the bits of the cluster size they
+// serve.
+var zstdScratch = func() (p [maxScratchBits + 1]*bufpool.Pool) {
+	for b := range p {
+		p[b] = bufpool.New(1<<b+zstdSlack, scratchKept)
 	}
-	b := make([]byte, 0, clusterSize+zstdSlack)
-	return &b
+	return p
+}()
+
+const (
+	// maxScratchBits covers QEMU's largest cluster, 2 MiB.
+	maxScratchBits = 21
+	// scratchKept is about as many reads as a FUSE mount has in flight
+	// (12 in the background and the readers).
+	scratchKept = 16
+)
+
+func getZstdScratch(clusterSize int) []byte {
+	if b := bits.Len(uint(clusterSize - 1)); b <= maxScratchBits {
+		return zstdScratch[b].Get()
+	}
+	return make([]byte, clusterSize+zstdSlack)
+}
+
+func putZstdScratch(b []byte) {
+	if k := bits.Len(uint(cap(b) - zstdSlack - 1)); k <= maxScratchBits {
+		zstdScratch[k].Put(b)
+	}
 }
 
 const (

@@ -194,16 +194,28 @@ func (c *SectorCipher) Decrypt(p []byte, sector uint64) error {
 
 func (c *SectorCipher) decryptSectors(p []byte, sector uint64) {
 	bs := c.block.BlockSize()
-	var ivBuf [16]byte
-	iv := ivBuf[:bs]
+	// One buffer for the IV and XTS's tweak and block: handed to
+	// cipher.Block's methods, they escape, and one allocation per sector
+	// was a collection every few megabytes read.
+	buf := new([48]byte)
+	iv := buf[:bs]
+	xts := (*[32]byte)(buf[16:])
+	var cbc cipher.BlockMode
 	for ; len(p) > 0; p, sector = p[SectorSize:], sector+1 {
 		s := p[:SectorSize]
 		c.iv(iv, sector)
 		switch c.spec.Mode {
 		case "cbc":
-			cipher.NewCBCDecrypter(c.block, iv).CryptBlocks(s, s)
+			// crypto/cipher's CBC decrypters take a new IV through an
+			// unexported interface: one serves every sector.
+			if r, ok := cbc.(interface{ SetIV([]byte) }); ok {
+				r.SetIV(iv)
+			} else {
+				cbc = cipher.NewCBCDecrypter(c.block, iv)
+			}
+			cbc.CryptBlocks(s, s)
 		case "xts":
-			c.decryptXTS(s, iv)
+			c.decryptXTS(s, iv, xts)
 		case "ecb":
 			for i := 0; i < len(s); i += bs {
 				c.block.Decrypt(s[i:i+bs], s[i:i+bs])
@@ -233,15 +245,16 @@ func (c *SectorCipher) iv(iv []byte, sector uint64) {
 // made from iv. x/crypto/xts takes only a sector number as the tweak;
 // LUKS's essiv hands XTS an arbitrary one, so the mode is written out here
 // (tested against x/crypto/xts where the two overlap).
-func (c *SectorCipher) decryptXTS(s, iv []byte) {
-	var t, x [16]byte
+// scratch holds the tweak and the block being decrypted.
+func (c *SectorCipher) decryptXTS(s, iv []byte, scratch *[32]byte) {
+	t, x := (*[16]byte)(scratch[:16]), scratch[16:]
 	c.tweak.Encrypt(t[:], iv)
 	for i := 0; i < len(s); i += 16 {
 		b := s[i : i+16]
-		subtle16(x[:], b, t[:])
-		c.block.Decrypt(x[:], x[:])
-		subtle16(b, x[:], t[:])
-		mulAlpha(&t)
+		subtle16(x, b, t[:])
+		c.block.Decrypt(x, x)
+		subtle16(b, x, t[:])
+		mulAlpha(t)
 	}
 }
 

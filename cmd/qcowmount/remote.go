@@ -51,13 +51,13 @@ func (o *openedImage) Close() error {
 }
 
 // cacheBudget is the most the caches hold: the chain's, and the fetched
-// blocks of each remote file.
+// blocks of each remote file, in its cache or in flight.
 func (o *openedImage) cacheBudget() int64 {
 	n := o.CacheBudget()
 	if o.remotes != nil {
 		o.remotes.mu.Lock()
 		for _, f := range o.remotes.all {
-			n += f.CacheSize()
+			n += f.MemoryBudget()
 		}
 		o.remotes.mu.Unlock()
 	}

@@ -380,8 +380,11 @@ func (f *File) ModTime() time.Time {
 	return t
 }
 
-// CacheSize is the most the file keeps of what it fetched, in bytes.
-func (f *File) CacheSize() int64 { return f.opts.CacheSize }
+// MemoryBudget is the most memory the file holds: its cache, and the
+// blocks of the requests in flight, which enter the cache only when full.
+func (f *File) MemoryBudget() int64 {
+	return f.opts.CacheSize + int64(f.opts.MaxInFlight)*maxBlocksPerRequest*f.opts.BlockSize
+}
 
 // Fetched reports the bytes received and the requests sent so far.
 func (f *File) Fetched() (bytes, requests int64) { return f.fetched.Load(), f.requests.Load() }

@@ -244,8 +244,8 @@ func (c *SectorCipher) iv(iv []byte, sector uint64) {
 // decryptXTS decrypts one sector in XTS mode (IEEE 1619) with the tweak
 // made from iv. x/crypto/xts takes only a sector number as the tweak;
 // LUKS's essiv hands XTS an arbitrary one, so the mode is written out here
-// (tested against x/crypto/xts where the two overlap).
-// scratch holds the tweak and the block being decrypted.
+// (tested against x/crypto/xts where the two overlap). scratch holds the
+// tweak and the block being decrypted.
 func (c *SectorCipher) decryptXTS(s, iv []byte, scratch *[32]byte) {
 	t, x := (*[16]byte)(scratch[:16]), scratch[16:]
 	c.tweak.Encrypt(t[:], iv)

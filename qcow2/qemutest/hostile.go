@@ -243,6 +243,9 @@ func HostileCorpus(t testing.TB, dir string) []Hostile {
 			return b
 		}, "", cluster(1))
 		add(name+" compressed length too small", base, setDesc(1, host1, 0), "", cluster(1))
+		// The most sectors a descriptor can claim, two clusters: more than
+		// QEMU writes, and the bytes after the stream are ignored, as by QEMU.
+		add(name+" compressed length of two clusters", base, setDesc(1, host1, 1<<4-1), "")
 		add(name+" compressed at host offset 0", base, setDesc(1, 0, sec1), "", cluster(1))
 		// The last compressed cluster, with its length running past the end
 		// of the file: what is there is complete, so it reads (as in QEMU).

@@ -7,7 +7,6 @@ import (
 	"io"
 	"iter"
 	"math"
-	"math/bits"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -111,9 +110,9 @@ type chain struct {
 	nextID    atomic.Uint32
 	resolver  Resolver // opens backing and data files; nil: there are none
 
-	// Spare buffers by cluster bits: for decompressed clusters (those
-	// the cache let go) and for the compressed bytes read from the file.
-	spare, compressed [maxClusterBits + 1]*bufpool.Pool
+	// Spare buffers for decompressed clusters (those the cache let go)
+	// and for the compressed bytes read from the file.
+	spare, compressed *bufpool.Classes
 
 	decodingMu sync.Mutex
 	decoding   map[cacheKey]*decoding // compressed clusters being decompressed
@@ -129,13 +128,6 @@ const spareBuffers = 16
 // when that is smaller, and the bytes begin anywhere in a 512-byte sector.
 // A descriptor may claim up to two clusters; those reads allocate.
 const compressedSlack = 512
-
-// recycleCluster takes back a decompressed cluster's buffer.
-func (c *chain) recycleCluster(b []byte) {
-	if k := bits.Len(uint(cap(b))) - 1; k <= maxClusterBits {
-		c.spare[k].Put(b)
-	}
-}
 
 // decoding is a compressed cluster that one read is decompressing, for
 // others that want it to wait on.
@@ -281,17 +273,15 @@ func newChain(opts Options, resolver Resolver) *chain {
 		opts.ClusterCacheSize = MaxClusterCacheSize // until openChain knows the clusters
 	}
 	c := &chain{
-		opts:     opts,
-		tables:   lru.New[cacheKey, []uint64](opts.L2CacheSize),
-		failed:   lru.New[cacheKey, error](maxFailedClusters),
-		decoding: map[cacheKey]*decoding{},
-		resolver: resolver,
+		opts:       opts,
+		tables:     lru.New[cacheKey, []uint64](opts.L2CacheSize),
+		failed:     lru.New[cacheKey, error](maxFailedClusters),
+		decoding:   map[cacheKey]*decoding{},
+		resolver:   resolver,
+		spare:      bufpool.NewClasses(maxClusterBits, 0, spareBuffers),
+		compressed: bufpool.NewClasses(maxClusterBits, compressedSlack, spareBuffers),
 	}
-	for b := range c.spare {
-		c.spare[b] = bufpool.New(1<<b, spareBuffers)
-		c.compressed[b] = bufpool.New(1<<b+compressedSlack, spareBuffers)
-	}
-	c.clusters = lru.NewRecycling[cacheKey, []byte](opts.ClusterCacheSize, c.recycleCluster)
+	c.clusters = lru.NewRecycling[cacheKey, []byte](opts.ClusterCacheSize, c.spare.Put)
 	return c
 }
 

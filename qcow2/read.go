@@ -192,13 +192,13 @@ func (img *Image) readCompressedPart(p []byte, desc uint64, inCluster int64) err
 		}
 		// Buffers come back from the cache as it evicts them: random
 		// reads, which miss, then allocate nothing.
-		cl := c.spare[img.clusterBits].Get()
+		cl := c.spare.Get(int(img.clusterSize()))
 		err := img.decompressCluster(cl, desc)
 		if err == nil {
 			copy(p, cl[inCluster:])
 			c.clusters.Add(key, cl, int64(len(cl)))
 		} else {
-			c.recycleCluster(cl)
+			c.spare.Put(cl)
 		}
 		c.endDecoding(key, d, err)
 		return err
@@ -249,11 +249,10 @@ func (img *Image) decompressCluster(dst []byte, desc uint64) error {
 		}
 	}
 	host, length := img.compressedRange(desc)
-	pool := img.chain.compressed[img.clusterBits]
 	var src []byte
-	if length <= int64(pool.Size()) {
-		buf := pool.Get()
-		defer pool.Put(buf)
+	if length <= img.clusterSize()+compressedSlack {
+		buf := img.chain.compressed.Get(int(img.clusterSize()))
+		defer img.chain.compressed.Put(buf)
 		src = buf[:length]
 	} else {
 		src = make([]byte, length)

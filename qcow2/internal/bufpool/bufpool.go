@@ -6,9 +6,12 @@
 // collector run more often still.
 package bufpool
 
-import "sync"
+import (
+	"math/bits"
+	"sync"
+)
 
-// Pool hands out buffers of Size bytes and keeps up to a fixed number of
+// Pool hands out buffers of one size and keeps up to a fixed number of
 // those given back. It is safe for concurrent use.
 type Pool struct {
 	size int
@@ -23,10 +26,7 @@ func New(size, keep int) *Pool {
 	return &Pool{size: size, keep: keep}
 }
 
-// Size is the length of the buffers the pool hands out.
-func (p *Pool) Size() int { return p.size }
-
-// Get returns a buffer of Size bytes. A reused buffer holds whatever its
+// Get returns a buffer of the pool's size. A reused buffer holds whatever its
 // last user left in it.
 func (p *Pool) Get() []byte {
 	p.mu.Lock()
@@ -41,7 +41,7 @@ func (p *Pool) Get() []byte {
 	return make([]byte, p.size)
 }
 
-// Put gives b back for reuse. Buffers of another capacity than Size are
+// Put gives b back for reuse. Buffers of another capacity than the size are
 // ignored, so that a caller may pass any buffer it got elsewhere.
 func (p *Pool) Put(b []byte) {
 	if cap(b) != p.size {
@@ -52,4 +52,37 @@ func (p *Pool) Put(b []byte) {
 		p.free = append(p.free, b[:p.size])
 	}
 	p.mu.Unlock()
+}
+
+// Classes are pools of buffers of 1<<b + extra bytes, one per b up to
+// maxBits: for cluster-sized buffers, where a chain may mix sizes.
+type Classes struct {
+	extra int
+	pools []*Pool
+}
+
+// NewClasses returns pools for b from 0 to maxBits, each keeping keep.
+func NewClasses(maxBits, extra, keep int) *Classes {
+	c := &Classes{extra: extra, pools: make([]*Pool, maxBits+1)}
+	for b := range c.pools {
+		c.pools[b] = New(1<<b+extra, keep)
+	}
+	return c
+}
+
+// Get returns a buffer of the smallest class that holds n bytes and the
+// extra: 1<<b + extra bytes long, with 1<<b >= n. Beyond the largest
+// class it allocates n + extra bytes.
+func (c *Classes) Get(n int) []byte {
+	if b := bits.Len(uint(n - 1)); b < len(c.pools) {
+		return c.pools[b].Get()
+	}
+	return make([]byte, n+c.extra)
+}
+
+// Put gives back a buffer from Get; others are ignored.
+func (c *Classes) Put(buf []byte) {
+	if b := bits.Len(uint(cap(buf) - c.extra - 1)); b < len(c.pools) {
+		c.pools[b].Put(buf)
+	}
 }

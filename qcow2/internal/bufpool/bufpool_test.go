@@ -49,3 +49,28 @@ func TestPool(t *testing.T) {
 		})
 	}
 }
+
+func TestClasses(t *testing.T) {
+	const extra = 64
+	c := NewClasses(12, extra, 2)
+	tests := []struct {
+		n, wantLen int
+		kept       bool // a buffer given back is handed out again
+	}{
+		{1, 1 + extra, true},
+		{4096, 4096 + extra, true},
+		{3000, 4096 + extra, true},
+		{4097, 4097 + extra, false}, // beyond the largest class
+		{0, extra, false},
+	}
+	for _, tt := range tests {
+		b := c.Get(tt.n)
+		if len(b) != tt.wantLen {
+			t.Errorf("Get(%d): %d bytes, want %d", tt.n, len(b), tt.wantLen)
+		}
+		c.Put(b)
+		if again := c.Get(tt.n); (&again[:1][0] == &b[:1][0]) != tt.kept {
+			t.Errorf("Get(%d) after Put: the same buffer is %v, want %v", tt.n, !tt.kept, tt.kept)
+		}
+	}
+}

@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"math/bits"
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/qcowmount/qcowmount/qcow2/internal/bufpool"
@@ -38,7 +37,7 @@ func Zstd(dst, src []byte) error {
 		if !skippable {
 			// Decode into a buffer with slack past the cluster: with room
 			// to overrun, the decoder takes its fast copy loops.
-			scratch := getZstdScratch(len(dst))
+			scratch := zstdScratch.Get(len(dst))
 			room := scratch[: 0 : len(dst)-produced+zstdSlack]
 			out, err := zstdDecoder.DecodeAll(src[:n], room)
 			if err == nil && len(out) > len(dst)-produced {
@@ -47,7 +46,7 @@ func Zstd(dst, src []byte) error {
 				err = fmt.Errorf("zstd data is corrupt: %w", err)
 			}
 			copy(dst[produced:], out)
-			putZstdScratch(scratch)
+			zstdScratch.Put(scratch)
 			if err != nil {
 				return err
 			}
@@ -61,35 +60,10 @@ func Zstd(dst, src []byte) error {
 // zstdSlack is the room the decoder's fast path wants past its output.
 const zstdSlack = 64
 
-// zstdScratch holds decoding buffers by the bits of the cluster size they
-// serve.
-var zstdScratch = func() (p [maxScratchBits + 1]*bufpool.Pool) {
-	for b := range p {
-		p[b] = bufpool.New(1<<b+zstdSlack, scratchKept)
-	}
-	return p
-}()
-
-const (
-	// maxScratchBits covers QEMU's largest cluster, 2 MiB.
-	maxScratchBits = 21
-	// scratchKept is about as many reads as a FUSE mount has in flight
-	// (12 in the background and the readers).
-	scratchKept = 16
-)
-
-func getZstdScratch(clusterSize int) []byte {
-	if b := bits.Len(uint(clusterSize - 1)); b <= maxScratchBits {
-		return zstdScratch[b].Get()
-	}
-	return make([]byte, clusterSize+zstdSlack)
-}
-
-func putZstdScratch(b []byte) {
-	if k := bits.Len(uint(cap(b) - zstdSlack - 1)); k <= maxScratchBits {
-		zstdScratch[k].Put(b)
-	}
-}
+// zstdScratch holds decoding buffers by the cluster size they serve, about
+// as many of each as a FUSE mount has reads in flight (12 in the
+// background and the readers). QEMU's clusters are at most 2 MiB.
+var zstdScratch = bufpool.NewClasses(21, zstdSlack, 16)
 
 const (
 	zstdMagic         = 0xfd2fb528

@@ -110,15 +110,30 @@ type File struct {
 	changed  atomic.Pointer[error]
 	ra       struct {
 		sync.Mutex
-		next    int64 // where a sequential reader reads next
-		window  int64 // the last readahead's size, bytes
-		reached int64 // where readahead has fetched up to
+		streams [maxStreams]stream
+		reads   uint64 // ReadAt calls so far: the streams' clock
 	}
 	ahead  sync.WaitGroup
 	closed atomic.Bool
 
 	fetched  atomic.Int64 // bytes received
 	requests atomic.Int64
+}
+
+// maxStreams is how many sequential readers readahead follows at once:
+// a mount's readers, each its own stream, or export's reads in flight.
+const maxStreams = 8
+
+// liveReads is how many reads ago a stream last read and still shares
+// the readahead budget.
+const liveReads = 64
+
+// stream is one sequential reader as readahead follows it.
+type stream struct {
+	next    int64  // the end of its furthest read
+	window  int64  // its last readahead's size, bytes
+	reached int64  // where its readahead has fetched up to
+	used    uint64 // the read that last continued it
 }
 
 // fetch is one request for a run of blocks, first to last; readers of
@@ -571,34 +586,66 @@ func (f *File) body(resp *http.Response, start, end int64) ([][]byte, error) {
 	return blocks, nil
 }
 
-// readahead follows a sequential reader, as the kernel's does: the first
-// read that continues the last fetches a block ahead, and each time the
-// reader comes within half a window of where readahead has reached, the
-// next window, twice as large, up to maxReadahead or half the cache, is
-// fetched in the background, in runs of up to maxBlocksPerRequest blocks.
-// The window grows with what the reader consumes, not with how often it
-// reads. Its errors are the next read's to meet, if it needs those bytes.
+// readahead follows sequential readers, as the kernel's does: a read
+// that continues a stream (starting near where it has read up to, so
+// that reads in flight together may arrive out of order) and comes
+// within half a window of where its readahead has reached fetches the
+// next window, twice as large, in the background, in runs of up to
+// maxBlocksPerRequest blocks. The window grows with what the reader
+// consumes, not with how often it reads; the streams that read lately
+// share maxReadahead, and half the cache at most. A read that continues
+// no stream starts one, in place of the stream read least lately. The
+// errors of readahead are the next read's to meet, if it needs those
+// bytes.
 func (f *File) readahead(off, n int64) {
 	end := off + n
 	f.ra.Lock()
 	defer f.ra.Unlock()
-	if f.ra.next != off {
-		f.ra.next, f.ra.window, f.ra.reached = end, 0, end
+	f.ra.reads++
+	now := f.ra.reads
+	oldest, live := 0, 0
+	for i, c := range f.ra.streams {
+		if c.window > 0 && c.used+liveReads >= now {
+			live++
+		}
+		if c.used < f.ra.streams[oldest].used {
+			oldest = i
+		}
+	}
+	st := f.continues(off)
+	if st == nil {
+		f.ra.streams[oldest] = stream{next: end, reached: end, used: now}
 		return
 	}
-	f.ra.next = end
-	from := max(f.ra.reached, end)
-	if f.ra.window > 0 && from-end >= f.ra.window/2 || from >= f.size || f.closed.Load() || f.changed.Load() != nil {
+	st.used = now
+	st.next = max(st.next, end)
+	from := max(st.reached, st.next)
+	if st.window > 0 && from-st.next >= st.window/2 || from >= f.size || f.closed.Load() || f.changed.Load() != nil {
 		return
 	}
-	// Half the cache at most: what is fetched ahead must outlast its wait.
-	limit := max(min(maxReadahead, f.opts.CacheSize/2), f.opts.BlockSize)
-	f.ra.window = min(max(2*f.ra.window, f.opts.BlockSize), limit)
-	f.ra.reached = from + f.ra.window
-	mine, _ := f.claim(from, min(f.ra.window, f.size-from))
+	// What is fetched ahead must outlast its wait: half the cache at
+	// most, shared by the streams reading.
+	limit := max(min(maxReadahead, f.opts.CacheSize/2)/int64(max(live, 1)), f.opts.BlockSize)
+	st.window = min(max(2*st.window, f.opts.BlockSize), limit)
+	st.reached = from + st.window
+	mine, _ := f.claim(from, min(st.window, f.size-from))
 	for _, r := range mine {
 		f.ahead.Go(func() { f.fetchRun(r) })
 	}
+}
+
+// continues returns the stream a read from off continues: one that has
+// read up to within its window (or a request's worth of blocks) of off,
+// on either side; nil if none has. It is called with f.ra held.
+func (f *File) continues(off int64) *stream {
+	for i := range f.ra.streams {
+		st := &f.ra.streams[i]
+		slack := max(st.window, maxBlocksPerRequest*f.opts.BlockSize)
+		if st.used > 0 && off >= st.next-slack && off <= st.next+slack {
+			return st
+		}
+	}
+	return nil
 }
 
 // ResolveReference returns the URL that name, a backing or data file

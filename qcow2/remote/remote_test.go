@@ -190,34 +190,54 @@ func TestReadaheadFollowsWhatIsConsumed(t *testing.T) {
 }
 
 func TestSequentialReadsAreReadAhead(t *testing.T) {
+	const size, chunk = 16 << 20, 128 << 10
+	inOrder := func(i int) int { return i }
+	// Two reads in flight answered in turn, as FUSE's readahead sends
+	// them: the second chunk of each pair arrives first.
+	pairsSwapped := func(i int) int { return i ^ 1 }
 	tests := []struct {
 		name        string
 		opts        Options
-		maxRequests int64 // for the whole object
+		readers     int             // each reads its share of the object, sequentially
+		order       func(i int) int // which of its chunks a reader reads i-th
+		maxRequests int64           // for the whole object
 	}{
 		// 16 MiB in 64 KiB blocks: the window grows to runs of 16 blocks.
-		{"default cache", small(Options{}), 24},
+		{"default cache", small(Options{}), 1, inOrder, 24},
 		// Readahead stays within half the cache, so that what it fetches
 		// is seldom evicted before it is read.
-		{"small cache", small(Options{CacheSize: 1 << 20}), 40},
+		{"small cache", small(Options{CacheSize: 1 << 20}), 1, inOrder, 40},
 		// Requests in flight stay within MaxInFlight.
-		{"two in flight", small(Options{MaxInFlight: 2}), 24},
+		{"two in flight", small(Options{MaxInFlight: 2}), 1, inOrder, 24},
+		{"reads out of order", small(Options{}), 1, pairsSwapped, 28},
+		// Each reader is a stream of its own, sharing the window.
+		{"four readers", small(Options{}), 4, inOrder, 48},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			o, srv := serve(t, 16<<20)
+			o, srv := serve(t, size)
 			o.delay = time.Millisecond
 			f := mustOpen(t, srv.URL, tc.opts)
-			buf := make([]byte, 128<<10)
-			for off := int64(0); off < f.Size(); off += int64(len(buf)) {
-				n, err := f.ReadAt(buf, off)
-				if (err != nil && err != io.EOF) || !bytes.Equal(buf[:n], o.data[off:off+int64(n)]) {
-					t.Fatalf("ReadAt(%d) = %d, %v: wrong bytes", off, n, err)
-				}
+			share := int64(size / tc.readers)
+			var wg sync.WaitGroup
+			for r := range tc.readers {
+				wg.Go(func() {
+					buf := make([]byte, chunk)
+					for i := range int(share / chunk) {
+						off := int64(r)*share + int64(tc.order(i))*chunk
+						n, err := f.ReadAt(buf, off)
+						if (err != nil && err != io.EOF) || !bytes.Equal(buf[:n], o.data[off:off+int64(n)]) {
+							t.Errorf("ReadAt(%d) = %d, %v: wrong bytes", off, n, err)
+							return
+						}
+					}
+				})
 			}
+			wg.Wait()
 			f.Close()
+			t.Logf("%d requests", o.requests.Load())
 			if n := o.requests.Load(); n > tc.maxRequests {
-				t.Errorf("%d requests for 128 sequential reads of 128 KiB, want at most %d", n, tc.maxRequests)
+				t.Errorf("%d requests for %d readers' sequential reads of 128 KiB, want at most %d", n, tc.readers, tc.maxRequests)
 			}
 			// A slow machine (s390x under emulation) may see the cache drop
 			// a block fetched ahead before it is read, since blocks the

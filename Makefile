@@ -17,8 +17,9 @@ PLATFORMS := linux/amd64 linux/arm64 linux/s390x darwin/amd64 darwin/arm64 freeb
 # cryptsetup to read LUKS headers beside ours, lintian for make deb's package.
 TEST_PACKAGES := qemu-utils fuse3 e2fsprogs fdisk dosfstools mtools util-linux fio python3 time \
 	xfsprogs btrfs-progs ntfs-3g lvm2 fuse2fs nginx-light b3sum cryptsetup-bin lintian
-# ... and the peers the benchmark measures us against.
-BENCH_PACKAGES := qemu-system-common libqcow-utils
+# ... and the peers the benchmark measures us against (qemu-block-extra
+# for qemu-img over HTTP; curl for the transport alone).
+BENCH_PACKAGES := qemu-system-common libqcow-utils qemu-block-extra curl
 # ... and what builds the smallest libfuse server for bench-ceiling.
 CEILING_PACKAGES := gcc pkg-config libfuse3-dev
 

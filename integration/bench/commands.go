@@ -1,11 +1,14 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -127,19 +130,42 @@ func commandFigures(images []benchImage, binary, work string, runs int) (string,
 	return b.String(), nil
 }
 
+// errTooLong is timeCommandsWithin's error when the limit ran out.
+var errTooLong = errors.New("did not finish in time")
+
 // timeCommands runs the command lines in turn and returns the seconds
 // they took together; what they wrote to out is removed afterwards.
 func timeCommands(cmds [][]string, out string) (float64, error) {
+	return timeCommandsWithin(cmds, out, 0)
+}
+
+// timeCommandsWithin is timeCommands that kills the commands and fails
+// with errTooLong once they have run for limit, if limit is not 0.
+func timeCommandsWithin(cmds [][]string, out string, limit time.Duration) (float64, error) {
+	defer os.Remove(out)
 	if err := exec.Command("sync").Run(); err != nil {
 		return 0, err
 	}
+	ctx := context.Background()
+	if limit > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, limit)
+		defer cancel()
+	}
 	start := time.Now()
 	for _, c := range cmds {
-		if out, err := exec.Command(c[0], c[1:]...).CombinedOutput(); err != nil {
-			return 0, fmt.Errorf("%s: %v: %s", strings.Join(c, " "), err, out)
+		cmd := exec.CommandContext(ctx, c[0], c[1:]...)
+		// Stopped, it is stopped with whatever it started, and its
+		// output is not waited for.
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+		cmd.WaitDelay = time.Second
+		if out, err := cmd.CombinedOutput(); err != nil {
+			if ctx.Err() != nil {
+				err = errTooLong
+			}
+			return 0, fmt.Errorf("%s: %w: %s", strings.Join(c, " "), err, out)
 		}
 	}
-	secs := time.Since(start).Seconds()
-	os.Remove(out)
-	return secs, nil
+	return time.Since(start).Seconds(), nil
 }

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -38,6 +39,7 @@ func zeroServers(self, libfuse string) []tool {
 		{name: "go-fuse, smallest server", mount: serve(self, "-serve-zeros", "go-fuse")},
 		{name: "libfuse 3, smallest server", mount: serve(libfuse, "-f", "-o", "ro")},
 		{name: "our FUSE layer (fusefs)", mount: serve(self, "-serve-zeros", "fusefs")},
+		{name: "go-fuse raw API, fusefs's options", mount: serve(self, "-serve-zeros", "raw")},
 	}
 }
 
@@ -144,16 +146,73 @@ func serveZeros(how, mountpoint string) error {
 	return nil
 }
 
-// mountZeros mounts the file "zeros" with go-fuse alone ("go-fuse") or
-// through our fusefs layer ("fusefs").
+// mountZeros mounts the file "zeros" with go-fuse alone ("go-fuse"),
+// through our fusefs layer ("fusefs"), or on go-fuse's raw API with
+// fusefs's mount options and replies ("raw"): fusefs's node tree against
+// no tree at all.
 func mountZeros(how, mountpoint string) (*fuse.Server, error) {
 	switch how {
 	case "go-fuse":
 		return fs.Mount(mountpoint, &zeroDir{}, &fs.Options{MountOptions: fuse.MountOptions{Options: []string{"ro"}}})
 	case "fusefs":
 		return fusefs.Mount(mountpoint, []fusefs.File{{Name: "zeros", Disk: zeroDisk{}}}, fusefs.Options{Source: "zeros"})
+	case "raw":
+		server, err := fuse.NewServer(&rawZeros{RawFileSystem: fuse.NewDefaultRawFileSystem()}, mountpoint, &fuse.MountOptions{
+			Options: []string{"ro"}, MaxWrite: 1 << 20, MaxReadAhead: 1 << 20, MaxBackground: 12, DirectMount: true,
+		})
+		if err != nil {
+			return nil, err
+		}
+		go server.Serve()
+		return server, server.WaitMount()
 	}
 	return nil, fmt.Errorf("no zero server %q", how)
+}
+
+// rawZeros serves the file "zeros" (node 2) in the root (node 1) on
+// go-fuse's raw API, answering reads as fusefs does: zeroDisk's bytes
+// in the request's buffer, as a vector.
+type rawZeros struct{ fuse.RawFileSystem }
+
+const rawZerosNode = 2
+
+func (rawZeros) Lookup(cancel <-chan struct{}, header *fuse.InHeader, name string, out *fuse.EntryOut) fuse.Status {
+	if header.NodeId != fuse.FUSE_ROOT_ID || name != "zeros" {
+		return fuse.ENOENT
+	}
+	out.NodeId = rawZerosNode
+	out.Mode = syscall.S_IFREG | 0o444
+	out.Size = zerosSize
+	out.SetEntryTimeout(time.Hour)
+	out.SetAttrTimeout(time.Hour)
+	return fuse.OK
+}
+
+func (rawZeros) GetAttr(cancel <-chan struct{}, in *fuse.GetAttrIn, out *fuse.AttrOut) fuse.Status {
+	switch in.NodeId {
+	case fuse.FUSE_ROOT_ID:
+		out.Mode = syscall.S_IFDIR | 0o555
+	case rawZerosNode:
+		out.Mode = syscall.S_IFREG | 0o444
+		out.Size = zerosSize
+	default:
+		return fuse.ENOENT
+	}
+	out.SetTimeout(time.Hour)
+	return fuse.OK
+}
+
+func (rawZeros) Open(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) fuse.Status {
+	if in.NodeId != rawZerosNode {
+		return fuse.EACCES
+	}
+	out.OpenFlags = fuse.FOPEN_KEEP_CACHE
+	return fuse.OK
+}
+
+func (rawZeros) Read(cancel <-chan struct{}, in *fuse.ReadIn, buf []byte) (fuse.ReadResult, fuse.Status) {
+	n, _ := zeroDisk{}.ReadAt(buf[:max(0, min(int64(len(buf)), zerosSize-int64(in.Offset)))], int64(in.Offset))
+	return fuse.ReadResultVector([][]byte{buf[:n]}), fuse.OK
 }
 
 // zeroDisk is a fusefs.Disk of zeros.

@@ -27,7 +27,7 @@ func main() {
 	only := flag.String("only", "", "measure only the built images whose name contains this (e.g. LUKS), or only the remote measures (remote), or only export and hash on every image (commands)")
 	trace := flag.Bool("trace", false, "instead of timing, record what the kernel sends each FUSE server during each measure, once: request sizes, requests in flight, time per request (needs the fuse tracepoints of Linux 6.13)")
 	ceiling := flag.Bool("ceiling", false, "instead, measure what a request costs in each FUSE library: the smallest go-fuse and libfuse servers of a file of zeros, and our fusefs layer (needs gcc and libfuse3-dev)")
-	serveZerosWith := flag.String("serve-zeros", "", "internal: serve a file of zeros at the mountpoint given as argument with go-fuse or fusefs")
+	serveZerosWith := flag.String("serve-zeros", "", "internal: serve a file of zeros at the mountpoint given as argument with go-fuse, fusefs or raw (go-fuse's raw API)")
 	serveRaw := flag.String("serve-raw", "", "internal: serve this raw file at the mountpoint given as argument")
 	flag.Parse()
 	if *serveZerosWith != "" {

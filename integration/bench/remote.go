@@ -25,7 +25,7 @@ const (
 	// lexical order, and apt comes first in it on Debian.
 	remoteFile = "usr/lib/apt/apt.systemd.daily"
 	// remoteExportLimit stops an export over HTTP that hangs: QEMU 7.2's
-	// curl driver has stalled here with 16 requests at once.
+	// curl driver has stalled here for good, with and without -m 16.
 	remoteExportLimit = time.Minute
 )
 
@@ -84,8 +84,10 @@ func (c countingWriter) ReadFrom(r io.Reader) (int64, error) {
 
 // remoteFigures reads remoteFile from the guest of img two ways through a
 // server 20 ms away: mounted from its URL, and downloaded first then
-// mounted; then reads all of disk.raw over a server with no delay, and
-// the same from the local file. Best of runs, taking turns.
+// mounted. Then it reads all of disk.raw from a server with no delay,
+// from the one 20 ms away and from the local file, with curl's fetch of
+// the image file beside them for the ceiling, and exports the disk from
+// both servers, ours against qemu-img. Best of runs, taking turns.
 func remoteFigures(img benchImage, ours, work string, runs int) (string, error) {
 	dir := filepath.Dir(img.path)
 	name := filepath.Base(img.path)
@@ -127,11 +129,12 @@ func remoteFigures(img benchImage, ours, work string, runs int) (string, error) 
 		name string
 		url  string
 	}{{"no delay", near.url}, {fmt.Sprint(remoteDelay, " added"), far.url}}
+	exportCmds := remoteExportRuns(ours, st.Size())
 	exports := make([][]float64, len(servers))
 	unfinished := make([][]int, len(servers))
 	for i := range servers {
-		exports[i] = make([]float64, len(remoteExportRuns(ours, st.Size())))
-		unfinished[i] = make([]int, len(remoteExportRuns(ours, st.Size())))
+		exports[i] = make([]float64, len(exportCmds))
+		unfinished[i] = make([]int, len(exportCmds))
 	}
 	for run := 1; run <= runs; run++ {
 		fmt.Fprintf(os.Stderr, "remote, run %d of %d ...\n", run, runs)
@@ -177,7 +180,7 @@ func remoteFigures(img benchImage, ours, work string, runs int) (string, error) 
 			rates["curl"], cpus["curl"] = rate, cpu
 		}
 		for k, srv := range servers {
-			for i, r := range remoteExportRuns(ours, st.Size()) {
+			for i, r := range exportCmds {
 				fmt.Fprintf(os.Stderr, "remote, run %d of %d: %s, %s ...\n", run, runs, r.name, srv.name)
 				secs, err := timeCommandsWithin(r.args(benchImage{path: srv.url + "/" + name}, ""), "", remoteExportLimit)
 				if errors.Is(err, errTooLong) && r.role != roleOurs {
@@ -218,7 +221,7 @@ func remoteFigures(img benchImage, ours, work string, runs int) (string, error) 
 	fmt.Fprintf(&b, "\nOver the server that adds %v to every request: %.0f MiB/s, in %d requests (%.2f per MiB), at most %d at once.\n",
 		remoteDelay, rates["far"], farRequests, float64(farRequests)/float64(mib), farBusy)
 	b.WriteString("\nExport of the whole disk from each server, the output thrown away (writing it to a file here took anywhere from 0.3 to 2.5 s, for either tool), seconds, best of the runs; the ratio is the best peer's time over ours:\n\n| server |")
-	for _, r := range remoteExportRuns(ours, st.Size()) {
+	for _, r := range exportCmds {
 		b.WriteString(" " + r.name + " |")
 	}
 	b.WriteString(" ratio |\n|---|" + strings.Repeat("---:|", len(exports[0])+1) + "\n")
@@ -226,7 +229,7 @@ func remoteFigures(img benchImage, ours, work string, runs int) (string, error) 
 	for k, srv := range servers {
 		fmt.Fprintf(&b, "| %s |", srv.name)
 		ourBest, peerBest := 0.0, 0.0
-		for i, r := range remoteExportRuns(ours, st.Size()) {
+		for i, r := range exportCmds {
 			if n := unfinished[k][i]; n > 0 {
 				hung = append(hung, fmt.Sprintf("%s from the server with %s did not finish within %v in %d of %d runs", r.name, srv.name, remoteExportLimit, n, runs))
 			}

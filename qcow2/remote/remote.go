@@ -57,9 +57,10 @@ const (
 )
 
 const (
-	// maxReadahead is the most readahead fetches at once: 8 requests of
-	// maxBlocksPerRequest default blocks, so that a server 20 ms away
-	// still sends some 800 MiB/s.
+	// maxReadahead is the most readahead fetches at once, for all the
+	// streams it follows together: 8 requests of maxBlocksPerRequest
+	// default blocks, so that a server 20 ms away still sends some 800
+	// MiB/s.
 	maxReadahead        = 32 << 20
 	maxBlocksPerRequest = 16
 )

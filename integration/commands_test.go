@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"bytes"
 	"crypto/md5"
 	"crypto/sha1"
 	"crypto/sha256"
@@ -96,7 +97,7 @@ func TestExportMatchesQemu(t *testing.T) {
 				t.Fatalf("export: exit %d: %s", code, msg)
 			}
 			cmpFiles(t, out, k.want)
-			if left, _ := filepath.Glob(filepath.Join(dir, ".out.raw.partial-*")); len(left) > 0 {
+			if left, _ := filepath.Glob(filepath.Join(dir, "*")); len(left) != 1 {
 				t.Errorf("left behind: %q", left)
 			}
 			st, err := os.Stat(out)
@@ -110,8 +111,10 @@ func TestExportMatchesQemu(t *testing.T) {
 					t.Errorf("the export takes %d bytes on disk: holes were written", used)
 				}
 			}
-			if st.Mode().Perm() != 0o644 {
-				t.Errorf("mode %v, want what a new file gets (umask 022 here)", st.Mode().Perm())
+			// What a new file gets (umask 022 here); decrypted bytes, only
+			// their owner's.
+			if want := map[bool]os.FileMode{false: 0o644, true: 0o600}[k.name == "LUKS"]; st.Mode().Perm() != want {
+				t.Errorf("mode %v, want %v", st.Mode().Perm(), want)
 			}
 			piped := filepath.Join(dir, "piped.raw")
 			f, err := os.Create(piped)
@@ -335,7 +338,7 @@ func TestExportToABlockDevice(t *testing.T) {
 			defer sh(t, "losetup", "-d", dev)
 			msg, code := run(t, "export", image, dev)
 			if size < int64(len(want)) {
-				if code != 2 || !strings.Contains(msg, "less than the 8388608 to export") {
+				if code != 1 || !strings.Contains(msg, "less than the 8388608 to export") {
 					t.Fatalf("exit %d: %s", code, msg)
 				}
 				return
@@ -359,46 +362,153 @@ func TestExportToABlockDevice(t *testing.T) {
 	}
 }
 
-// TestExportInterrupted: Ctrl-C during an export removes what was
-// written, or keeps it under OUT's name with --keep-partial.
+// TestExportInterrupted: Ctrl-C during an export removes the file it
+// made, or keeps it with --keep-partial; an OUT that existed keeps its
+// identity and mode, and is left empty (its old bytes were gone from the
+// start) or with what was written.
 func TestExportInterrupted(t *testing.T) {
 	qemutest.Require(t, "qemu-img")
 	// 64 GiB of allocated clusters: long enough to read that the signal
 	// always comes first.
 	image := filepath.Join(t.TempDir(), "big.qcow2")
 	qemutest.Create(t, image, "qcow2", "64G", "preallocation=metadata")
-	for _, keep := range []bool{false, true} {
-		t.Run(fmt.Sprintf("keep-partial=%v", keep), func(t *testing.T) {
-			dir := t.TempDir()
-			out := filepath.Join(dir, "out.raw")
-			args := []string{"export", image, out}
-			if keep {
-				args = append(args, "--keep-partial")
-			}
-			cmd := exec.Command(bin, args...)
-			var stderr lockedBuffer
-			cmd.Stderr = &stderr
-			if err := cmd.Start(); err != nil {
-				t.Fatal(err)
-			}
-			waitFor(t, "the partial file", 10*time.Second, func() bool {
-				m, _ := filepath.Glob(filepath.Join(dir, ".out.raw.partial-*"))
-				return len(m) == 1
+	for _, existed := range []bool{false, true} {
+		for _, keep := range []bool{false, true} {
+			t.Run(fmt.Sprintf("existed=%v keep-partial=%v", existed, keep), func(t *testing.T) {
+				dir := t.TempDir()
+				out := filepath.Join(dir, "out.raw")
+				var before os.FileInfo
+				if existed {
+					if err := os.WriteFile(out, []byte("old contents"), 0o640); err != nil {
+						t.Fatal(err)
+					}
+					before, _ = os.Stat(out)
+				}
+				args := []string{"export", "--progress", image, out}
+				if keep {
+					args = append(args, "--keep-partial")
+				}
+				cmd := exec.Command(bin, args...)
+				var stderr lockedBuffer
+				cmd.Stderr = &stderr
+				if err := cmd.Start(); err != nil {
+					t.Fatal(err)
+				}
+				// The bar is drawn once OUT is open and being written.
+				waitFor(t, "the export to start writing", 30*time.Second, func() bool { return stderr.String() != "" })
+				time.Sleep(100 * time.Millisecond)
+				cmd.Process.Signal(os.Interrupt)
+				err := cmd.Wait()
+				if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 130 {
+					t.Fatalf("exit %v, want 130: %s", err, stderr.String())
+				}
+				left, _ := filepath.Glob(filepath.Join(dir, "*"))
+				hidden, _ := filepath.Glob(filepath.Join(dir, ".*"))
+				left = append(left, hidden...)
+				said := stderr.String()
+				switch {
+				case !existed && keep && (len(left) != 1 || !strings.Contains(said, "kept in "+out)):
+					t.Errorf("left %q, said %q; want %s kept", left, said, out)
+				case !existed && !keep && (len(left) != 0 || !strings.Contains(said, "interrupted (removed the partial output")):
+					t.Errorf("left %q, said %q; want nothing", left, said)
+				case existed:
+					st, err := os.Stat(out)
+					if err != nil || !os.SameFile(st, before) || st.Mode() != before.Mode() {
+						t.Fatalf("OUT is now %v (%v), was %v: not the same file with the same mode", st, err, before)
+					}
+					if empty := st.Size() == 0; empty == keep || len(left) != 1 {
+						t.Errorf("OUT has %d bytes, left %q, said %q (keep-partial %v)", st.Size(), left, said, keep)
+					}
+				}
 			})
-			cmd.Process.Signal(os.Interrupt)
-			err := cmd.Wait()
-			ee, ok := err.(*exec.ExitError)
-			if !ok || ee.ExitCode() != 130 {
-				t.Fatalf("exit %v, want 130: %s", err, stderr.String())
+		}
+	}
+}
+
+// TestExportKeepsWhatOUTIs: export writes an existing OUT in place, as
+// qemu-img convert does (same file, mode and owner; a symbolic link
+// followed, its target written), and makes a new file for decrypted
+// bytes that only its owner can read, whatever the umask.
+func TestExportKeepsWhatOUTIs(t *testing.T) {
+	qemutest.Require(t, "qemu-img", "qemu-io")
+	plain, _ := filepath.Abs("../testdata/demo.qcow2")
+	want, err := os.ReadFile(qemutest.Raw(t, plain))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	key := filepath.Join(dir, "key")
+	if err := os.WriteFile(key, []byte("round four"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	luks := filepath.Join(dir, "luks.qcow2")
+	qemutest.ConvertEncrypted(t, qemutest.Raw(t, plain), luks, "qcow2", "round four", "encrypt.format=luks", "encrypt.iter-time=10")
+	check := func(t *testing.T, path string) {
+		t.Helper()
+		got, err := os.ReadFile(path)
+		if err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("%s does not hold the guest disk: %v", path, err)
+		}
+	}
+	t.Run("an existing file of mode 0600", func(t *testing.T) {
+		out := filepath.Join(t.TempDir(), "out.raw")
+		if err := os.WriteFile(out, bytes.Repeat([]byte("x"), 20<<20), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		before, _ := os.Stat(out)
+		if msg, code := run(t, "export", "--key-file", key, luks, out); code != 0 {
+			t.Fatalf("exit %d: %s", code, msg)
+		}
+		check(t, out)
+		after, _ := os.Stat(out)
+		if !os.SameFile(before, after) || after.Mode().Perm() != 0o600 {
+			t.Fatalf("OUT is mode %v, same file %v: want the same file, 0600", after.Mode(), os.SameFile(before, after))
+		}
+	})
+	t.Run("a symbolic link to a file", func(t *testing.T) {
+		d := t.TempDir()
+		target, link := filepath.Join(d, "target.raw"), filepath.Join(d, "link.raw")
+		if err := os.WriteFile(target, []byte("stale"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink("target.raw", link); err != nil {
+			t.Fatal(err)
+		}
+		if msg, code := run(t, "export", plain, link); code != 0 {
+			t.Fatalf("exit %d: %s", code, msg)
+		}
+		if st, err := os.Lstat(link); err != nil || st.Mode()&os.ModeSymlink == 0 {
+			t.Fatalf("the link was replaced: %v %v", st, err)
+		}
+		check(t, target)
+	})
+	t.Run("a symbolic link to nothing yet", func(t *testing.T) {
+		d := t.TempDir()
+		link := filepath.Join(d, "link.raw")
+		if err := os.Symlink("new.raw", link); err != nil {
+			t.Fatal(err)
+		}
+		if msg, code := run(t, "export", plain, link); code != 0 {
+			t.Fatalf("exit %d: %s", code, msg)
+		}
+		check(t, filepath.Join(d, "new.raw"))
+	})
+	for _, tc := range []struct {
+		image string
+		args  []string
+		mode  os.FileMode
+	}{{luks, []string{"--key-file", key}, 0o600}, {plain, nil, 0o644}} {
+		t.Run("a new file from "+filepath.Base(tc.image), func(t *testing.T) {
+			out := filepath.Join(t.TempDir(), "new.raw")
+			// A umask of 022, as most users have, whatever the test's.
+			cmd := exec.Command("sh", "-c", `umask 022 && exec "$@"`, "sh", bin, "export")
+			cmd.Args = append(append(cmd.Args, tc.args...), tc.image, out)
+			if msg, err := cmd.CombinedOutput(); err != nil {
+				t.Fatalf("%v: %s", err, msg)
 			}
-			left, _ := filepath.Glob(filepath.Join(dir, "*"))
-			hidden, _ := filepath.Glob(filepath.Join(dir, ".*"))
-			left = append(left, hidden...)
-			switch {
-			case keep && (len(left) != 1 || left[0] != out || !strings.Contains(stderr.String(), "kept as "+out)):
-				t.Errorf("left %q, said %q; want %s kept", left, stderr.String(), out)
-			case !keep && (len(left) != 0 || !strings.Contains(stderr.String(), "interrupted (removed the partial output")):
-				t.Errorf("left %q, said %q; want nothing", left, stderr.String())
+			check(t, out)
+			if st, _ := os.Stat(out); st.Mode().Perm() != tc.mode {
+				t.Fatalf("new OUT has mode %v, want %v", st.Mode().Perm(), tc.mode)
 			}
 		})
 	}

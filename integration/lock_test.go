@@ -60,7 +60,7 @@ func TestQEMULocks(t *testing.T) {
 		log := filepath.Join(t.TempDir(), "log")
 		mountImage(t, top, "--force-share", "--log-file", log)
 		b, _ := os.ReadFile(log)
-		if !strings.Contains(string(b), "force-share") {
+		if !strings.Contains(string(b), "force share") {
 			t.Fatalf("no warning about --force-share in the log: %s", b)
 		}
 	})

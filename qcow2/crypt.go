@@ -47,6 +47,17 @@ func (e *PassphraseError) Error() string {
 
 func (e *PassphraseError) Unwrap() error { return e.Err }
 
+// Encrypted reports whether any image of the chain is encrypted: whether
+// the guest disk holds bytes that only a passphrase reveals.
+func (img *Image) Encrypted() bool {
+	for i := range img.images() {
+		if i.hdr.CryptMethod != CryptNone {
+			return true
+		}
+	}
+	return false
+}
+
 // ErrNoKey is the error of a read of encrypted data in an image opened
 // without its passphrase (Options.AllowLocked).
 var ErrNoKey = errors.New("the image is encrypted and was opened without its passphrase")

@@ -243,7 +243,7 @@ func TestBlockDeviceBacking(t *testing.T) {
 	t.Cleanup(func() { exec.Command("losetup", "-d", loop).Run() })
 	middle := filepath.Join(filepath.Dir(top), "middle.qcow2")
 	qemutest.Run(t, "qemu-img", "rebase", "-u", "-F", "raw", "-b", loop, middle)
-	if img, err := qcow2.Open(top, qcow2.Options{AllowAnyPath: true}); err == nil || !strings.Contains(err.Error(), "block device: refused without --allow-devices") {
+	if img, err := qcow2.Open(top, qcow2.Options{AllowAnyPath: true}); !errors.Is(err, qcow2.ErrDevice) {
 		if err == nil {
 			img.Close()
 		}
@@ -321,6 +321,41 @@ func TestExtendedL2(t *testing.T) {
 			comp := filepath.Join(dir, cs+"-compressed.qcow2")
 			qemutest.Run(t, "qemu-img", "convert", "-c", "-O", "qcow2", "-o", "extended_l2=on,cluster_size="+cs, img, comp)
 			openAndCompare(t, comp, qcow2.Options{})
+		})
+	}
+}
+
+// TestSnapshotNamesAsQEMU: --snapshot finds what QEMU finds for
+// `qemu-img convert -l KEY`: the first snapshot whose whole ID is KEY,
+// else the first whose whole name is KEY, names ending at their first
+// NUL and compared whole, however long.
+func TestSnapshotNamesAsQEMU(t *testing.T) {
+	qemutest.Require(t, "qemu-img", "qemu-io")
+	img := filepath.Join(t.TempDir(), "names.qcow2")
+	qemutest.Create(t, img, "qcow2", "1M")
+	long := strings.Repeat("n", 259)
+	names := []string{"base\x00junk", "base", long, "2", "dup", "dup"}
+	for i := range names {
+		qemutest.IO(t, img, fmt.Sprintf("write -P %d 0 64k", 0x10+i))
+		qemutest.Run(t, "qemu-img", "snapshot", "-c", fmt.Sprint("s", i), img)
+	}
+	qemutest.SetSnapshotNames(t, img, names)
+	for _, key := range []string{"base", "2", long, long[:255], "dup", "1", "6", "junk", "7"} {
+		name := key
+		if len(name) > 20 {
+			name = fmt.Sprintf("%d bytes", len(key))
+		}
+		t.Run(name, func(t *testing.T) {
+			want, qemuErr := exec.Command("qemu-img", "convert", "-f", "qcow2", "-O", "raw", "-l", key, img, filepath.Join(t.TempDir(), "out.raw")).CombinedOutput()
+			opened, err := qcow2.Open(img, qcow2.Options{Snapshot: key})
+			if (err != nil) != (qemuErr != nil) {
+				t.Fatalf("open: %v; qemu-img: %v %s", err, qemuErr, want)
+			}
+			if err != nil {
+				return
+			}
+			defer opened.Close()
+			compareWithRaw(t, opened, qemutest.Raw(t, img, "-l", key))
 		})
 	}
 }

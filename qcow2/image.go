@@ -225,7 +225,7 @@ func Open(path string, opts Options) (*Image, error) {
 	}
 	img.ownsFile = true
 	if opts.ForceShare {
-		img.warnings = append(img.warnings, "opened with --force-share: another process may change the image while it is mounted, and reads may then be inconsistent")
+		img.warnings = append(img.warnings, "opened sharing it with writers (force share): another process may change the image while it is read, and reads may then be inconsistent")
 	}
 	return img, nil
 }
@@ -435,16 +435,18 @@ func (img *Image) images() iter.Seq[*Image] {
 }
 
 // tableBytes is the most the table cache can hold of this image: every
-// slice of its L1 table and of the L2 tables that cover the view, and the
-// cache's own cost per slice (a sixteenth is ample).
+// slice of its L1 table and of the L2 tables that cover the view, each
+// with the cache's own cost per entry, as the cache counts them.
 func (img *Image) tableBytes() int64 {
 	const l1PerSlice = tableSliceBytes / 8
 	clusters := img.size>>img.clusterBits + 1
-	slices := clusters/img.sliceEntries + 1 + img.l1Entries/l1PerSlice + 1
-	if slices > 1<<40 { // far beyond any budget; no overflow below
+	l2Slices := clusters/img.sliceEntries + 1
+	l1Slices := img.l1Entries/l1PerSlice + 1
+	if l2Slices > 1<<40 { // far beyond any budget; no overflow below
 		return math.MaxInt64
 	}
-	return slices * tableSliceBytes * 17 / 16
+	l2SliceBytes := img.sliceEntries * 8 * img.l2EntryWords()
+	return l2Slices*(l2SliceBytes+lru.EntryOverhead) + l1Slices*(tableSliceBytes+lru.EntryOverhead)
 }
 
 // Path returns the absolute path of the image file.

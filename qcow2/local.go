@@ -9,6 +9,15 @@ import (
 // file system, or naming a protocol rather than a file.
 var ErrUnsafePath = hostfile.ErrUnsafePath
 
+// ErrOutside is wrapped by the refusal of a backing or data file outside
+// the directories the path rules allow (Options.BackingDir and
+// AllowAnyPath widen them). It wraps ErrUnsafePath.
+var ErrOutside = hostfile.ErrOutside
+
+// ErrDevice is wrapped by the refusal of a backing or data file that is
+// a block device (Options.AllowDevices allows them).
+var ErrDevice = hostfile.ErrDevice
+
 // ErrLocked is wrapped by the error for an image that another process
 // holds in a way that conflicts with reading it consistently.
 var ErrLocked = hostfile.ErrLocked

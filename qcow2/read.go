@@ -9,6 +9,8 @@ import (
 	"runtime"
 	"sync"
 	"unsafe"
+
+	"github.com/qcowmount/qcowmount/qcow2/internal/lru"
 )
 
 // Bits of L1 and L2 entries.
@@ -363,7 +365,9 @@ func (img *Image) tableSlice(kind uint8, off uint64, n int64, field string, at i
 	for i := range t {
 		t[i] = binary.BigEndian.Uint64(buf[i*8:])
 	}
-	img.chain.tables.Add(key, t, int64(len(buf)))
+	// With 512-byte clusters a slice is 512 bytes: the cache's own
+	// bookkeeping is a quarter of what it holds, and counts.
+	img.chain.tables.Add(key, t, int64(len(buf))+lru.EntryOverhead)
 	return t, nil
 }
 

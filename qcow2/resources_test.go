@@ -2,7 +2,11 @@ package qcow2_test
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
+	"os"
+	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -71,7 +75,8 @@ func TestDeflateBomb(t *testing.T) {
 }
 
 // TestLongSnapshotNamesAreCut: names longer than QEMU shows are cut to its
-// 255 bytes, with a warning, so a table of 64 KiB names costs little.
+// 255 bytes for showing, with a warning; names QEMU reads as empty (all
+// NULs, 64 KiB of them in a hostile table) cost nothing.
 func TestLongSnapshotNamesAreCut(t *testing.T) {
 	img, err := qcow2.Open(qemutest.ManySnapshots(t, t.TempDir(), 3, 1000), qcow2.Options{Snapshot: "00000002"})
 	if err != nil {
@@ -82,10 +87,75 @@ func TestLongSnapshotNamesAreCut(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(snaps) != 3 || snaps[1].ID != "00000002" || len(snaps[1].Name) != 255 {
-		t.Fatalf("snapshots: %d, second %q with a name of %d bytes", len(snaps), snaps[1].ID, len(snaps[1].Name))
+	if len(snaps) != 3 || snaps[1].ID != "00000002" || snaps[1].Name != "" || len(img.Warnings()) != 0 {
+		t.Fatalf("snapshots: %d, second %q named %q; warnings %q", len(snaps), snaps[1].ID, snaps[1].Name, img.Warnings())
 	}
-	if w := img.Warnings(); len(w) != 1 || !strings.Contains(w[0], "3 snapshot IDs or names are longer than QEMU shows") {
+	qemutest.Require(t, "qemu-img")
+	long := filepath.Join(t.TempDir(), "long.qcow2")
+	qemutest.Create(t, long, "qcow2", "1M")
+	qemutest.Run(t, "qemu-img", "snapshot", "-c", "a", long)
+	qemutest.Run(t, "qemu-img", "snapshot", "-c", "b", long)
+	qemutest.SetSnapshotNames(t, long, []string{strings.Repeat("x", 1000), "b"})
+	img, err = qcow2.Open(long, qcow2.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer img.Close()
+	if snaps, err = img.Snapshots(); err != nil || len(snaps[0].Name) != 255 {
+		t.Fatalf("a name of 1000 bytes shows as %d (%v)", len(snaps[0].Name), err)
+	}
+	if w := img.Warnings(); len(w) != 1 || !strings.Contains(w[0], "1 snapshot IDs or names are longer than QEMU shows") {
 		t.Fatalf("warnings %q", w)
 	}
+}
+
+// TestTinyClusterTablesStayWithinBudget: with 512-byte clusters a table
+// slice is 512 bytes, and the cache's bookkeeping for each is a quarter
+// of that again; the cache counts both, so that what the tables take of
+// the heap is what the budget says (the mount's memory limit is made of
+// it: a heap over it keeps the collector running).
+func TestTinyClusterTablesStayWithinBudget(t *testing.T) {
+	qemutest.Require(t, "qemu-img")
+	path := filepath.Join(t.TempDir(), "tiny-clusters.qcow2")
+	qemutest.Run(t, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "cluster_size=512", path, "1G")
+	// Every L2 table there, all unallocated: 32768 of them, one per 32
+	// KiB of disk, in a sparse tail of the file.
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	end, l1 := int64(len(b)+511)&^511, binary.BigEndian.Uint64(b[40:])
+	for i := range int64(32768) {
+		binary.BigEndian.PutUint64(b[l1+8*uint64(i):], uint64(end+512*i))
+	}
+	if err := os.WriteFile(path, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(path, end+512*32768); err != nil {
+		t.Fatal(err)
+	}
+	const budget = 8 << 20
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	img, err := qcow2.Open(path, qcow2.Options{L2CacheSize: budget})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer img.Close()
+	buf := make([]byte, 512)
+	for off := int64(0); off < img.Size(); off += 32 << 10 {
+		if _, err := img.ReadAt(buf, off); err != nil {
+			t.Fatal(err)
+		}
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	// The image, its file and what a read allocates: well under 1 MiB.
+	grew := int64(after.HeapAlloc) - int64(before.HeapAlloc)
+	t.Logf("the heap grew by %.1f MiB for a table budget of %d MiB", float64(grew)/(1<<20), budget>>20)
+	if grew > budget+1<<20 {
+		t.Errorf("the heap grew by %d bytes, over the table budget of %d and 1 MiB", grew, budget)
+	}
+	runtime.KeepAlive(img)
 }

@@ -2,6 +2,7 @@ package qcow2
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -26,18 +27,30 @@ type Snapshot struct {
 	entryLen    int64 // its bytes, padded to 8 as QEMU lays entries out
 }
 
-// QEMU shows snapshot IDs and names through fixed buffers of 128 and 256
-// bytes (QEMUSnapshotInfo), cutting what is longer; so do we, which also
-// bounds what a table of 65536 entries with 64 KiB names can cost.
+// QEMU reads a snapshot's ID and name as C strings: each ends at its
+// first NUL. It compares them whole when it looks a snapshot up, and shows
+// them through fixed buffers of 128 and 256 bytes (QEMUSnapshotInfo),
+// cutting what is longer; so do we, which also bounds what a table of
+// 65536 entries with 64 KiB names costs to list.
 const (
 	maxSnapshotIDLen   = 127
 	maxSnapshotNameLen = 255
 )
 
+// cString is b up to its first NUL, as C reads a string.
+func cString(b []byte) []byte {
+	if i := bytes.IndexByte(b, 0); i >= 0 {
+		return b[:i]
+	}
+	return b
+}
+
 // walkSnapshots reads the snapshot table, whose position parseHeader has
-// checked, entry by entry, calling fn for each: memory stays bounded
-// whatever the table declares. It returns how many IDs or names it cut.
-func walkSnapshots(f File, h *Header, fileSize int64, fn func(Snapshot) error) (cut int, err error) {
+// checked, entry by entry, calling fn for each with the snapshot as QEMU
+// shows it and its whole ID and name as QEMU compares them (valid during
+// the call): memory stays bounded whatever the table declares. It returns
+// how many IDs or names it cut for showing.
+func walkSnapshots(f File, h *Header, fileSize int64, fn func(sn Snapshot, id, name []byte) error) (cut int, err error) {
 	if h.NbSnapshots == 0 {
 		return 0, nil
 	}
@@ -91,7 +104,7 @@ func walkSnapshots(f File, h *Header, fileSize int64, fn func(Snapshot) error) (
 		if len(extra) >= 24 {
 			sn.ICount = int64(be.Uint64(extra[16:]))
 		}
-		id, name := rest[extraLen:int(extraLen)+idLen], rest[int(extraLen)+idLen:]
+		id, name := cString(rest[extraLen:int(extraLen)+idLen]), cString(rest[int(extraLen)+idLen:])
 		if len(id) > maxSnapshotIDLen || len(name) > maxSnapshotNameLen {
 			cut++
 		}
@@ -100,7 +113,7 @@ func walkSnapshots(f File, h *Header, fileSize int64, fn func(Snapshot) error) (
 		used := int64(snapshotHeaderBytes + n)
 		pad := (8 - used%8) % 8
 		sn.entryLen = used + pad
-		if err := fn(sn); err != nil {
+		if err := fn(sn, id, name); err != nil {
 			return cut, err
 		}
 		if _, err := r.Discard(int(pad)); err != nil && i+1 < h.NbSnapshots {
@@ -115,7 +128,7 @@ func walkSnapshots(f File, h *Header, fileSize int64, fn func(Snapshot) error) (
 // them now.
 func (img *Image) Snapshots() ([]Snapshot, error) {
 	var snaps []Snapshot
-	_, err := walkSnapshots(img.file, &img.hdr, img.fileSize, func(sn Snapshot) error {
+	_, err := walkSnapshots(img.file, &img.hdr, img.fileSize, func(sn Snapshot, _, _ []byte) error {
 		snaps = append(snaps, sn)
 		return nil
 	})
@@ -123,17 +136,19 @@ func (img *Image) Snapshots() ([]Snapshot, error) {
 }
 
 // checkSnapshots reads the whole snapshot table once, as QEMU does on
-// open, and returns the snapshot that key names (by ID first, then by
-// name, as QEMU looks them up), unless key is empty.
+// open, and returns the snapshot that key names, unless key is empty. The
+// lookup is QEMU's (find_snapshot_by_id_or_name): the first snapshot whose
+// whole ID is key, else the first whose whole name is key, ID and name
+// ending at their first NUL.
 func (img *Image) checkSnapshots(key string) (*Snapshot, error) {
 	var byID, byName *Snapshot
 	var known []string
-	cut, err := walkSnapshots(img.file, &img.hdr, img.fileSize, func(sn Snapshot) error {
+	cut, err := walkSnapshots(img.file, &img.hdr, img.fileSize, func(sn Snapshot, id, name []byte) error {
 		switch {
 		case key == "":
-		case byID == nil && sn.ID == key:
+		case byID == nil && string(id) == key:
 			byID = &sn
-		case byName == nil && sn.Name == key:
+		case byName == nil && string(name) == key:
 			byName = &sn
 		}
 		if len(known) < 20 {

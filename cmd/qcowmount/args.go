@@ -11,23 +11,23 @@ import (
 // interspersed puts the flags that follow IMAGE and MOUNTPOINT in front
 // of them, as urfave/cli v2 wants them: `qcowmount IMAGE MNT -o
 // allow_other` is what people type, and what mount.fuse3 runs for
-// `mount -t fuse.qcowmount`. `--` ends the flags; what follows it stays
-// an argument.
+// `mount -t fuse.qcowmount`. Flags before a command's name are the
+// command's too (`qcowmount --debug info URL`): a command refuses those
+// it does not take rather than ignore them. `--` ends the flags; what
+// follows it stays an argument.
 func interspersed(app *cli.App, args []string) []string {
 	if len(args) < 2 {
 		return args
 	}
 	head, rest, flags := args[:1], args[1:], app.Flags
-	if cmd := app.Command(args[1]); cmd != nil {
-		head, rest, flags = args[:2], args[2:], cmd.Flags
-	}
-	takesValue := map[string]bool{}
-	for _, f := range flags {
-		_, isBool := f.(*cli.BoolFlag)
-		for _, n := range f.Names() {
-			takesValue[n] = !isBool
+	if i := firstArgument(app.Flags, args[1:]); i >= 0 {
+		if cmd := app.Command(args[1+i]); cmd != nil {
+			head = []string{args[0], args[1+i]}
+			rest = append(append([]string{}, args[1:1+i]...), args[2+i:]...)
+			flags = cmd.Flags
 		}
 	}
+	takesValue := valueFlags(flags)
 	var named, positional []string
 	for i := 0; i < len(rest); i++ {
 		a := rest[i]
@@ -51,6 +51,38 @@ func interspersed(app *cli.App, args []string) []string {
 		out = append(append(out, "--"), positional...)
 	}
 	return out
+}
+
+// valueFlags says, by name, which flags take a value.
+func valueFlags(flags []cli.Flag) map[string]bool {
+	takesValue := map[string]bool{}
+	for _, f := range flags {
+		_, isBool := f.(*cli.BoolFlag)
+		for _, n := range f.Names() {
+			takesValue[n] = !isBool
+		}
+	}
+	return takesValue
+}
+
+// firstArgument is the index in args of the first one that is neither
+// one of flags nor a flag's value; -1 if there is none before `--`.
+func firstArgument(flags []cli.Flag, args []string) int {
+	takesValue := valueFlags(flags)
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		switch {
+		case a == "--":
+			return -1
+		case len(a) > 1 && a[0] == '-':
+			if name := strings.TrimLeft(a, "-"); !strings.Contains(name, "=") && takesValue[name] {
+				i++
+			}
+		default:
+			return i
+		}
+	}
+	return -1
 }
 
 // ownOptions are our flags given as -o keys, as fstab and mount(8) give

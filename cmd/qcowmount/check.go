@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -33,9 +34,11 @@ func checkCommand() *cli.Command {
 		// A mistake on the command line must not read as "corruptions" (2).
 		OnUsageError: func(_ *cli.Context, err error, _ bool) error { return exitError{checkFailed, err} },
 		Action: func(c *cli.Context) error {
-			code, err := checkAction(c)
+			ctx, stop := interruptible()
+			defer stop()
+			code, err := checkAction(ctx, c)
 			if err != nil {
-				return exitError{checkFailed, err}
+				return whenInterrupted(ctx, "check", exitError{checkFailed, err})
 			}
 			if code != checkClean {
 				return quietExit(code)
@@ -45,7 +48,7 @@ func checkCommand() *cli.Command {
 	}
 }
 
-func checkAction(c *cli.Context) (int, error) {
+func checkAction(ctx context.Context, c *cli.Context) (int, error) {
 	if err := outputFlag(c); err != nil {
 		return 0, err
 	}
@@ -54,7 +57,7 @@ func checkAction(c *cli.Context) (int, error) {
 	}
 	// The image is checked even when its backing or data file does not
 	// open; that it does not is a finding.
-	img, err := openForDescribing(c)
+	img, err := openForDescribing(ctx, c)
 	if err != nil {
 		return 0, err
 	}

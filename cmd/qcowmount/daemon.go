@@ -5,6 +5,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -13,6 +14,8 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // The command a user runs starts a copy of itself in the background and
@@ -61,7 +64,7 @@ func reportReady(ready *os.File, err error, notes ...string) error {
 	}
 	msg := "ok\n" + strings.Join(notes, "\n")
 	if err != nil {
-		msg = fmt.Sprintf("fail %d\n%s", exitCode(err), err)
+		msg = fmt.Sprintf("fail %d\n%s", exitCode(err), withHint(err))
 	}
 	_, werr := io.WriteString(ready, msg)
 	ready.Close()
@@ -151,6 +154,46 @@ func readAnswer(r *bufio.Reader, keys *localKeys, answers io.Writer) string {
 		rest, _ := io.ReadAll(r)
 		return line + string(rest)
 	}
+}
+
+// errStarterGone ends an opening whose starting command went away.
+var errStarterGone = errors.New("the starting command is gone (it exited, was interrupted or killed) before the mount was ready")
+
+// watchStarter calls gone once the starting command has closed its end
+// of the ready pipe, which the kernel tells by an error on ours, unless
+// stop is called first.
+func watchStarter(ready *os.File, gone func()) (stop func(), err error) {
+	raw, err := ready.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	wake, waker, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		var revents int16
+		raw.Control(func(fd uintptr) {
+			// Nothing is asked of the pipe: poll reports its errors anyway.
+			fds := []unix.PollFd{{Fd: int32(fd)}, {Fd: int32(wake.Fd()), Events: unix.POLLIN}}
+			for {
+				if _, err := unix.Poll(fds, -1); err != unix.EINTR {
+					break
+				}
+			}
+			revents = fds[0].Revents
+		})
+		if revents&(unix.POLLERR|unix.POLLHUP) != 0 {
+			gone()
+		}
+	}()
+	return func() {
+		waker.Close()
+		<-watched
+		wake.Close()
+	}, nil
 }
 
 func closeAll(files []*os.File) {

@@ -34,23 +34,26 @@ func exportAction(c *cli.Context) error {
 	if out == "-" && term.IsTerminal(int(os.Stdout.Fd())) {
 		return usageError{fmt.Errorf("export to -: standard output is a terminal; redirect it, or give a file")}
 	}
-	img, err := openForReading(c, c.Args().First())
+	// Signals are caught from the start: one that arrives while a remote
+	// image opens stops it, and one that arrives while writing finds the
+	// output to clean up.
+	ctx, stop := interruptible()
+	defer stop()
+	img, err := openForReading(ctx, c, c.Args().First())
 	if err != nil {
-		return err
+		return whenInterrupted(ctx, "export", err)
 	}
 	defer img.Close()
 	p, err := selectPart(c, img.Image)
 	if err != nil {
-		return err
+		return whenInterrupted(ctx, "export", err)
 	}
 	if err := notInChain(img, out); err != nil {
 		return usageError{err}
 	}
-	// Signals are caught before a partial file exists, so that one
-	// arriving at any moment finds it to remove.
-	ctx, stop := interruptible()
-	defer stop()
-	dst, err := openDestination(out, p.disk.Size())
+	// Decrypted bytes go to a new file only its owner can read.
+	private := img.Encrypted()
+	dst, err := openDestination(out, p.disk.Size(), private)
 	if err != nil {
 		return err
 	}
@@ -108,18 +111,24 @@ func notInChain(img *openedImage, out string) error {
 	return nil
 }
 
-// destination is where export writes: a new file (holes seeked over,
-// renamed into place at the end) or a stream (stdout, a device) that
-// gets every byte in order.
+// destination is where export writes: a file, written in place with its
+// holes seeked over, or a stream (stdout, a device) that gets every byte
+// in order.
 type destination struct {
 	f       *os.File
 	out     string // the name the user gave
-	tmp     string // for a file: the file being written, renamed to out at the end
+	file    bool   // a regular file: sparse, truncated to size at the end
+	created string // the file export made, removed when it fails; "" for one that existed
 	size    int64
 	written int64 // for a stream
+	reached int64 // for a file: the end of the pieces written
 }
 
-func openDestination(out string, size int64) (*destination, error) {
+// openDestination opens OUT as qemu-img convert does: a file that exists
+// is written in place, through a symbolic link if OUT is one, keeping its
+// mode, owner and links; a new one is made with the usual mode, or 0600
+// when it receives decrypted bytes (private).
+func openDestination(out string, size int64, private bool) (*destination, error) {
 	if out == "-" {
 		return &destination{f: os.Stdout, out: "standard output", size: size}, nil
 	}
@@ -133,7 +142,7 @@ func openDestination(out string, size int64) (*destination, error) {
 		if st.Mode()&os.ModeCharDevice == 0 {
 			if end, err := f.Seek(0, io.SeekEnd); err == nil && end < size {
 				f.Close()
-				return nil, usageError{fmt.Errorf("%s holds %d bytes, less than the %d to export", out, end, size)}
+				return nil, fmt.Errorf("%s holds %d bytes, less than the %d to export", out, end, size)
 			}
 			if _, err := f.Seek(0, io.SeekStart); err != nil {
 				f.Close()
@@ -143,21 +152,49 @@ func openDestination(out string, size int64) (*destination, error) {
 		return &destination{f: f, out: out, size: size}, nil
 	case err == nil && !st.Mode().IsRegular():
 		return nil, usageError{fmt.Errorf("%s is a %s: export writes to files, block devices and -", out, fileKind(st.Mode()))}
-	case err != nil && !errors.Is(err, os.ErrNotExist):
+	case err == nil:
+		f, err := os.OpenFile(out, os.O_WRONLY|os.O_TRUNC, 0)
+		if err != nil {
+			return nil, err
+		}
+		return &destination{f: f, out: out, file: true, size: size}, nil
+	case !errors.Is(err, os.ErrNotExist):
 		return nil, err
 	}
-	// A file: written beside OUT under another name, so that OUT is
-	// never half written, and given the mode a new file gets.
-	f, err := os.CreateTemp(filepath.Dir(out), "."+filepath.Base(out)+".partial-*")
+	// A new file: at OUT, or where a dangling symbolic link OUT points.
+	path, err := linkTarget(out)
 	if err != nil {
 		return nil, err
 	}
-	if err := f.Chmod(os.FileMode(0o666 &^ umask())); err != nil {
-		f.Close()
-		os.Remove(f.Name())
+	mode := os.FileMode(0o666) // less the umask, as every new file
+	if private {
+		mode = 0o600
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
+	if err != nil {
 		return nil, err
 	}
-	return &destination{f: f, out: out, tmp: f.Name(), size: size}, nil
+	return &destination{f: f, out: out, file: true, created: path, size: size}, nil
+}
+
+// linkTarget is where a new file named path lands: path, or, if path is
+// a symbolic link to nothing, the file it names (links followed).
+func linkTarget(path string) (string, error) {
+	for range 40 { // the kernel's limit on links in a row
+		st, err := os.Lstat(path)
+		if err != nil || st.Mode()&os.ModeSymlink == 0 {
+			return path, nil
+		}
+		to, err := os.Readlink(path)
+		if err != nil {
+			return "", err
+		}
+		if !filepath.IsAbs(to) {
+			to = filepath.Join(filepath.Dir(path), to)
+		}
+		path = to
+	}
+	return "", fmt.Errorf("%s: too many levels of symbolic links", path)
 }
 
 // zeroBlock is the granularity at which data that is all zeros becomes a
@@ -165,7 +202,7 @@ func openDestination(out string, size int64) (*destination, error) {
 const zeroBlock = 4096
 
 func (d *destination) write(ctx context.Context, p stream.Piece) error {
-	if d.tmp == "" {
+	if !d.file {
 		if p.Data == nil {
 			return writeZeros(ctx, d, p.Len)
 		}
@@ -187,6 +224,7 @@ func (d *destination) write(ctx context.Context, p stream.Piece) error {
 		}
 		b, off = b[n:], off+int64(n)
 	}
+	d.reached = p.Off + p.Len
 	return nil
 }
 
@@ -197,53 +235,49 @@ func (d *destination) Write(b []byte) (int, error) {
 	return n, err
 }
 
-// finish completes the output: a file gets its size and its name.
+// finish completes the output: a file gets its size.
 func (d *destination) finish() error {
-	if d.tmp == "" {
-		if d.f == os.Stdout {
-			return nil
-		}
+	var err error
+	switch {
+	case d.file:
+		err = d.f.Truncate(d.size)
+	case d.f == os.Stdout:
+		return nil
+	default:
 		// A device is done when its bytes are on it, not in the cache.
-		err := d.f.Sync()
+		err = d.f.Sync()
 		if errors.Is(err, syscall.EINVAL) {
 			err = nil // character devices (/dev/null) cannot sync
 		}
-		if cerr := d.f.Close(); err == nil {
-			err = cerr
-		}
-		return err
 	}
-	if err := d.f.Truncate(d.size); err != nil {
+	if cerr := d.f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil && d.file {
 		d.abandon(false)
-		return err
 	}
-	if err := d.f.Close(); err != nil {
-		d.abandon(false)
-		return err
-	}
-	if err := os.Rename(d.tmp, d.out); err != nil {
-		os.Remove(d.tmp)
-		return err
-	}
-	return nil
+	return err
 }
 
-// abandon ends a failed export, keeping the partial file under OUT's name
-// when asked to; it says what was left behind.
+// abandon ends a failed export and says what it left behind: a file it
+// made is removed, one that existed left empty (its old bytes were gone
+// from the start), unless keep.
 func (d *destination) abandon(keep bool) string {
-	if d.tmp == "" {
+	if !d.file {
 		if d.f != os.Stdout {
 			d.f.Close()
 		}
 		return fmt.Sprintf(" (%d bytes of %d written to %s)", d.written, d.size, d.out)
 	}
-	d.f.Close()
-	if keep {
-		if err := os.Rename(d.tmp, d.out); err == nil {
-			return fmt.Sprintf(" (the partial output is kept as %s)", d.out)
-		}
-		return fmt.Sprintf(" (the partial output is kept as %s)", d.tmp)
+	defer d.f.Close()
+	switch {
+	case keep:
+		d.f.Truncate(d.reached) // as far as it got, holes included
+		return fmt.Sprintf(" (the partial output, %d bytes of %d, is kept in %s)", d.reached, d.size, d.out)
+	case d.created != "":
+		os.Remove(d.created)
+		return " (removed the partial output; --keep-partial keeps it)"
 	}
-	os.Remove(d.tmp)
-	return " (removed the partial output; --keep-partial keeps it)"
+	d.f.Truncate(0)
+	return fmt.Sprintf(" (%s is left empty; --keep-partial keeps what was written)", d.out)
 }

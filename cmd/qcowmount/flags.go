@@ -20,6 +20,7 @@ func imageFlags() []cli.Flag {
 		&cli.BoolFlag{Name: "force-share", Aliases: []string{"U"}, Usage: "open images that another process (a running VM) may be writing; reads may be inconsistent"},
 		&cli.StringSliceFlag{Name: "key-file", Usage: "read the passphrase of encrypted images from `[IMAGE=]FILE` (its exact bytes); IMAGE= for one image of a chain, by its path or backing file name"},
 		&cli.BoolFlag{Name: "password-stdin", Usage: "read the passphrase of encrypted images from standard input (one line)"},
+		&cli.BoolFlag{Name: "debug", Usage: "log debug messages (a remote image's range requests among them): a mount to its log, the other commands to standard error"},
 		&cli.DurationFlag{Name: "max-kdf-time", Value: encryption.DefaultMaxKDFTime, Usage: "bound trying a passphrase on all LUKS key slots together to `DURATION` here; slots that do not fit are not tried (hostile images ask for hours)"},
 	}, remoteFlags()...)
 }
@@ -73,7 +74,6 @@ func mountFlags() []cli.Flag {
 		&cli.BoolFlag{Name: "foreground", Aliases: []string{"f"}, Usage: "stay in the foreground, logging to stderr"},
 		&cli.StringSliceFlag{Name: "o", Usage: "mount `OPTIONS`, comma separated: allow_other, default_permissions, uid=N, gid=N; our flags as keys (snapshot=NAME, backing_dir=DIR, force_share, log_file=F, ...); mount(8)'s (nofail, _netdev, noauto, user, ro, ...) are ignored"},
 		&cli.BoolFlag{Name: "no-partitions", Usage: "serve disk.raw alone: no file per partition or LVM volume"},
-		&cli.BoolFlag{Name: "debug", Usage: "log debug messages"},
 		&cli.BoolFlag{Name: "fuse-debug", Usage: "log every FUSE request"},
 		&cli.StringFlag{Name: "log-file", Usage: "background process logs to `FILE` (default: syslog)"},
 		&cli.StringFlag{Name: "cpu-profile", Usage: "write a Go CPU profile of the serving process to `FILE` until unmount"},

@@ -92,9 +92,11 @@ func hashAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	img, err := openForReading(c, c.Args().First())
+	ctx, stop := interruptible()
+	defer stop()
+	img, err := openForReading(ctx, c, c.Args().First())
 	if err != nil {
-		return err
+		return whenInterrupted(ctx, "hash", err)
 	}
 	defer img.Close()
 	// Each read of the disk feeds every part that lies on it in order;
@@ -103,13 +105,13 @@ func hashAction(c *cli.Context) error {
 	if c.IsSet("partition") || c.String("volume") != "" {
 		p, err := selectPart(c, img.Image)
 		if err != nil {
-			return err
+			return whenInterrupted(ctx, "hash", err)
 		}
 		reads = []hashRead{{p.disk, []*hashed{newHashed(p.name, whole(p.disk.Size()), algos)}}}
 	} else {
 		reads, err = planHashes(img.Image, !c.Bool("no-partitions"), algos)
 		if err != nil {
-			return err
+			return whenInterrupted(ctx, "hash", err)
 		}
 	}
 	var all []*hashed
@@ -118,8 +120,6 @@ func hashAction(c *cli.Context) error {
 		all = append(all, r.parts...)
 		total += r.disk.Size()
 	}
-	ctx, stop := interruptible()
-	defer stop()
 	bar := newProgress(c, total, "hash")
 	for _, r := range reads {
 		if err := stream.Run(ctx, r.disk, streamOptions(img.Image), func(p stream.Piece) error {

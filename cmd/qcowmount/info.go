@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -48,7 +49,7 @@ func outputFlag(c *cli.Context) error {
 // its passphrase (as qemu-img info; with one, info shows the guest disk
 // too), and, as qemu-img info does, even when its backing or data file
 // does not open (the image says why).
-func openForDescribing(c *cli.Context) (*openedImage, error) {
+func openForDescribing(ctx context.Context, c *cli.Context) (*openedImage, error) {
 	opts, err := imageOptions(c)
 	if err != nil {
 		return nil, err
@@ -58,7 +59,7 @@ func openForDescribing(c *cli.Context) (*openedImage, error) {
 		return nil, err
 	}
 	opts.Passphrase, opts.AllowLocked, opts.AllowMissing = keys.passphrase, true, true
-	img, err := openImage(c, c.Args().First(), opts, nil)
+	img, err := openImage(ctx, c, c.Args().First(), opts, commandLogger(c))
 	if err != nil {
 		return nil, imageError{keys.explain(err)}
 	}
@@ -66,13 +67,19 @@ func openForDescribing(c *cli.Context) (*openedImage, error) {
 }
 
 func infoAction(c *cli.Context) error {
+	ctx, stop := interruptible()
+	defer stop()
+	return whenInterrupted(ctx, "info", info(ctx, c))
+}
+
+func info(ctx context.Context, c *cli.Context) error {
 	if err := outputFlag(c); err != nil {
 		return err
 	}
 	if c.NArg() != 1 {
 		return usageError{fmt.Errorf("info takes one IMAGE, got %d arguments (see qcowmount info --help)", c.NArg())}
 	}
-	img, err := openForDescribing(c)
+	img, err := openForDescribing(ctx, c)
 	if err != nil {
 		return err
 	}

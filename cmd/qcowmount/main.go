@@ -84,14 +84,15 @@ func main() {
 	case errors.As(err, &q):
 		os.Exit(int(q))
 	default:
-		fmt.Fprintln(os.Stderr, "qcowmount:", printable(strings.TrimSpace(err.Error())))
+		fmt.Fprintln(os.Stderr, "qcowmount:", printable(strings.TrimSpace(withHint(err).Error())))
 		os.Exit(exitCode(err))
 	}
 }
 
 func newApp() *cli.App {
 	cli.VersionFlag = &cli.BoolFlag{Name: "version", Aliases: []string{"V"}, Usage: "print the version"}
-	return &cli.App{
+	usage := func(c *cli.Context, err error, _ bool) error { return usageError{err} }
+	app := &cli.App{
 		Name:  "qcowmount",
 		Usage: "mount a qcow2 image read-only: the guest disk, its partitions and LVM volumes as files",
 		UsageText: "qcowmount [options] IMAGE MOUNTPOINT [options]\n" +
@@ -111,14 +112,18 @@ func newApp() *cli.App {
 			"be opened, 4 the mount cannot be made, 5 umount: the mount is busy, 6 an encrypted\n" +
 			"image's passphrase is missing or opens no key slot, 130 interrupted. check exits as\n" +
 			"qemu-img check: 0 clean, 1 could not check, 2 corruptions, 3 leaks only.",
-		Flags:    mountFlags(),
-		Action:   mountAction,
-		Commands: []*cli.Command{infoCommand(), exportCommand(), hashCommand(), checkCommand(), umountCommand(), versionCommand(), completionCommand(), manCommand()},
-		OnUsageError: func(c *cli.Context, err error, _ bool) error {
-			return usageError{err}
-		},
+		Flags:          mountFlags(),
+		Action:         mountAction,
+		Commands:       []*cli.Command{infoCommand(), exportCommand(), hashCommand(), checkCommand(), umountCommand(), versionCommand(), completionCommand(), manCommand()},
+		OnUsageError:   usage,
 		ExitErrHandler: func(*cli.Context, error) {}, // main prints errors once
 	}
+	for _, cmd := range app.Commands {
+		if cmd.OnUsageError == nil {
+			cmd.OnUsageError = usage
+		}
+	}
+	return app
 }
 
 func versionCommand() *cli.Command {

@@ -4,6 +4,7 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -11,7 +12,6 @@ import (
 	"path/filepath"
 	"runtime/debug"
 	"runtime/pprof"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -75,19 +75,31 @@ func serve(c *cli.Context, ready *os.File, fuseOpts []string, keys passphraser) 
 	if err != nil {
 		return reportReady(ready, err)
 	}
-	// Catch signals from the start: one that arrives while mounting still
-	// unmounts once the mount is up.
+	// Signals are caught from the start. Until the mount is ready, one
+	// ends the opening (a remote image's fetches stop) and nothing stays
+	// mounted; so does the starting command going away (timeout, Ctrl-C,
+	// kill), which would never learn of the mount. After that, a signal
+	// unmounts.
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
-	log, logNote, err := newLogger(c, ready != nil, mountpoint)
+	opening, abandon := context.WithCancelCause(context.Background())
+	defer abandon(nil)
+	stopWatching, err := watchOpening(sigs, ready, abandon)
 	if err != nil {
 		return reportReady(ready, err)
 	}
-	defer log.Sync() //nolint:errcheck
+	log, err := newMountLog(c, ready != nil, mountpoint)
+	if err != nil {
+		stopWatching()
+		return reportReady(ready, err)
+	}
+	clean := false
+	defer func() { log.close(clean) }()
 
 	if path := c.String("cpu-profile"); path != "" {
 		stop, err := startCPUProfile(path)
 		if err != nil {
+			stopWatching()
 			return reportReady(ready, err)
 		}
 		defer stop()
@@ -95,14 +107,28 @@ func serve(c *cli.Context, ready *os.File, fuseOpts []string, keys passphraser) 
 	pidfile := c.String("pidfile")
 	if pidfile != "" {
 		if pidfile, err = filepath.Abs(pidfile); err == nil {
-			err = os.WriteFile(pidfile, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644)
+			err = writePidfile(pidfile)
 		}
 		if err != nil {
+			stopWatching()
 			return reportReady(ready, fmt.Errorf("--pidfile: %w", err))
 		}
 		defer os.Remove(pidfile)
 	}
-	server, img, err := mount(c, image, mountpoint, fuseOpts, keys, log)
+	server, img, err := mount(opening, c, image, mountpoint, fuseOpts, keys, log.Logger)
+	stopWatching()
+	if cause := context.Cause(opening); cause != nil {
+		// Whatever mount did, it was told to stop.
+		if err == nil {
+			server.Unmount()
+			img.Close()
+		}
+		log.Warn("not mounted", zap.String("mountpoint", mountpoint), zap.Error(cause))
+		err = cause
+		if errors.Is(cause, errInterrupted) {
+			err = exitError{exitInterrupted, cause}
+		}
+	}
 	if err != nil {
 		return reportReady(ready, err)
 	}
@@ -114,21 +140,58 @@ func serve(c *cli.Context, ready *os.File, fuseOpts []string, keys passphraser) 
 	log.Info("mounted", zap.String("image", img.Path()), zap.String("mountpoint", mountpoint),
 		zap.Int64("size", img.Size()), zap.Int("pid", os.Getpid()))
 	// The user sees the image's warnings, not only the log.
-	notes := []string{logNote}
+	notes := []string{log.note}
 	for _, w := range img.Warnings() {
 		notes = append(notes, "warning: "+printable(w))
 	}
 	if err := reportReady(ready, nil, notes...); err != nil {
-		log.Warn("could not tell the starting command that the mount is ready", zap.Error(err))
+		// It went away between the watch and now: it never learnt of
+		// the mount, and nobody would unmount it.
+		log.Warn("the starting command is gone: unmounting", zap.String("mountpoint", mountpoint), zap.Error(err))
+		server.Unmount()
+		return quietExit(exitFailure)
 	}
-	go unmountOnSignal(sigs, server, mountpoint, log)
+	go unmountOnSignal(sigs, server, mountpoint, log.Logger)
 	server.Wait()
 	log.Info("unmounted", zap.String("mountpoint", mountpoint))
+	clean = true
 	return nil
 }
 
+// errInterrupted ends an opening that a signal stopped.
+var errInterrupted = errors.New("interrupted before the mount was ready")
+
+// watchOpening ends opening, with its cause, at SIGINT or SIGTERM, or
+// once the command that started this process (at the other end of ready)
+// is gone. stop ends the watch; a signal that comes after is left in sigs.
+func watchOpening(sigs chan os.Signal, ready *os.File, abandon context.CancelCauseFunc) (stop func(), err error) {
+	done := make(chan struct{})
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		select {
+		case sig := <-sigs:
+			abandon(fmt.Errorf("%w (%v)", errInterrupted, sig))
+		case <-done:
+		}
+	}()
+	stopStarter := func() {}
+	if ready != nil {
+		if stopStarter, err = watchStarter(ready, func() { abandon(errStarterGone) }); err != nil {
+			close(done)
+			<-watched
+			return nil, err
+		}
+	}
+	return func() {
+		stopStarter()
+		close(done)
+		<-watched
+	}, nil
+}
+
 // mount checks the mountpoint, opens the image and mounts it.
-func mount(c *cli.Context, image, mountpoint string, fuseOpts []string, keys passphraser, log *zap.Logger) (*fuse.Server, *openedImage, error) {
+func mount(ctx context.Context, c *cli.Context, image, mountpoint string, fuseOpts []string, keys passphraser, log *zap.Logger) (*fuse.Server, *openedImage, error) {
 	if err := checkMountpoint(mountpoint); err != nil {
 		return nil, nil, mountError{err}
 	}
@@ -140,7 +203,7 @@ func mount(c *cli.Context, image, mountpoint string, fuseOpts []string, keys pas
 		return nil, nil, err
 	}
 	opts.Passphrase = keys.passphrase
-	img, err := openImage(c, image, opts, log)
+	img, err := openImage(ctx, c, image, opts, log)
 	if err != nil {
 		if lk, ok := keys.(*localKeys); ok {
 			err = lk.explain(err)
@@ -155,7 +218,12 @@ func mount(c *cli.Context, image, mountpoint string, fuseOpts []string, keys pas
 	for _, w := range img.Warnings() {
 		log.Warn(w, zap.String("image", img.Path()))
 	}
-	server, err := fusefs.Mount(mountpoint, diskFiles(img.Image, !c.Bool("no-partitions"), log), fusefs.Options{
+	files := diskFiles(img.Image, !c.Bool("no-partitions"), log)
+	if err := context.Cause(ctx); err != nil {
+		img.Close()
+		return nil, nil, err
+	}
+	server, err := fusefs.Mount(mountpoint, files, fusefs.Options{
 		Source:       img.Path(),
 		ModTime:      img.modTime,
 		MountOptions: fuseOpts,
@@ -202,7 +270,7 @@ func diskFiles(img *qcow2.Image, partitions bool, log *zap.Logger) []fusefs.File
 
 // startCPUProfile profiles the process until the returned function runs.
 func startCPUProfile(path string) (func(), error) {
-	f, err := os.Create(path)
+	f, err := openOwnFile(path, false, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("cpu profile: %w", err)
 	}

@@ -70,6 +70,16 @@ func TestSplitOptions(t *testing.T) {
 	}
 }
 
+// TestFlagsBeforeACommand: a flag given before a command's name that the
+// command does not take is a usage error, not silently dropped.
+func TestFlagsBeforeACommand(t *testing.T) {
+	app := newApp()
+	err := app.Run(interspersed(app, []string{"qcowmount", "--foreground", "info", "img.qcow2"}))
+	if exitCode(err) != exitUsage || !strings.Contains(err.Error(), "foreground") {
+		t.Fatalf("%v (exit %d), want a usage error naming the flag", err, exitCode(err))
+	}
+}
+
 func TestInterspersed(t *testing.T) {
 	tests := []struct{ in, want string }{
 		{"qcowmount img mnt", "qcowmount -- img mnt"},
@@ -80,6 +90,10 @@ func TestInterspersed(t *testing.T) {
 		{"qcowmount info img --json", "qcowmount info --json -- img"},
 		{"qcowmount umount mnt --wait", "qcowmount umount --wait -- mnt"},
 		{"qcowmount --version", "qcowmount --version"},
+		// Flags before a command's name are the command's.
+		{"qcowmount --debug info URL --remote-timeout 1s", "qcowmount info --debug --remote-timeout 1s -- URL"},
+		{"qcowmount -s snap1 --debug export img out", "qcowmount export -s snap1 --debug -- img out"},
+		{"qcowmount -f info img", "qcowmount info -f -- img"},
 	}
 	for _, tc := range tests {
 		if got := strings.Join(interspersed(newApp(), strings.Fields(tc.in)), " "); got != tc.want {

@@ -38,8 +38,9 @@ func partFlags() []cli.Flag {
 }
 
 // openForReading opens the image argument with the image flags; the
-// passphrase may come from a prompt, as for mount.
-func openForReading(c *cli.Context, arg string) (*openedImage, error) {
+// passphrase may come from a prompt, as for mount. Remote fetches end
+// with ctx.
+func openForReading(ctx context.Context, c *cli.Context, arg string) (*openedImage, error) {
 	opts, err := imageOptions(c)
 	if err != nil {
 		return nil, err
@@ -49,7 +50,7 @@ func openForReading(c *cli.Context, arg string) (*openedImage, error) {
 		return nil, err
 	}
 	opts.Passphrase = keys.passphrase
-	img, err := openImage(c, arg, opts, nil)
+	img, err := openImage(ctx, c, arg, opts, commandLogger(c))
 	if err != nil {
 		return nil, imageError{keys.explain(err)}
 	}
@@ -191,10 +192,26 @@ func writeZeros(ctx context.Context, w io.Writer, n int64) error {
 	return nil
 }
 
-// interruptible is a context that ends at Ctrl-C or SIGTERM.
+// interruptible is a context that ends at the first Ctrl-C or SIGTERM: a
+// command then stops what it reads, remote fetches included, and cleans
+// up. A second signal ends the process at once, as the signal does.
 func interruptible() (context.Context, context.CancelFunc) {
-	return signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	go func() {
+		<-ctx.Done()
+		stop() // the signals' default action again
+	}()
+	return ctx, stop
 }
 
 // exitInterrupted is the shell's code for a command ended by SIGINT.
 const exitInterrupted = 130
+
+// whenInterrupted is err, or, once ctx was interrupted, the error that
+// says so with exit code 130: what failed then failed because of it.
+func whenInterrupted(ctx context.Context, command string, err error) error {
+	if err != nil && ctx.Err() != nil {
+		return exitError{exitInterrupted, fmt.Errorf("%s: interrupted", command)}
+	}
+	return err
+}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"net/http"
 	"os"
@@ -13,6 +14,7 @@ import (
 	"github.com/qcowmount/qcowmount/qcow2/remote"
 	"github.com/urfave/cli/v2"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 )
 
 // Image arguments that are http:// or https:// URLs are read with range
@@ -51,15 +53,12 @@ func (o *openedImage) Close() error {
 }
 
 // cacheBudget is the most the caches hold: the chain's, and the fetched
-// blocks of each remote file, in its cache or in flight.
+// blocks of its remote files, which share one budget, in their cache or
+// in flight.
 func (o *openedImage) cacheBudget() int64 {
 	n := o.CacheBudget()
-	if o.remotes != nil {
-		o.remotes.mu.Lock()
-		for _, f := range o.remotes.all {
-			n += f.MemoryBudget()
-		}
-		o.remotes.mu.Unlock()
+	if o.top != nil {
+		n += o.top.MemoryBudget()
 	}
 	return n
 }
@@ -78,8 +77,9 @@ func (o *openedImage) fetched() (bytes, requests int64) {
 	return bytes, requests
 }
 
-// openImage opens an image argument: a local path, or a URL.
-func openImage(c *cli.Context, arg string, opts qcow2.Options, log *zap.Logger) (*openedImage, error) {
+// openImage opens an image argument: a local path, or a URL, whose
+// fetches end with ctx.
+func openImage(ctx context.Context, c *cli.Context, arg string, opts qcow2.Options, log *zap.Logger) (*openedImage, error) {
 	if !isURL(arg) {
 		img, err := qcow2.Open(arg, opts)
 		if err != nil {
@@ -95,11 +95,12 @@ func openImage(c *cli.Context, arg string, opts qcow2.Options, log *zap.Logger) 
 	if err != nil {
 		return nil, err
 	}
+	ropts.Context = ctx
 	top, err := remote.Open(arg, ropts)
 	if err != nil {
 		return nil, err
 	}
-	res := newRemoteFiles(ropts, top)
+	res := newRemoteFiles(top)
 	opts.Name, opts.Resolver = top.Name(), res
 	img, err := qcow2.New(top, top.Size(), opts)
 	if err != nil {
@@ -129,7 +130,7 @@ func remoteOptions(c *cli.Context, log *zap.Logger) (remote.Options, error) {
 		}
 		o.Header = h
 	}
-	if log != nil && c.Bool("debug") {
+	if log != nil && log.Core().Enabled(zapcore.DebugLevel) {
 		o.Trace = func(name string, start, end int64, status int, took time.Duration, err error) {
 			log.Debug("http range request", zap.String("url", name), zap.Int64("start", start), zap.Int64("end", end),
 				zap.Int("status", status), zap.Duration("took", took), zap.Error(err))
@@ -165,18 +166,18 @@ func readHeaderFile(path string) (http.Header, error) {
 	return h, nil
 }
 
-// remoteFiles resolves a remote image's backing and data file names
-// against its URL, on its origin, and opens them the same way. The chain
-// closes what it opened; all keeps every file, top first, for the counts.
+// remoteFiles opens the backing and data files a remote image names
+// from the file that names them (remote.File.OpenReference: on its
+// origin, within the chain's one budget). The chain closes what it
+// opened; all keeps every file, top first, for the counts.
 type remoteFiles struct {
-	opts   remote.Options
 	mu     sync.Mutex
 	byName map[string]*remote.File // by name (the URL without its query)
 	all    []*remote.File
 }
 
-func newRemoteFiles(opts remote.Options, top *remote.File) *remoteFiles {
-	return &remoteFiles{opts: opts, byName: map[string]*remote.File{top.Name(): top}, all: []*remote.File{top}}
+func newRemoteFiles(top *remote.File) *remoteFiles {
+	return &remoteFiles{byName: map[string]*remote.File{top.Name(): top}, all: []*remote.File{top}}
 }
 
 func (r *remoteFiles) Resolve(from, name, what string) (qcow2.File, int64, string, error) {
@@ -186,11 +187,7 @@ func (r *remoteFiles) Resolve(from, name, what string) (qcow2.File, int64, strin
 	if base == nil {
 		return nil, 0, "", fmt.Errorf("%s: not a remote file of this chain", from)
 	}
-	u, err := remote.ResolveReference(base.URL(), name)
-	if err != nil {
-		return nil, 0, "", err
-	}
-	f, err := remote.Open(u.String(), r.opts)
+	f, err := base.OpenReference(name)
 	if err != nil {
 		return nil, 0, "", err
 	}

@@ -292,3 +292,41 @@ func ImageWithBacking(t testing.TB, dir, name, format string) string {
 	}
 	return top
 }
+
+// SetSnapshotNames rewrites the snapshot table of the image at path with
+// names in place of the snapshots' names, in order (IDs and the rest kept),
+// at the end of the file; names QEMU cannot write (a NUL inside, more than
+// 255 bytes) are how strangers' images test a reader. The old table's
+// clusters are left behind, leaked.
+func SetSnapshotNames(t testing.TB, path string, names []string) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	be := binary.BigEndian
+	clusterSize := int64(1) << be.Uint32(b[20:])
+	nb, off := int(be.Uint32(b[60:])), int64(be.Uint64(b[64:]))
+	if nb != len(names) {
+		t.Fatalf("%s has %d snapshots, not %d", path, nb, len(names))
+	}
+	var table []byte
+	for _, name := range names {
+		extra, idLen, nameLen := int64(be.Uint32(b[off+36:])), int64(be.Uint16(b[off+12:])), int64(be.Uint16(b[off+14:]))
+		e := append([]byte{}, b[off:off+40+extra+idLen]...)
+		be.PutUint16(e[14:], uint16(len(name)))
+		e = append(e, name...)
+		table = append(table, e...)
+		for len(table)%8 != 0 {
+			table = append(table, 0)
+		}
+		off = (off + 40 + extra + idLen + nameLen + 7) &^ 7
+	}
+	at := (int64(len(b)) + clusterSize - 1) &^ (clusterSize - 1)
+	be.PutUint64(b[64:], uint64(at))
+	b = append(b, make([]byte, at-int64(len(b)))...)
+	b = append(b, table...)
+	if err := os.WriteFile(path, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -133,7 +133,7 @@ func FuzzRemote(f *testing.F) {
 			t.Fatal(err)
 		}
 		client.Transport = &scriptedServer{script: script}
-		file, err := open(u, opts, client)
+		file, err := open(u, opts, client, newShared(opts))
 		if err != nil {
 			return
 		}

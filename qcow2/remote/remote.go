@@ -20,8 +20,11 @@
 //
 // Open fails with the server's answer where it refuses (a status, no
 // range support); reads fail with an error that wraps ErrChanged once the
-// object changed, ErrTimeout when no answer came in Options.Timeout, and
-// otherwise the network's error.
+// object changed, ErrTimeout when no answer came in Options.Timeout, the
+// cause of Options.Context once it ends (context.Canceled), ErrClosed
+// after Close, and otherwise the network's error. No error names the URL
+// with its query or password: in a presigned URL the query is the
+// credential, so errors name it as Name does.
 package remote
 
 import (
@@ -87,11 +90,24 @@ type Options struct {
 	// Trace, when set, is told of every request: the byte range, the
 	// HTTP status (0 for none), how long it took, and its error.
 	Trace func(name string, start, end int64, status int, took time.Duration, err error)
+	// Context, when set, bounds the file's life: once it ends, fetches
+	// under way stop and reads fail with its cause, at once, however
+	// the server is doing (an interrupted command).
+	Context context.Context
 }
 
 // ErrChanged is wrapped by every read once the object on the server is
 // no longer the one opened.
 var ErrChanged = errors.New("the remote object changed since it was opened")
+
+// ErrOtherOrigin is wrapped by the refusal of a redirect, or of a backing
+// or data file name, that leads off the image's origin (scheme, host and
+// port): a stranger's image must not make us reach other hosts.
+var ErrOtherOrigin = errors.New("another origin than the image's: refused")
+
+// ErrClosed is wrapped by the error of a read of a closed file, and of
+// fetches that Close stopped.
+var ErrClosed = errors.New("the remote file is closed")
 
 // File is a remote file opened for reading. It is safe for concurrent use.
 type File struct {
@@ -102,35 +118,61 @@ type File struct {
 	mtime  string
 	client *http.Client
 	opts   Options
+	id     uint32  // its blocks' key in the shared cache
+	sh     *shared // what it shares with the files opened from it
+	// ctx ends with Options.Context or at Close; every fetch runs in it.
+	ctx    context.Context
+	cancel context.CancelCauseFunc
 
-	cache    *lru.Cache[int64, []byte] // blocks by index; read with Read only
-	spare    *sync.Pool                // block buffers the cache let go
 	mu       sync.Mutex
 	inflight map[int64]*fetch // blocks being fetched, by index
-	sem      chan struct{}
 	changed  atomic.Pointer[error]
-	ra       struct {
-		sync.Mutex
-		streams [maxStreams]stream
-		reads   uint64 // ReadAt calls so far: the streams' clock
-	}
-	ahead  sync.WaitGroup
-	closed atomic.Bool
+	ahead    sync.WaitGroup
 
 	fetched  atomic.Int64 // bytes received
 	requests atomic.Int64
 }
 
-// maxStreams is how many sequential readers readahead follows at once:
-// a mount's readers, each its own stream, or export's reads in flight.
-const maxStreams = 8
+// shared is what a file and those opened from it (OpenReference: the
+// images of one chain) share, so that a chain fetches within one budget,
+// however deep: the cache of blocks, the requests in flight, the spare
+// buffers, and readahead's streams.
+type shared struct {
+	cache *lru.Cache[blockKey, []byte] // read with Read only: buffers are reused
+	spare sync.Pool                    // block buffers the cache let go
+	sem   chan struct{}                // a place per request in flight
+	ids   atomic.Uint32
+	ra    struct {
+		sync.Mutex
+		streams [maxStreams]stream
+		reads   uint64 // ReadAt calls so far: the streams' clock
+	}
+}
+
+// blockKey names a block in the shared cache: which file, which block.
+type blockKey struct {
+	file  uint32
+	index int64
+}
+
+func newShared(opts Options) *shared {
+	sh := &shared{sem: make(chan struct{}, opts.MaxInFlight)}
+	sh.cache = lru.NewRecycling[blockKey](opts.CacheSize, func(b []byte) { sh.spare.Put(&b) })
+	return sh
+}
+
+// maxStreams is how many sequential readers readahead follows at once,
+// for all the files of a chain: a mount's readers, each its own stream in
+// each image of the chain it reaches, or export's reads in flight.
+const maxStreams = 16
 
 // liveReads is how many reads ago a stream last read and still shares
 // the readahead budget.
 const liveReads = 64
 
-// stream is one sequential reader as readahead follows it.
+// stream is one sequential reader of one file as readahead follows it.
 type stream struct {
+	file    *File
 	next    int64  // the end of its furthest read
 	window  int64  // its last readahead's size, bytes
 	reached int64  // where its readahead has fetched up to
@@ -151,7 +193,12 @@ type fetch struct {
 func Open(rawURL string, opts Options) (*File, error) {
 	u, err := url.Parse(rawURL)
 	if err != nil {
-		return nil, fmt.Errorf("%q is not a URL: %w", rawURL, err)
+		// url.Parse's error quotes the whole URL, query included.
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return nil, fmt.Errorf("the image URL does not parse: %w", err)
 	}
 	if u.Scheme != "http" && u.Scheme != "https" || u.Host == "" {
 		return nil, fmt.Errorf("%s: only http:// and https:// URLs are read", redact(u))
@@ -161,7 +208,24 @@ func Open(rawURL string, opts Options) (*File, error) {
 	if err != nil {
 		return nil, err
 	}
-	return open(u, opts, client)
+	return open(u, opts, client, newShared(opts))
+}
+
+// OpenReference opens the file that name, a backing or data file name
+// that f's image records, refers to (by ResolveReference's rules), with
+// f's options, sharing f's cache, requests in flight and readahead: the
+// files of one chain, opened one from another, fetch within the budget of
+// one. Closing f does not close it.
+func (f *File) OpenReference(name string) (*File, error) {
+	u, err := ResolveReference(f.url, name)
+	if err != nil {
+		return nil, err
+	}
+	client, err := newClient(u, f.opts)
+	if err != nil {
+		return nil, err
+	}
+	return open(u, f.opts, client, f.sh)
 }
 
 // withDefaults fills in what is 0 with the defaults.
@@ -184,18 +248,22 @@ func (o Options) withDefaults() Options {
 	return o
 }
 
-// open is Open with its options complete and its client made: the fuzz
-// target hands it one whose transport answers from fuzzed bytes.
-func open(u *url.URL, opts Options, client *http.Client) (*File, error) {
-	spare := &sync.Pool{}
+// open is Open with its options complete, its client made and what it
+// shares given: the fuzz target hands it a client whose transport answers
+// from fuzzed bytes.
+func open(u *url.URL, opts Options, client *http.Client, sh *shared) (*File, error) {
+	parent := opts.Context
+	if parent == nil {
+		parent = context.Background()
+	}
 	f := &File{
 		url: u, name: redact(u), client: client, opts: opts,
-		cache:    lru.NewRecycling[int64](opts.CacheSize, func(b []byte) { spare.Put(&b) }),
-		spare:    spare,
+		id: sh.ids.Add(1), sh: sh,
 		inflight: map[int64]*fetch{},
-		sem:      make(chan struct{}, opts.MaxInFlight),
 	}
+	f.ctx, f.cancel = context.WithCancelCause(parent)
 	if err := f.probe(); err != nil {
+		f.cancel(ErrClosed)
 		return nil, err
 	}
 	return f, nil
@@ -212,6 +280,27 @@ func redact(u *url.URL) string {
 	return c.String()
 }
 
+// withoutSecrets is err with the URL that Go's HTTP client quotes in its
+// errors (`Get "URL": cause`, the URL of a redirect included) as redact
+// shows it. Every error of a request passes through it, so that none
+// that leaves the package, however wrapped, names a query or password.
+func withoutSecrets(err error) error {
+	var ue *url.Error
+	if !errors.As(err, &ue) {
+		return err
+	}
+	shown := "the URL"
+	if u, perr := url.Parse(ue.URL); perr == nil {
+		shown = redact(u)
+	}
+	clean := &url.Error{Op: ue.Op, URL: shown, Err: ue.Err}
+	if ue == err {
+		return clean
+	}
+	// Wrapped further: keep the chain for errors.Is, not the text.
+	return fmt.Errorf("%w", clean)
+}
+
 func newClient(origin *url.URL, opts Options) (*http.Client, error) {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	// Half the time for one fetch: a server that hangs once is asked
@@ -222,14 +311,14 @@ func newClient(origin *url.URL, opts Options) (*http.Client, error) {
 	if opts.CAFile != "" {
 		pem, err := os.ReadFile(opts.CAFile)
 		if err != nil {
-			return nil, fmt.Errorf("--ca-file: %w", err)
+			return nil, fmt.Errorf("CA file: %w", err)
 		}
 		pool, err := x509.SystemCertPool()
 		if err != nil {
 			pool = x509.NewCertPool()
 		}
 		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("--ca-file %s: no PEM certificate in it", opts.CAFile)
+			return nil, fmt.Errorf("CA file %s: no PEM certificate in it", opts.CAFile)
 		}
 		tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
 	}
@@ -237,7 +326,7 @@ func newClient(origin *url.URL, opts Options) (*http.Client, error) {
 		Transport: tr,
 		CheckRedirect: func(req *http.Request, via []*http.Request) error {
 			if !sameOrigin(req.URL, origin) {
-				return fmt.Errorf("redirected to another origin (%s): refused", redact(req.URL))
+				return fmt.Errorf("redirected to %s: %w", redact(req.URL), ErrOtherOrigin)
 			}
 			if len(via) >= 5 {
 				return errors.New("more than 5 redirects")
@@ -253,7 +342,7 @@ func sameOrigin(a, b *url.URL) bool {
 
 // probe learns the size and version of the object from a one-byte range.
 func (f *File) probe() error {
-	ctx, cancel := context.WithTimeout(context.Background(), f.opts.Timeout)
+	ctx, cancel := context.WithTimeout(f.ctx, f.opts.Timeout)
 	defer cancel()
 	resp, err := f.do(ctx, 0, 0)
 	if err != nil {
@@ -278,7 +367,7 @@ func (f *File) do(ctx context.Context, start, end int64) (*http.Response, error)
 			select {
 			case <-time.After(retryDelay << try):
 			case <-ctx.Done():
-				return nil, f.timedOut(start, end, lastErr)
+				return nil, f.ended(start, end, lastErr)
 			}
 		}
 		begun := time.Now()
@@ -293,13 +382,12 @@ func (f *File) do(ctx context.Context, start, end int64) (*http.Response, error)
 		f.requests.Add(1)
 		switch {
 		case err != nil && ctx.Err() != nil:
-			return nil, f.timedOut(start, end, lastErr)
+			return nil, f.ended(start, end, lastErr)
 		case err != nil:
 			lastErr = fmt.Errorf("%s: bytes %d-%d: %w", f.name, start, end, err)
 			// Trying again cannot change a certificate or a redirect.
-			var ue *url.Error
 			var cert *tls.CertificateVerificationError
-			if errors.As(err, &cert) || errors.As(err, &ue) && strings.Contains(ue.Err.Error(), "redirected to another origin") {
+			if errors.As(err, &cert) || errors.Is(err, ErrOtherOrigin) {
 				return nil, lastErr
 			}
 			continue
@@ -326,7 +414,12 @@ func (f *File) do(ctx context.Context, start, end int64) (*http.Response, error)
 // within Options.Timeout.
 var ErrTimeout = errors.New("no complete answer in time")
 
-func (f *File) timedOut(start, end int64, last error) error {
+// ended is the error of a fetch whose context ended: the file's (the
+// caller's Context, or Close), or the fetch's own time limit.
+func (f *File) ended(start, end int64, last error) error {
+	if cause := context.Cause(f.ctx); cause != nil {
+		return fmt.Errorf("%s: bytes %d-%d: %w", f.name, start, end, cause)
+	}
 	err := fmt.Errorf("%s: bytes %d-%d: %w (the limit for one fetch is %v)", f.name, start, end, ErrTimeout, f.opts.Timeout)
 	if last != nil {
 		err = fmt.Errorf("%w; last error: %v", err, last)
@@ -337,7 +430,7 @@ func (f *File) timedOut(start, end int64, last error) error {
 func (f *File) request(ctx context.Context, start, end int64) (*http.Response, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, f.url.String(), nil)
 	if err != nil {
-		return nil, err
+		return nil, withoutSecrets(err)
 	}
 	for k, vs := range f.opts.Header {
 		for _, v := range vs {
@@ -350,7 +443,8 @@ func (f *File) request(ctx context.Context, start, end int64) (*http.Response, e
 	if strings.HasPrefix(f.etag, `"`) {
 		req.Header.Set("If-Match", f.etag) // a strong ETag: the server checks
 	}
-	return f.client.Do(req)
+	resp, err := f.client.Do(req)
+	return resp, withoutSecrets(err)
 }
 
 // contentRange parses a 206 response's Content-Range.
@@ -396,8 +490,9 @@ func (f *File) ModTime() time.Time {
 	return t
 }
 
-// MemoryBudget is the most memory the file holds: its cache, and the
-// blocks of the requests in flight, which enter the cache only when full.
+// MemoryBudget is the most memory the file and those opened from it hold
+// together: their cache, and the blocks of the requests in flight, which
+// enter the cache only when full.
 func (f *File) MemoryBudget() int64 {
 	return f.opts.CacheSize + int64(f.opts.MaxInFlight)*maxBlocksPerRequest*f.opts.BlockSize
 }
@@ -405,9 +500,10 @@ func (f *File) MemoryBudget() int64 {
 // Fetched reports the bytes received and the requests sent so far.
 func (f *File) Fetched() (bytes, requests int64) { return f.fetched.Load(), f.requests.Load() }
 
-// Close waits for readahead under way; the file reads nothing after.
+// Close stops the file's fetches under way, readahead included, and
+// waits for them; the file reads nothing after.
 func (f *File) Close() error {
-	f.closed.Store(true)
+	f.cancel(ErrClosed)
 	f.ahead.Wait()
 	f.client.CloseIdleConnections()
 	return nil
@@ -434,7 +530,7 @@ func (f *File) ReadAt(p []byte, off int64) (int, error) {
 		pos := off + int64(n)
 		idx := pos / bs
 		// Under the cache's lock: an evicted block's buffer is reused.
-		ok := f.cache.Read(idx, func(block []byte) { n += copy(p[n:], block[pos-idx*bs:]) })
+		ok := f.sh.cache.Read(blockKey{f.id, idx}, func(block []byte) { n += copy(p[n:], block[pos-idx*bs:]) })
 		if !ok {
 			// Evicted between load and here by other readers: fetch it
 			// again, alone.
@@ -453,6 +549,9 @@ func (f *File) ReadAt(p []byte, off int64) (int, error) {
 func (f *File) load(off, n int64) error {
 	if err := f.changed.Load(); err != nil {
 		return *err
+	}
+	if cause := context.Cause(f.ctx); cause != nil {
+		return fmt.Errorf("%s: %w", f.name, cause)
 	}
 	mine, waits := f.claim(off, n)
 	var wg sync.WaitGroup
@@ -480,7 +579,7 @@ func (f *File) claim(off, n int64) (mine []*fetch, waits []*fetch) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for idx := first; idx <= last; idx++ {
-		if _, ok := f.cache.Get(idx); ok {
+		if _, ok := f.sh.cache.Get(blockKey{f.id, idx}); ok {
 			continue
 		}
 		if w, ok := f.inflight[idx]; ok {
@@ -501,9 +600,7 @@ func (f *File) claim(off, n int64) (mine []*fetch, waits []*fetch) {
 
 // fetchRun fetches a run of blocks in one request into the cache.
 func (f *File) fetchRun(fe *fetch) {
-	f.sem <- struct{}{}
 	defer func() {
-		<-f.sem
 		f.mu.Lock()
 		for idx := fe.first; idx <= fe.last; idx++ {
 			delete(f.inflight, idx)
@@ -512,19 +609,27 @@ func (f *File) fetchRun(fe *fetch) {
 		close(fe.done)
 	}()
 	bs := f.opts.BlockSize
-	blocks, err := f.get(fe.first*bs, min((fe.last+1)*bs, f.size)-1)
+	start, end := fe.first*bs, min((fe.last+1)*bs, f.size)-1
+	select {
+	case f.sh.sem <- struct{}{}:
+	case <-f.ctx.Done():
+		fe.err = f.ended(start, end, nil)
+		return
+	}
+	blocks, err := f.get(start, end)
+	<-f.sh.sem
 	if err != nil {
 		fe.err = err
 		return
 	}
 	for i, block := range blocks {
-		f.cache.Add(fe.first+int64(i), block, int64(len(block)))
+		f.sh.cache.Add(blockKey{f.id, fe.first + int64(i)}, block, int64(len(block)))
 	}
 }
 
 // blockBuf returns a buffer of n bytes, at most a block, for a block.
 func (f *File) blockBuf(n int64) []byte {
-	if b, ok := f.spare.Get().(*[]byte); ok {
+	if b, ok := f.sh.spare.Get().(*[]byte); ok {
 		return (*b)[:n]
 	}
 	return make([]byte, n, f.opts.BlockSize)
@@ -534,7 +639,7 @@ func (f *File) blockBuf(n int64) []byte {
 // the server sent them, of the object that was opened. It returns them as
 // blocks.
 func (f *File) get(start, end int64) ([][]byte, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), f.opts.Timeout)
+	ctx, cancel := context.WithTimeout(f.ctx, f.opts.Timeout)
 	defer cancel()
 	for try := 0; ; try++ {
 		resp, err := f.do(ctx, start, end)
@@ -544,7 +649,7 @@ func (f *File) get(start, end int64) ([][]byte, error) {
 		buf, err := f.body(resp, start, end)
 		resp.Body.Close()
 		if err != nil && ctx.Err() != nil {
-			return nil, f.timedOut(start, end, nil)
+			return nil, f.ended(start, end, nil)
 		}
 		// A connection that drops mid-body is tried again, as a failed
 		// request is.
@@ -578,7 +683,7 @@ func (f *File) body(resp *http.Response, start, end int64) ([][]byte, error) {
 		f.fetched.Add(int64(n))
 		if err != nil {
 			for _, b := range append(blocks, b) {
-				f.spare.Put(&b)
+				f.sh.spare.Put(&b)
 			}
 			return nil, fmt.Errorf("%s: bytes %d-%d: %w", f.name, start, end, err)
 		}
@@ -593,35 +698,36 @@ func (f *File) body(resp *http.Response, start, end int64) ([][]byte, error) {
 // within half a window of where its readahead has reached fetches the
 // next window, twice as large, in the background, in runs of up to
 // maxBlocksPerRequest blocks. The window grows with what the reader
-// consumes, not with how often it reads; the streams that read lately
-// share maxReadahead, and half the cache at most. A read that continues
-// no stream starts one, in place of the stream read least lately. The
-// errors of readahead are the next read's to meet, if it needs those
-// bytes.
+// consumes, not with how often it reads; the streams that read lately,
+// in every file of the chain, share maxReadahead and half the cache. A
+// read that continues no stream starts one, in place of the stream read
+// least lately. The errors of readahead are the next read's to meet, if
+// it needs those bytes.
 func (f *File) readahead(off, n int64) {
 	end := off + n
-	f.ra.Lock()
-	defer f.ra.Unlock()
-	f.ra.reads++
-	now := f.ra.reads
+	ra := &f.sh.ra
+	ra.Lock()
+	defer ra.Unlock()
+	ra.reads++
+	now := ra.reads
 	oldest, live := 0, 0
-	for i, c := range f.ra.streams {
+	for i, c := range ra.streams {
 		if c.window > 0 && c.used+liveReads >= now {
 			live++
 		}
-		if c.used < f.ra.streams[oldest].used {
+		if c.used < ra.streams[oldest].used {
 			oldest = i
 		}
 	}
 	st := f.continues(off)
 	if st == nil {
-		f.ra.streams[oldest] = stream{next: end, reached: end, used: now}
+		ra.streams[oldest] = stream{file: f, next: end, reached: end, used: now}
 		return
 	}
 	st.used = now
 	st.next = max(st.next, end)
 	from := max(st.reached, st.next)
-	if st.window > 0 && from-st.next >= st.window/2 || from >= f.size || f.closed.Load() || f.changed.Load() != nil {
+	if st.window > 0 && from-st.next >= st.window/2 || from >= f.size || f.ctx.Err() != nil || f.changed.Load() != nil {
 		return
 	}
 	// What is fetched ahead must outlast its wait: half the cache at
@@ -635,14 +741,15 @@ func (f *File) readahead(off, n int64) {
 	}
 }
 
-// continues returns the stream a read from off continues: one that has
-// read up to within its window (or a request's worth of blocks) of off,
-// on either side; nil if none has. It is called with f.ra held.
+// continues returns the stream of f that a read from off continues: one
+// that has read up to within its window (or a request's worth of blocks)
+// of off, on either side; nil if none has. It is called with the
+// streams' lock held.
 func (f *File) continues(off int64) *stream {
-	for i := range f.ra.streams {
-		st := &f.ra.streams[i]
+	for i := range f.sh.ra.streams {
+		st := &f.sh.ra.streams[i]
 		slack := max(st.window, maxBlocksPerRequest*f.opts.BlockSize)
-		if st.used > 0 && off >= st.next-slack && off <= st.next+slack {
+		if st.file == f && off >= st.next-slack && off <= st.next+slack {
 			return st
 		}
 	}
@@ -669,7 +776,7 @@ func ResolveReference(base *url.URL, name string) (*url.URL, error) {
 			return nil, fmt.Errorf("%q is not a relative name or an http(s) URL", name)
 		}
 		if !sameOrigin(u, base) {
-			return nil, fmt.Errorf("%q lies on another origin than %s: refused", redact(u), redact(&url.URL{Scheme: base.Scheme, Host: base.Host}))
+			return nil, fmt.Errorf("%q lies on %w (%s)", redact(u), ErrOtherOrigin, redact(&url.URL{Scheme: base.Scheme, Host: base.Host}))
 		}
 		return u, nil
 	}

@@ -2,10 +2,12 @@ package remote
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -166,7 +168,7 @@ func TestEvictedBlocksAreReused(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	if used := f.cache.Used(); used > 256<<10 {
+	if used := f.sh.cache.Used(); used > 256<<10 {
 		t.Errorf("the cache holds %d bytes, over its 256 KiB", used)
 	}
 }
@@ -397,7 +399,7 @@ func TestRedirects(t *testing.T) {
 		f.Close()
 	}
 	start := time.Now()
-	if _, err := Open(srv.URL+"/away", Options{}); err == nil || !strings.Contains(err.Error(), "redirected to another origin") {
+	if _, err := Open(srv.URL+"/away", Options{}); !errors.Is(err, ErrOtherOrigin) || !strings.Contains(err.Error(), "redirected to "+other.URL) {
 		t.Fatalf("redirect to another origin: %v", err)
 	}
 	if time.Since(start) > 2*time.Second {
@@ -413,7 +415,7 @@ func TestCacheIsBounded(t *testing.T) {
 		if _, err := f.ReadAt(buf, off); err != nil && err != io.EOF {
 			t.Fatal(err)
 		}
-		if used := f.cache.Used(); used > 1<<20 {
+		if used := f.sh.cache.Used(); used > 1<<20 {
 			t.Fatalf("cache holds %d bytes, over its 1 MiB", used)
 		}
 	}
@@ -442,5 +444,139 @@ func TestResolveReference(t *testing.T) {
 		case tc.err == "" && (err != nil || u.String() != tc.want):
 			t.Errorf("%q: %v, %v; want %s", tc.name, u, err, tc.want)
 		}
+	}
+}
+
+// TestErrorsKeepSecretsOut: whatever fails (the connection, TLS, a
+// timeout, a redirect, a short body, a status, the URL itself, the
+// caller's context), no error and no trace names the URL's query or
+// password: in a presigned URL the query is the credential.
+func TestErrorsKeepSecretsOut(t *testing.T) {
+	const secret = "Sig-s3cr3t"
+	withSecrets := func(base, path string) string {
+		u, err := url.Parse(base)
+		if err != nil {
+			t.Fatal(err)
+		}
+		u.User = url.UserPassword("user", "pw-"+secret)
+		return u.String() + path + "?X-Amz-Signature=" + secret + "&X-Amz-Credential=" + secret
+	}
+	refused := func(t *testing.T) string {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := l.Addr().String()
+		l.Close() // nothing listens there now
+		return withSecrets("http://"+addr, "/d.qcow2")
+	}
+	served := func(t *testing.T, h http.Handler, tls bool) string {
+		srv := httptest.NewUnstartedServer(h)
+		if tls {
+			srv.StartTLS()
+		} else {
+			srv.Start()
+		}
+		t.Cleanup(srv.Close)
+		return withSecrets(srv.URL, "/d.qcow2")
+	}
+	// held holds the answers for ranges from at on until the test ends.
+	held := func(t *testing.T, at int64) string {
+		o, _ := serve(t, 1<<20)
+		o.hold, o.holdAt = make(chan struct{}), at
+		u := served(t, o, false)
+		t.Cleanup(func() { close(o.hold) }) // before the server closes
+		return u
+	}
+	status := func(code int) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { http.Error(w, "no", code) })
+	}
+	tests := []struct {
+		name string
+		url  func(t *testing.T) string
+		want string // in the error
+	}{
+		{"connection refused", refused, "connection refused"},
+		{"unknown certificate authority", func(t *testing.T) string { return served(t, status(200), true) }, "certificate"},
+		{"timeout at open", func(t *testing.T) string { return held(t, 0) }, "no complete answer in time"},
+		{"timeout on a read", func(t *testing.T) string { return held(t, 512<<10) }, "no complete answer in time"},
+		{"redirect to another origin", func(t *testing.T) string {
+			away := withSecrets("http://127.0.0.2:9", "/x")
+			return served(t, http.RedirectHandler(away, http.StatusFound), false)
+		}, "another origin than the image's"},
+		{"short bodies", func(t *testing.T) string {
+			o, _ := serve(t, 1<<20)
+			o.dropAt = 1 << 30
+			return served(t, o, false)
+		}, "unexpected EOF"},
+		{"status 403", func(t *testing.T) string { return served(t, status(403), false) }, "403 Forbidden"},
+		{"status 500", func(t *testing.T) string { return served(t, status(500), false) }, "500 Internal Server Error"},
+		{"a URL that does not parse", func(t *testing.T) string { return "http://127.0.0.1:1/%zz?sig=" + secret }, "does not parse"},
+		{"the caller's context ends", func(t *testing.T) string { return held(t, 512<<10) }, "context canceled"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var traced []string
+			var mu sync.Mutex
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			opts := small(Options{Timeout: 500 * time.Millisecond, Retries: 1, Context: ctx,
+				Trace: func(name string, _, _ int64, _ int, _ time.Duration, err error) {
+					mu.Lock()
+					defer mu.Unlock()
+					traced = append(traced, fmt.Sprint(name, err))
+				}})
+			u := tc.url(t)
+			if strings.HasPrefix(tc.name, "the caller's") {
+				time.AfterFunc(200*time.Millisecond, cancel)
+			}
+			f, err := Open(u, opts)
+			if err == nil {
+				defer f.Close()
+				_, err = f.ReadAt(make([]byte, 4096), 600<<10)
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error %v, want one saying %q", err, tc.want)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			for _, text := range append(traced, err.Error()) {
+				if strings.Contains(text, secret) {
+					t.Errorf("the secret is in %q", text)
+				}
+			}
+		})
+	}
+}
+
+// TestContextStopsStalledReads: once Options.Context ends, a read that
+// waits on a server that never answers fails at once with its cause,
+// and Close does not wait for the stalled fetch either.
+func TestContextStopsStalledReads(t *testing.T) {
+	o, srv := serve(t, 1<<20)
+	o.hold, o.holdAt = make(chan struct{}), 512<<10
+	t.Cleanup(func() { close(o.hold) })
+	ctx, cancel := context.WithCancel(context.Background())
+	f, err := Open(srv.URL, small(Options{Context: ctx, Timeout: time.Minute}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := f.ReadAt(make([]byte, 4096), 600<<10)
+		done <- err
+	}()
+	time.Sleep(100 * time.Millisecond)
+	start := time.Now()
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Fatalf("read after the context ended: %v", err)
+	}
+	f.Close()
+	if took := time.Since(start); took > 2*time.Second {
+		t.Fatalf("the read and Close took %v after the context ended", took)
+	}
+	if _, err := f.ReadAt(make([]byte, 10), 0); !errors.Is(err, context.Canceled) {
+		t.Fatalf("read after: %v", err)
 	}
 }

@@ -18,6 +18,15 @@ import (
 // refuses.
 var ErrUnsafePath = errors.New("refused by path policy")
 
+// ErrOutside is wrapped by the refusal of a backing or data file that
+// lies outside the directories the policy allows (Options.BackingDir and
+// AllowAnyPath widen them); it wraps ErrUnsafePath.
+var ErrOutside = fmt.Errorf("%w: outside the allowed directories", ErrUnsafePath)
+
+// ErrDevice is wrapped by the refusal of a backing or data file that is
+// a block device (Options.AllowDevices allows them).
+var ErrDevice = errors.New("a block device, refused")
+
 // ErrLocked is wrapped by the error for an image that another process
 // holds in a way that conflicts with reading it consistently.
 var ErrLocked = errors.New("image is in use by another process")
@@ -139,7 +148,7 @@ func check(f *os.File, allowDevices bool) error {
 	case mode.IsRegular():
 	case mode&os.ModeDevice != 0 && mode&os.ModeCharDevice == 0 && allowDevices:
 	case mode&os.ModeDevice != 0 && mode&os.ModeCharDevice == 0:
-		return fmt.Errorf("%s is a block device: refused without --allow-devices", f.Name())
+		return fmt.Errorf("%s is %w", f.Name(), ErrDevice)
 	case mode.IsDir():
 		return fmt.Errorf("%s is a directory, not an image file", f.Name())
 	default:

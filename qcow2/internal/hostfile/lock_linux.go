@@ -43,7 +43,7 @@ func lockFile(f *os.File, forceShare bool) error {
 			return fmt.Errorf("%s: testing QEMU's lock byte %d: %w", f.Name(), b, err)
 		}
 		if lk.Type != syscall.F_UNLCK {
-			return fmt.Errorf("%s: %w: %s; mount with --force-share to read it anyway, knowing that it may change underneath", f.Name(), ErrLocked, lockMeaning(b))
+			return fmt.Errorf("%s: %w: %s", f.Name(), ErrLocked, lockMeaning(b))
 		}
 	}
 	for _, b := range take {

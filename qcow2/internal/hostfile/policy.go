@@ -33,10 +33,6 @@ type confined struct {
 	root *os.Root
 }
 
-// flagAnyPath is the command-line flag that lifts the confinement; errors
-// name it so that a user who trusts the image knows what to pass.
-const flagAnyPath = "--allow-any-backing-path"
-
 // newPolicy allows the directory of topImage and opts.BackingDir, or,
 // with opts.AllowAnyPath, anything. Close lets go of the directories.
 func newPolicy(topImage string, opts Options) (*pathPolicy, error) {
@@ -103,14 +99,13 @@ func (p *pathPolicy) open(path string) (*os.File, error) {
 		f, err := r.root.OpenFile(rel, openFlags, 0)
 		if err != nil {
 			if errIsEscape(err) {
-				return nil, fmt.Errorf("%s leads outside %s: %w", path, r.dir, ErrUnsafePath)
+				return nil, fmt.Errorf("%s leads outside %s: %w", path, r.dir, ErrOutside)
 			}
 			return nil, err
 		}
 		return f, nil
 	}
-	return nil, fmt.Errorf("%s lies outside %s (pass --backing-dir DIR for a directory of shared base images, or %s to trust the image's paths): %w",
-		real, p.describe(), flagAnyPath, ErrUnsafePath)
+	return nil, fmt.Errorf("%s lies outside %s: %w", real, p.describe(), ErrOutside)
 }
 
 // inside reports whether path lies in dir (both absolute, clean), and the

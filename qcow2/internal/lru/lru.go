@@ -9,6 +9,12 @@ import (
 	"sync"
 )
 
+// EntryOverhead is what an entry costs the heap beyond its value: the
+// map's slot, the list's element and the entry itself (measured in
+// TestEntryOverheadCoversTheBookkeeping). A cache of small values adds it
+// to their cost, so that its budget is what it holds in fact.
+const EntryOverhead = 160
+
 // Cache maps keys to values whose cost (usually bytes) adds up to at most
 // the budget given to New.
 type Cache[K comparable, V any] struct {

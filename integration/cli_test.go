@@ -2,6 +2,7 @@ package integration
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -239,6 +240,43 @@ func TestSubcommandMistakes(t *testing.T) {
 			out, code := run(t, tc.args...)
 			if code != tc.code || !strings.Contains(out, tc.msg) || strings.Count(strings.TrimSpace(out), "\n") > 0 {
 				t.Fatalf("exit %d (want %d), output %q (want one line saying %q)", code, tc.code, out, tc.msg)
+			}
+		})
+	}
+}
+
+// TestFallbackLogLeftOnlyWhenWorthIt: without syslog, the background
+// process logs to a file it names at mount time; a clean unmount removes
+// that file unless the log holds a warning (here: --force-share's).
+func TestFallbackLogLeftOnlyWhenWorthIt(t *testing.T) {
+	requireFUSE(t)
+	if _, err := os.Stat("/dev/log"); err == nil {
+		t.Skip("this machine has syslog: the background process logs there, not to a file")
+	}
+	image, _ := filepath.Abs("../testdata/demo.qcow2")
+	for _, tc := range []struct {
+		args []string
+		kept bool
+	}{{nil, false}, {[]string{"--force-share"}, true}} {
+		t.Run(fmt.Sprint(tc.args), func(t *testing.T) {
+			mnt := t.TempDir()
+			out, code := run(t, append(tc.args, image, mnt)...)
+			if code != 0 {
+				t.Fatalf("exit %d: %s", code, out)
+			}
+			t.Cleanup(func() { unmount(t, mnt) })
+			_, log, ok := strings.Cut(strings.TrimSpace(out), "no syslog here: logging to ")
+			log, _, _ = strings.Cut(log, "\n")
+			if !ok {
+				t.Fatalf("the mount did not say where it logs: %s", out)
+			}
+			t.Cleanup(func() { os.Remove(log) })
+			if _, err := os.Stat(log); err != nil {
+				t.Fatalf("the log %s: %v", log, err)
+			}
+			unmount(t, mnt)
+			if _, err := os.Stat(log); (err == nil) != tc.kept {
+				t.Fatalf("after a clean unmount the log is there: %v, want %v", err == nil, tc.kept)
 			}
 		})
 	}

@@ -1,7 +1,10 @@
 package integration
 
 import (
+	"fmt"
 	"math/rand/v2"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -136,5 +139,42 @@ func TestMemoryBoundedForCraftedImages(t *testing.T) {
 				t.Errorf("server peak RSS %d MiB exceeds %d MiB", peak>>20, (memoryBound+cacheBudget)>>20)
 			}
 		})
+	}
+}
+
+// TestRemoteChainOneMemoryBudget: the files of a remote chain share one
+// cache and one budget of requests in flight, so that hashing a chain of
+// ten remote layers takes the memory of one remote file, not ten (the
+// default --remote-cache-size of 64 MiB, 32 MiB in flight, the image
+// caches and the runtime), and reads what QEMU reads.
+func TestRemoteChainOneMemoryBudget(t *testing.T) {
+	qemutest.Require(t, "qemu-img", "qemu-io")
+	dir := t.TempDir()
+	const layers, share = 10, 32 << 20
+	prev := ""
+	for i := range layers {
+		name := fmt.Sprintf("layer%d.qcow2", i)
+		opts := []string{}
+		if prev != "" {
+			opts = append(opts, "backing_file="+prev, "backing_fmt=qcow2")
+		}
+		qemutest.Create(t, filepath.Join(dir, name), "qcow2", fmt.Sprint(layers*share), opts...)
+		qemutest.IO(t, filepath.Join(dir, name), fmt.Sprintf("write -P %d %d %d", 0x40+i, i*share, share))
+		prev = name
+	}
+	srv := httptest.NewServer(http.FileServer(http.Dir(dir)))
+	defer srv.Close()
+	raw, err := os.ReadFile(qemutest.Raw(t, filepath.Join(dir, prev)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, peak := peakOf(t, "hash", "--no-partitions", srv.URL+"/"+prev)
+	if out != sha(raw)+"  disk.raw\n" {
+		t.Fatalf("hash of the remote chain: %s", out)
+	}
+	const bound = 200 << 20
+	t.Logf("peak RSS %d MiB for %d remote layers of %d MiB each", peak>>20, layers, share>>20)
+	if peak > bound {
+		t.Errorf("peak RSS %d MiB, over %d MiB: the layers do not share one budget", peak>>20, bound>>20)
 	}
 }

@@ -14,17 +14,17 @@ import (
 	"github.com/qcowmount/qcowmount/qcow2/qemutest"
 )
 
-// installForMount puts the binary where mount(8)'s helper finds it.
-// mount(8) runs mount.fuse3 without a PATH, so its /bin/sh looks in the
-// default one, /usr/local/sbin first: the test puts the binary there (and
-// puts back whatever was there), ahead of libqcow's /usr/bin/qcowmount.
-func installForMount(t *testing.T) {
+// installForMount puts the binary where mount(8)'s helper finds it, under
+// a name of this run's own, and returns the name: `mount -t fuse.NAME`
+// runs NAME. mount(8) runs mount.fuse3 without a PATH, so its /bin/sh
+// looks in the default one, /usr/local/sbin first. A fixed name there
+// would be shared with another clone's run, which may be executing it.
+func installForMount(t *testing.T) string {
 	t.Helper()
 	requireRoot(t)
 	qemutest.Require(t, "mount", "umount", "mount.fuse3")
-	dst := "/usr/local/sbin/qcowmount"
-	old, err := os.ReadFile(dst)
-	hadOld := err == nil
+	name := fmt.Sprintf("qcowmount-test-%d", os.Getpid())
+	dst := filepath.Join("/usr/local/sbin", name)
 	b, err := os.ReadFile(plainBinary(t))
 	if err != nil {
 		t.Fatal(err)
@@ -32,25 +32,20 @@ func installForMount(t *testing.T) {
 	if err := os.WriteFile(dst, b, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		if hadOld {
-			os.WriteFile(dst, old, 0o755)
-		} else {
-			os.Remove(dst)
-		}
-	})
+	t.Cleanup(func() { os.Remove(dst) })
+	return name
 }
 
-// TestMountHelperAndFstab: mount -t fuse.qcowmount and an fstab line,
-// with mount(8)'s own options (ignored) and ours as -o keys.
+// TestMountHelperAndFstab: mount -t fuse.NAME and an fstab line, with
+// mount(8)'s own options (ignored) and ours as -o keys.
 func TestMountHelperAndFstab(t *testing.T) {
 	requireFUSE(t)
-	installForMount(t)
+	helper := installForMount(t)
 	image, _ := filepath.Abs("../testdata/demo.qcow2")
 	want := qemutest.Raw(t, image)
-	t.Run("mount -t fuse.qcowmount", func(t *testing.T) {
+	t.Run("mount -t fuse.NAME", func(t *testing.T) {
 		mnt := t.TempDir()
-		sh(t, "mount", "-t", "fuse.qcowmount", image, mnt, "-o", "ro,allow_other")
+		sh(t, "mount", "-t", "fuse."+helper, image, mnt, "-o", "ro,allow_other")
 		t.Cleanup(func() { unmount(t, mnt) })
 		if got := strings.Join(mountedFiles(t, mnt), " "); got != "disk.raw p1.raw p2.raw" {
 			t.Fatalf("files %q", got)
@@ -60,7 +55,7 @@ func TestMountHelperAndFstab(t *testing.T) {
 	t.Run("fstab", func(t *testing.T) {
 		mnt := t.TempDir()
 		fstab := filepath.Join(t.TempDir(), "fstab")
-		line := image + " " + mnt + " fuse.qcowmount ro,nofail,_netdev,noauto,user,x-systemd.automount,allow_other,no_partitions 0 0\n"
+		line := image + " " + mnt + " fuse." + helper + " ro,nofail,_netdev,noauto,user,x-systemd.automount,allow_other,no_partitions 0 0\n"
 		if err := os.WriteFile(fstab, []byte(line), 0o644); err != nil {
 			t.Fatal(err)
 		}

@@ -19,6 +19,7 @@ mkdir -p "$files/docs" "$files/data"
 printf 'Hello from inside a qcow2 image.\n' > "$files/hello.txt"
 printf 'qcowmount demo disk: ext4 partition.\nRead me with: make demo\n' > "$files/docs/README"
 seq 1 20000 > "$files/data/numbers.txt"
+# Text to read from inside the guest: the GPL, whole and verbatim (see NOTICE).
 head -c 300000 /usr/share/common-licenses/GPL-3 > "$files/data/gpl-excerpt.txt" 2>/dev/null ||
 	yes 'filler line for the demo disk' | head -c 300000 > "$files/data/gpl-excerpt.txt"
 

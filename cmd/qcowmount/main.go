@@ -132,6 +132,7 @@ func versionCommand() *cli.Command {
 		Usage: "print the version",
 		Action: func(c *cli.Context) error {
 			fmt.Println(versionLine())
+			fmt.Println("Licensed under the Apache License, Version 2.0.")
 			return nil
 		},
 	}

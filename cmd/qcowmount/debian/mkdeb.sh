@@ -60,10 +60,16 @@ maintainer=${DEB_MAINTAINER:-qcowmount developers <qcowmount@users.noreply.githu
 # holds, as go version -m lists them.
 {
 	echo "qcowmount"
-	echo "Copyright: the qcowmount developers"
 	echo "Source: https://github.com/qcowmount/qcowmount"
 	echo
-	echo "The binary statically links these Go modules, under their licences:"
+	echo "Files: *"
+	echo "Copyright: the qcowmount developers"
+	echo "License: Apache-2.0"
+	echo " On Debian systems, the complete text of the Apache License, Version 2.0,"
+	echo " can be found in /usr/share/common-licenses/Apache-2.0."
+	echo
+	echo "The binary statically links these Go modules, under their licences"
+	echo "(BSD-3-Clause, MIT and Apache-2.0, which Apache-2.0 code may include):"
 	go version -m "$bin" | awk '$1 == "dep" { print $2 "@" $3 }' | while read -r mod; do
 		dir=$(cd "$top" && go mod download -json "$mod" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')
 		lic=$(find "$dir" -maxdepth 1 -iname 'LICEN[CS]E*' -o -maxdepth 1 -iname 'COPYING*' | sort | head -1)

@@ -194,7 +194,7 @@ func (k *checker) trailingData() error {
 	if end <= 0 || size <= end {
 		return nil
 	}
-	buf := make([]byte, 1<<20)
+	buf := make([]byte, min(1<<20, size-end))
 	for off := end; off < size; off += int64(len(buf)) {
 		n := min(int64(len(buf)), size-off)
 		if err := k.readAt(buf[:n], uint64(off)); err != nil {

@@ -55,7 +55,7 @@ func walkSnapshots(f File, h *Header, fileSize int64, fn func(sn Snapshot, id, n
 		return 0, nil
 	}
 	limit := min(int64(maxSnapshotTable), fileSize-int64(h.SnapshotsOffset))
-	r := bufio.NewReaderSize(io.NewSectionReader(f, int64(h.SnapshotsOffset), limit), 64<<10)
+	r := bufio.NewReaderSize(io.NewSectionReader(f, int64(h.SnapshotsOffset), limit), int(min(limit, 64<<10)))
 	be := binary.BigEndian
 	pos := int64(h.SnapshotsOffset)
 	var fixed [snapshotHeaderBytes]byte

@@ -142,10 +142,14 @@ func TestUmountWhenBusy(t *testing.T) {
 	if code != 5 {
 		t.Fatalf("exit %d, want 5: %s", code, out)
 	}
-	for _, want := range []string{"is busy", "umount " + guest + " (ext4 from " + loop + ")", "losetup -d " + loop + " (on " + filepath.Join(mnt, "p1.raw") + ")", "--wait"} {
+	for _, want := range []string{"is busy; release it first:\n", "\n    umount " + guest + " (ext4 from " + loop + ")\n",
+		"\n    losetup -d " + loop + " (on " + filepath.Join(mnt, "p1.raw") + ")\n", "--wait"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("umount output does not say %q:\n%s", want, out)
 		}
+	}
+	if strings.Contains(out, `\n`) {
+		t.Errorf("umount output holds an escaped newline:\n%s", out)
 	}
 	wait := exec.Command(bin, "umount", "--wait", mnt)
 	var waitOut bytes.Buffer
@@ -274,5 +278,42 @@ func TestFallbackLogLeftOnlyWhenWorthIt(t *testing.T) {
 				t.Fatalf("after a clean unmount the log is there: %v, want %v", err == nil, tc.kept)
 			}
 		})
+	}
+}
+
+// TestUmountNamesWhatHoldsIt: a fuse2fs mount made from a partition
+// file by a relative path, as the kernel records it, and a process that
+// holds a file open, are named with how to release them.
+func TestUmountNamesWhatHoldsIt(t *testing.T) {
+	requireFUSE(t)
+	qemutest.Require(t, "fuse2fs")
+	image, _ := filepath.Abs("../testdata/demo.qcow2")
+	dir := t.TempDir()
+	mnt, guest := filepath.Join(dir, "m"), filepath.Join(dir, "g")
+	for _, d := range []string{mnt, guest} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if out, code := run(t, image, mnt); code != 0 {
+		t.Fatalf("exit %d: %s", code, out)
+	}
+	t.Cleanup(func() { unmount(t, mnt) })
+	qemutest.RunIn(t, dir, "fuse2fs", "-o", "ro,fakeroot", "m/p1.raw", "g")
+	t.Cleanup(func() { exec.Command("fusermount3", "-u", guest).Run() })
+	held, err := os.Open(filepath.Join(mnt, "p2.raw"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	out, code := run(t, "umount", mnt)
+	for _, want := range []string{
+		"\n    fusermount -u " + guest + " (fuse.ext4 from " + filepath.Join(mnt, "p1.raw") + ")\n",
+		fmt.Sprintf("\n    process %d (", os.Getpid()),
+		") holds " + filepath.Join(mnt, "p2.raw") + " open\n",
+	} {
+		if code != 5 || !strings.Contains(out, want) {
+			t.Errorf("exit %d, does not say %q:\n%s", code, want, out)
+		}
 	}
 }

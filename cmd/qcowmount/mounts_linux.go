@@ -78,11 +78,13 @@ func unescapeMountinfo(s string) string {
 // holders says what keeps a qcowmount mount busy, as the commands that
 // release it, in order: file systems mounted from one of its files (a
 // loop device on a partition file, fuse2fs) or from a loop device on one
-// of them, then those loop devices.
+// of them, then those loop devices, then any other process that holds
+// one of its files open.
 func holders(mountpoint string) []string {
 	abs, _ := filepath.Abs(mountpoint)
 	inMount := func(path string) bool { return filepath.Dir(path) == abs }
 	all, _ := mounts()
+	open := openFilesIn(abs)
 	var umounts, detach []string
 	loops, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
 	for _, f := range loops {
@@ -103,15 +105,58 @@ func holders(mountpoint string) []string {
 			detach = append(detach, fmt.Sprintf("losetup -d %s (on %s)", dev, strings.TrimSpace(string(b))))
 		}
 	}
+	served := map[int]bool{} // processes found serving a mount of one of our files
 	for _, m := range all {
-		// fuse2fs and friends name the file they read as their source.
-		if inMount(m.source) {
-			umounts = append(umounts, fmt.Sprintf("fusermount -u %s (%s from %s)", shellQuote(m.target), m.fstype, m.source))
+		// fuse2fs and friends name the file they read as their source, as
+		// they were given it: absolute, or relative to where they ran,
+		// which a process holding that file open tells.
+		via, ok := m.source, inMount(m.source)
+		if !ok && strings.HasPrefix(m.fstype, "fuse") && !filepath.IsAbs(m.source) {
+			for _, h := range open {
+				if strings.HasSuffix(h.file, "/"+strings.TrimLeft(filepath.Clean(m.source), "./")) {
+					via, ok = h.file, true
+					served[h.pid] = true
+					break
+				}
+			}
+		}
+		if ok {
+			umounts = append(umounts, fmt.Sprintf("fusermount -u %s (%s from %s)", shellQuote(m.target), m.fstype, via))
 		}
 	}
 	out := append(umounts, detach...)
+	for _, h := range open {
+		if !served[h.pid] {
+			out = append(out, fmt.Sprintf("process %d (%s) holds %s open", h.pid, h.command, h.file))
+		}
+	}
 	if len(out) == 0 {
 		out = append(out, "whatever holds its files open (see fuser -vm "+shellQuote(abs)+")")
+	}
+	return out
+}
+
+// openFile is a file of a mount that a process holds open.
+type openFile struct {
+	pid     int
+	command string
+	file    string
+}
+
+// openFilesIn lists the files in dir that processes hold open, as far as
+// /proc lets this user see.
+func openFilesIn(dir string) []openFile {
+	var out []openFile
+	fds, _ := filepath.Glob("/proc/[0-9]*/fd/*")
+	for _, fd := range fds {
+		target, err := os.Readlink(fd)
+		if err != nil || filepath.Dir(target) != dir {
+			continue
+		}
+		procDir := filepath.Dir(filepath.Dir(fd))
+		pid, _ := strconv.Atoi(filepath.Base(procDir))
+		comm, _ := os.ReadFile(filepath.Join(procDir, "comm"))
+		out = append(out, openFile{pid, strings.TrimSpace(string(comm)), target})
 	}
 	return out
 }

@@ -4,6 +4,7 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -53,14 +54,24 @@ func umountAction(c *cli.Context) error {
 		if !strings.Contains(reason, "busy") {
 			return fmt.Errorf("unmounting %s: %s", shellQuote(mnt), reason)
 		}
-		hold := "release it first:\n    " + strings.Join(holders(mnt), "\n    ")
 		if !c.Bool("wait") {
-			return exitError{exitBusy, fmt.Errorf("%s is busy; %s\n(or run qcowmount umount --wait %s to unmount once it is free)", shellQuote(mnt), hold, shellQuote(mnt))}
+			sayHolders(os.Stderr, mnt, "is busy; release it first:")
+			fmt.Fprintf(os.Stderr, "(or run qcowmount umount --wait %s to unmount once it is free)\n", printable(shellQuote(mnt)))
+			return quietExit(exitBusy)
 		}
 		if !told {
-			fmt.Fprintf(os.Stderr, "qcowmount: %s is busy; waiting. To %s\n", shellQuote(mnt), hold)
+			sayHolders(os.Stderr, mnt, "is busy; waiting. To release it:")
 			told = true
 		}
 		time.Sleep(time.Second)
+	}
+}
+
+// sayHolders writes what holds mnt, a command a line, after a first line
+// that names mnt and says what; each line escaped for the terminal.
+func sayHolders(w io.Writer, mnt, what string) {
+	fmt.Fprintf(w, "qcowmount: %s %s\n", printable(shellQuote(mnt)), what)
+	for _, h := range holders(mnt) {
+		fmt.Fprintf(w, "    %s\n", printable(h))
 	}
 }

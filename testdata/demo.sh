@@ -38,4 +38,4 @@ else
 	echo
 	echo "(not root: skipping the loop mount; run make demo as root to see it)"
 fi
-echo; echo "\$ fusermount -u $mnt"
+step "$bin" umount --wait "$mnt"

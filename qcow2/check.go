@@ -281,7 +281,7 @@ func (k *checker) computed(c int64) uint64 {
 
 func (k *checker) checkQcow2() error {
 	img, h := k.img, &k.img.hdr
-	dataFile := img.ext.hasDataFile
+	dataFile := img.hasDataFile()
 	if h.Size&^511 != 0 {
 		k.res.TotalClusters = (int64(h.Size&^511) + k.cs - 1) / k.cs
 	}
@@ -363,35 +363,8 @@ func (k *checker) walkL1(off, n uint64, use useKind, active bool) error {
 	})
 }
 
-// clusterType is qcow2_get_cluster_type's classification of an L2 entry.
-type clusterType uint8
-
-const (
-	clusterUnallocated clusterType = iota
-	clusterZeroPlain
-	clusterZeroAlloc
-	clusterNormal
-	clusterCompressed
-)
-
 func (k *checker) clusterType(e uint64) clusterType {
-	switch {
-	case e&l2Compressed != 0:
-		return clusterCompressed
-	case e&l2Zero != 0 && !k.img.extendedL2:
-		if e&entryOffsetMask != 0 {
-			return clusterZeroAlloc
-		}
-		return clusterZeroPlain
-	case e&entryOffsetMask == 0:
-		// Offset 0 is a real cluster of an external data file, which
-		// QEMU tells by the copied flag.
-		if k.img.ext.hasDataFile && e&l2Copied != 0 {
-			return clusterNormal
-		}
-		return clusterUnallocated
-	}
-	return clusterNormal
+	return classify(e, k.img.extendedL2, k.img.hasDataFile())
 }
 
 func (k *checker) l2Entry(table []byte, i int) (entry, bitmap uint64) {
@@ -403,7 +376,7 @@ func (k *checker) l2Entry(table []byte, i int) (entry, bitmap uint64) {
 
 // walkL2 counts what one L2 table references, as check_refcounts_l2.
 func (k *checker) walkL2(table []byte, active bool) {
-	dataFile := k.img.ext.hasDataFile
+	dataFile := k.img.hasDataFile()
 	next := uint64(0) // where the next cluster would be were the data contiguous
 	for i := range int(1 << k.img.l2Bits) {
 		e, bitmap := k.l2Entry(table, i)
@@ -640,7 +613,7 @@ func (k *checker) checkCopiedFlags() error {
 				continue
 			}
 			n, ok := uint64(1), true
-			if !k.img.ext.hasDataFile {
+			if !k.img.hasDataFile() {
 				if n, ok, err = k.stored(int64((entry & entryOffsetMask) >> k.img.clusterBits)); err != nil {
 					return err
 				}

@@ -106,7 +106,7 @@ func (k *checker) findings() error {
 			k.find("backing-file", false, "backing file %q (format %s), not opened", img.backingName, orDefault(img.backingFmt, "probed"))
 		}
 	}
-	if img.ext.hasDataFile {
+	if img.hasDataFile() {
 		raw := ""
 		if h.AutoclearFeatures&AutoclearDataFileIsRaw != 0 {
 			raw = ", raw (readable without the image)"

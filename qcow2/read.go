@@ -13,18 +13,6 @@ import (
 	"github.com/qcowmount/qcowmount/qcow2/internal/lru"
 )
 
-// Bits of L1 and L2 entries.
-const (
-	entryOffsetMask   = 0x00fffffffffffe00
-	l1ReservedMask    = 0x7f000000000001ff
-	l2ReservedMask    = 0x3f000000000001fe
-	l2Copied          = 1 << 63
-	l2Compressed      = 1 << 62
-	l2Zero            = 1 << 0
-	subclustersPerCl  = 32
-	subclusterAllMask = 0xffffffff
-)
-
 // extentKind says where the bytes of a guest range come from.
 type extentKind uint8
 
@@ -435,8 +423,9 @@ func (img *Image) qcow2Extent(table []uint64, tableOff uint64, off int64) (exten
 	stride := img.l2EntryWords()
 	entry := table[index*stride]
 	at := int64(tableOff) + index*stride*8
-	if entry&l2Compressed != 0 {
-		if img.external {
+	typ := classify(entry, img.extendedL2, img.hasDataFile())
+	if typ == clusterCompressed {
+		if img.hasDataFile() {
 			return extent{}, formatErr("L2 entry", at, "compressed cluster in an image with an external data file")
 		}
 		return extent{kind: extentCompressed, n: cs - in, host: entry &^ (l2Copied | l2Compressed)}, nil
@@ -445,29 +434,28 @@ func (img *Image) qcow2Extent(table []uint64, tableOff uint64, off int64) (exten
 		return extent{}, formatErr("L2 entry", at, "%#016x has reserved bits %#x set", entry, entry&l2ReservedMask)
 	}
 	host := entry & entryOffsetMask
-	allocated := host != 0 || (img.external && entry&l2Copied != 0)
+	allocated := typ == clusterNormal || typ == clusterZeroAlloc
 	if allocated {
 		if host&uint64(cs-1) != 0 {
 			return extent{}, formatErr("L2 entry", at, "data cluster offset %#x is not cluster aligned", host)
 		}
-		if img.external && host != uint64(off-in) {
+		if img.hasDataFile() && host != uint64(off-in) {
 			return extent{}, formatErr("L2 entry", at, "external data file offset %#x differs from the guest offset %#x", host, off-in)
 		}
 	}
-	if !img.extendedL2 {
-		switch {
-		case entry&l2Zero != 0:
-			if img.hdr.Version < 3 {
-				return extent{}, formatErr("L2 entry", at, "zero flag set in a version 2 image")
-			}
-			return extent{kind: extentZero, n: cs - in}, nil
-		case allocated:
-			return extent{kind: extentData, n: cs - in, host: host + uint64(in)}, nil
-		default:
-			return extent{kind: extentBacking, n: cs - in}, nil
-		}
+	if img.extendedL2 {
+		return img.subclusterExtent(table[index*2+1], at, typ == clusterNormal, host, in)
 	}
-	return img.subclusterExtent(table[index*2+1], at, allocated, host, in)
+	switch typ {
+	case clusterZeroPlain, clusterZeroAlloc:
+		if img.hdr.Version < 3 {
+			return extent{}, formatErr("L2 entry", at, "zero flag set in a version 2 image")
+		}
+		return extent{kind: extentZero, n: cs - in}, nil
+	case clusterNormal:
+		return extent{kind: extentData, n: cs - in, host: host + uint64(in)}, nil
+	}
+	return extent{kind: extentBacking, n: cs - in}, nil
 }
 
 // subclusterExtent classifies the run of subclusters that holds in-cluster

@@ -18,7 +18,7 @@ func (img *Image) Allocation(off, limit int64) (data bool, n int64, err error) {
 	}
 	e, err := img.lookup(off, min(limit, img.size-off))
 	if err != nil {
-		return false, 0, fmt.Errorf("%s: guest offset %#x: %w", img.path, off, withPath(img.path, err))
+		return false, 0, fmt.Errorf("%s: guest offset %#x: %w", img.path, off, err)
 	}
 	switch e.kind {
 	case extentZero:

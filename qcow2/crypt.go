@@ -70,7 +70,7 @@ const fdeExtensionBytes = 16
 func (c *chain) openEncryption(img *Image, name string) error {
 	h := &img.hdr
 	if img.ext.hasFDE && h.CryptMethod != CryptLUKS {
-		return formatErr("full disk encryption extension", -1, "present, but crypt_method is %d, not LUKS (2)", h.CryptMethod)
+		return img.formatErr("full disk encryption extension", -1, "present, but crypt_method is %d, not LUKS (2)", h.CryptMethod)
 	}
 	switch h.CryptMethod {
 	case CryptNone:
@@ -82,14 +82,14 @@ func (c *chain) openEncryption(img *Image, name string) error {
 		})
 	}
 	if !img.ext.hasFDE {
-		return formatErr("crypt_method", 32, "LUKS (2), but the image has no full disk encryption header extension")
+		return img.formatErr("crypt_method", 32, "LUKS (2), but the image has no full disk encryption header extension")
 	}
 	off, length := img.ext.fdeOffset, img.ext.fdeLength
 	if off&uint64(img.clusterSize()-1) != 0 {
-		return formatErr("full disk encryption extension", -1, "LUKS header offset %#x is not cluster aligned", off)
+		return img.formatErr("full disk encryption extension", -1, "LUKS header offset %#x is not cluster aligned", off)
 	}
 	if length > uint64(img.fileSize) || off > uint64(img.fileSize)-length {
-		return formatErr("full disk encryption extension", -1, "LUKS area [%#x, +%d) lies beyond the end of the file (%d bytes)", off, length, img.fileSize)
+		return img.formatErr("full disk encryption extension", -1, "LUKS area [%#x, +%d) lies beyond the end of the file (%d bytes)", off, length, img.fileSize)
 	}
 	luks, err := encryption.ParseLUKS(io.NewSectionReader(img.file, int64(off), int64(length)), int64(length))
 	if err != nil {

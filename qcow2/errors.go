@@ -1,7 +1,6 @@
 package qcow2
 
 import (
-	"errors"
 	"fmt"
 )
 
@@ -33,25 +32,20 @@ func (e *FormatError) Error() string {
 
 func (e *FormatError) Unwrap() error { return e.Err }
 
-// inFile prefixes err with the image file it is about, and gives a
-// FormatError in it that file's path.
+// inFile prefixes err with the image file it is about (a FormatError
+// names it already as Path: the text starts with it too).
 func inFile(path string, err error) error {
-	return fmt.Errorf("%s: %w", path, withPath(path, err))
+	return fmt.Errorf("%s: %w", path, err)
 }
 
-// withPath sets the path of a FormatError in err that has none. Errors
-// that several reads share (a failed compressed cluster) get theirs when
-// they are made, so this never writes to one another goroutine may see.
-func withPath(path string, err error) error {
-	var fe *FormatError
-	if errors.As(err, &fe) && fe.Path == "" {
-		fe.Path = path
-	}
-	return err
+// formatErr is a FormatError in the image file at path.
+func formatErr(path, field string, off int64, format string, args ...any) error {
+	return &FormatError{Path: path, Field: field, Offset: off, Msg: fmt.Sprintf(format, args...)}
 }
 
-func formatErr(field string, off int64, format string, args ...any) error {
-	return &FormatError{Field: field, Offset: off, Msg: fmt.Sprintf(format, args...)}
+// formatErr is a FormatError in the image's file.
+func (img *Image) formatErr(field string, off int64, format string, args ...any) error {
+	return formatErr(img.path, field, off, format, args...)
 }
 
 // UnsupportedError reports a valid feature this reader does not handle.

@@ -61,7 +61,7 @@ const maxBackingFormatLen = 15
 
 // parseExtensions walks the extensions in first[start:end] (end is the
 // backing file name's offset, or the end of the first cluster).
-func parseExtensions(first []byte, start, end uint64) (*extensions, error) {
+func parseExtensions(path string, first []byte, start, end uint64) (*extensions, error) {
 	ext := &extensions{featureNames: map[featureKey]string{}}
 	be := binary.BigEndian
 	if end > uint64(len(first)) {
@@ -70,13 +70,13 @@ func parseExtensions(first []byte, start, end uint64) (*extensions, error) {
 	off := start
 	for off < end {
 		if end-off < 8 {
-			return nil, formatErr("header extension", int64(off), "only %d bytes left for an 8-byte extension header", end-off)
+			return nil, formatErr(path, "header extension", int64(off), "only %d bytes left for an 8-byte extension header", end-off)
 		}
 		typ := be.Uint32(first[off:])
 		length := uint64(be.Uint32(first[off+4:]))
 		data := off + 8
 		if length > end-data {
-			return nil, formatErr("header extension", int64(off), "type %#x has length %d, running past the header area (ends at %#x)", typ, length, end)
+			return nil, formatErr(path, "header extension", int64(off), "type %#x has length %d, running past the header area (ends at %#x)", typ, length, end)
 		}
 		body := first[data : data+length]
 		switch typ {
@@ -84,7 +84,7 @@ func parseExtensions(first []byte, start, end uint64) (*extensions, error) {
 			return ext, nil
 		case extBackingFormat:
 			if length > maxBackingFormatLen {
-				return nil, formatErr("backing format extension", int64(off), "length %d is too long (at most %d)", length, maxBackingFormatLen)
+				return nil, formatErr(path, "backing format extension", int64(off), "length %d is too long (at most %d)", length, maxBackingFormatLen)
 			}
 			ext.backingFormat = string(body)
 		case extFeatureTable:
@@ -98,7 +98,7 @@ func parseExtensions(first []byte, start, end uint64) (*extensions, error) {
 			}
 		case extFullDiskCrypto:
 			if length != fdeExtensionBytes {
-				return nil, formatErr("full disk encryption extension", int64(off), "length %d, not %d", length, fdeExtensionBytes)
+				return nil, formatErr(path, "full disk encryption extension", int64(off), "length %d, not %d", length, fdeExtensionBytes)
 			}
 			ext.hasFDE = true
 			ext.fdeOffset, ext.fdeLength = be.Uint64(body), be.Uint64(body[8:])

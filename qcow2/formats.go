@@ -43,6 +43,6 @@ func vhdFooter(r io.ReaderAt, size int64) bool {
 }
 
 // notQcow is the error for a file of at least 4 bytes without qcow's magic.
-func notQcow(first []byte, r io.ReaderAt, size int64) error {
-	return formatErr("magic", 0, "%#08x is not QFI\\xfb: %s", binary.BigEndian.Uint32(first), foreignFormat(first, r, size))
+func notQcow(path string, first []byte, r io.ReaderAt, size int64) error {
+	return formatErr(path, "magic", 0, "%#08x is not QFI\\xfb: %s", binary.BigEndian.Uint32(first), foreignFormat(first, r, size))
 }

@@ -262,7 +262,7 @@ func FuzzSnapshotTable(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	h, err := parseHeader(b, int64(len(b)))
+	h, err := parseHeader("fuzz", b, int64(len(b)))
 	if err != nil {
 		f.Fatal(err)
 	}

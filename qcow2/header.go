@@ -83,10 +83,10 @@ type Header struct {
 // parseHeader decodes and checks the header in buf, the start of the file
 // (at most one cluster, at least the header), whose magic openImage has
 // checked. fileSize bounds the tables.
-func parseHeader(buf []byte, fileSize int64) (*Header, error) {
+func parseHeader(path string, buf []byte, fileSize int64) (*Header, error) {
 	be := binary.BigEndian
 	if len(buf) < v2HeaderLength {
-		return nil, formatErr("header", 0, "file is %d bytes, shorter than a qcow2 header (72)", len(buf))
+		return nil, formatErr(path, "header", 0, "file is %d bytes, shorter than a qcow2 header (72)", len(buf))
 	}
 	h := &Header{
 		Version:               be.Uint32(buf[4:]),
@@ -105,15 +105,15 @@ func parseHeader(buf []byte, fileSize int64) (*Header, error) {
 		HeaderLength:          v2HeaderLength,
 	}
 	if h.Version != 2 && h.Version != 3 {
-		return nil, formatErr("version", 4, "%d is not a qcow2 version (2 or 3)", h.Version)
+		return nil, formatErr(path, "version", 4, "%d is not a qcow2 version (2 or 3)", h.Version)
 	}
 	if h.ClusterBits < minClusterBits || h.ClusterBits > maxClusterBits {
-		return nil, formatErr("cluster_bits", 20, "%d is outside %d..%d", h.ClusterBits, minClusterBits, maxClusterBits)
+		return nil, formatErr(path, "cluster_bits", 20, "%d is outside %d..%d", h.ClusterBits, minClusterBits, maxClusterBits)
 	}
 	clusterSize := uint64(1) << h.ClusterBits
 	if h.Version == 3 {
 		if len(buf) < v3MinHeaderLength {
-			return nil, formatErr("header", 0, "file is %d bytes, shorter than a v3 header (104)", len(buf))
+			return nil, formatErr(path, "header", 0, "file is %d bytes, shorter than a v3 header (104)", len(buf))
 		}
 		h.IncompatibleFeatures = be.Uint64(buf[72:])
 		h.CompatibleFeatures = be.Uint64(buf[80:])
@@ -121,57 +121,57 @@ func parseHeader(buf []byte, fileSize int64) (*Header, error) {
 		h.RefcountOrder = be.Uint32(buf[96:])
 		h.HeaderLength = be.Uint32(buf[100:])
 		if h.HeaderLength < v3MinHeaderLength {
-			return nil, formatErr("header_length", 100, "%d is shorter than 104", h.HeaderLength)
+			return nil, formatErr(path, "header_length", 100, "%d is shorter than 104", h.HeaderLength)
 		}
 		if uint64(h.HeaderLength) > clusterSize {
-			return nil, formatErr("header_length", 100, "%d exceeds the cluster size %d", h.HeaderLength, clusterSize)
+			return nil, formatErr(path, "header_length", 100, "%d exceeds the cluster size %d", h.HeaderLength, clusterSize)
 		}
 		if h.HeaderLength > v3MinHeaderLength {
 			if len(buf) <= v3MinHeaderLength {
-				return nil, formatErr("header_length", 100, "%d runs past the end of the file", h.HeaderLength)
+				return nil, formatErr(path, "header_length", 100, "%d runs past the end of the file", h.HeaderLength)
 			}
 			h.CompressionType = buf[104]
 		}
 	}
 	if h.RefcountOrder > maxRefcountOrder {
-		return nil, formatErr("refcount_order", 96, "%d exceeds %d", h.RefcountOrder, maxRefcountOrder)
+		return nil, formatErr(path, "refcount_order", 96, "%d exceeds %d", h.RefcountOrder, maxRefcountOrder)
 	}
-	if err := h.checkCompression(); err != nil {
+	if err := h.checkCompression(path); err != nil {
 		return nil, err
 	}
 	if h.BackingFileOffset != 0 {
 		if h.BackingFileOffset > clusterSize {
-			return nil, formatErr("backing_file_offset", 8, "%#x lies outside the first cluster", h.BackingFileOffset)
+			return nil, formatErr(path, "backing_file_offset", 8, "%#x lies outside the first cluster", h.BackingFileOffset)
 		}
 		if h.BackingFileSize > maxBackingNameLen || uint64(h.BackingFileSize) > clusterSize-h.BackingFileOffset {
-			return nil, formatErr("backing_file_size", 16, "%d is too long (at most %d, inside the first cluster)", h.BackingFileSize, maxBackingNameLen)
+			return nil, formatErr(path, "backing_file_size", 16, "%d is too long (at most %d, inside the first cluster)", h.BackingFileSize, maxBackingNameLen)
 		}
 	}
 	if h.CryptMethod > CryptLUKS {
-		return nil, formatErr("crypt_method", 32, "%d is not an encryption method (0, 1 or 2)", h.CryptMethod)
+		return nil, formatErr(path, "crypt_method", 32, "%d is not an encryption method (0, 1 or 2)", h.CryptMethod)
 	}
 	if h.IncompatibleFeatures&IncompatExtendedL2 != 0 && h.ClusterBits < 14 {
-		return nil, formatErr("cluster_bits", 20, "extended L2 entries need clusters of at least 16 KiB, not %d bytes", clusterSize)
+		return nil, formatErr(path, "cluster_bits", 20, "extended L2 entries need clusters of at least 16 KiB, not %d bytes", clusterSize)
 	}
-	if err := h.checkTables(fileSize); err != nil {
+	if err := h.checkTables(path, fileSize); err != nil {
 		return nil, err
 	}
 	return h, nil
 }
 
-func (h *Header) checkCompression() error {
+func (h *Header) checkCompression(path string) error {
 	bit := h.IncompatibleFeatures&IncompatCompressionType != 0
 	switch h.CompressionType {
 	case CompressionDeflate:
 		if bit {
-			return formatErr("incompatible_features", 72, "compression type bit is set but compression_type is zlib")
+			return formatErr(path, "incompatible_features", 72, "compression type bit is set but compression_type is zlib")
 		}
 	case CompressionZstd:
 		if !bit {
-			return formatErr("incompatible_features", 72, "compression_type is zstd but the compression type bit is clear")
+			return formatErr(path, "incompatible_features", 72, "compression_type is zstd but the compression type bit is clear")
 		}
 	default:
-		return formatErr("compression_type", 104, "%d is not a compression type (0 zlib, 1 zstd)", h.CompressionType)
+		return formatErr(path, "compression_type", 104, "%d is not a compression type (0 zlib, 1 zstd)", h.CompressionType)
 	}
 	return nil
 }
@@ -190,46 +190,46 @@ func (h *Header) l1EntriesFor(size uint64) uint64 {
 	return (size >> shift) + boolToU64(size&(1<<shift-1) != 0)
 }
 
-func (h *Header) checkTables(fileSize int64) error {
+func (h *Header) checkTables(path string, fileSize int64) error {
 	if h.Size > math.MaxInt64 {
-		return formatErr("size", 24, "virtual size %d exceeds 2^63-1", h.Size)
+		return formatErr(path, "size", 24, "virtual size %d exceeds 2^63-1", h.Size)
 	}
 	if need := h.l1EntriesFor(h.Size); need > math.MaxInt32 {
-		return formatErr("size", 24, "virtual size %d is too big (L1 would need %d entries)", h.Size, need)
+		return formatErr(path, "size", 24, "virtual size %d is too big (L1 would need %d entries)", h.Size, need)
 	} else if uint64(h.L1Size) < need {
-		return formatErr("l1_size", 36, "%d entries is too small for the virtual size %d (needs %d)", h.L1Size, h.Size, need)
+		return formatErr(path, "l1_size", 36, "%d entries is too small for the virtual size %d (needs %d)", h.L1Size, h.Size, need)
 	}
-	if err := checkTable("l1_table_offset", 40, h.L1TableOffset, uint64(h.L1Size), 8, maxL1Bytes, h.ClusterBits, fileSize); err != nil {
+	if err := checkTable(path, "l1_table_offset", 40, h.L1TableOffset, uint64(h.L1Size), 8, maxL1Bytes, h.ClusterBits, fileSize); err != nil {
 		return err
 	}
 	if h.RefcountTableClusters == 0 {
-		return formatErr("refcount_table_clusters", 56, "0: the image has no refcount table")
+		return formatErr(path, "refcount_table_clusters", 56, "0: the image has no refcount table")
 	}
-	if err := checkTable("refcount_table_offset", 48, h.RefcountTableOffset, uint64(h.RefcountTableClusters), 1<<h.ClusterBits, maxRefcountBytes, h.ClusterBits, -1); err != nil {
+	if err := checkTable(path, "refcount_table_offset", 48, h.RefcountTableOffset, uint64(h.RefcountTableClusters), 1<<h.ClusterBits, maxRefcountBytes, h.ClusterBits, -1); err != nil {
 		return err
 	}
 	if h.NbSnapshots > maxSnapshots {
-		return formatErr("nb_snapshots", 60, "%d exceeds %d", h.NbSnapshots, maxSnapshots)
+		return formatErr(path, "nb_snapshots", 60, "%d exceeds %d", h.NbSnapshots, maxSnapshots)
 	}
-	return checkTable("snapshots_offset", 64, h.SnapshotsOffset, uint64(h.NbSnapshots), snapshotHeaderBytes, maxSnapshotTable, h.ClusterBits, fileSize)
+	return checkTable(path, "snapshots_offset", 64, h.SnapshotsOffset, uint64(h.NbSnapshots), snapshotHeaderBytes, maxSnapshotTable, h.ClusterBits, fileSize)
 }
 
 // checkTable applies QEMU's table checks: bounded size, cluster-aligned
 // offset, no overflow; and, where fileSize >= 0, that the table lies inside
 // the file (QEMU would read zeros there; we refuse instead).
-func checkTable(field string, at int64, off, entries, entryLen, maxBytes uint64, clusterBits uint32, fileSize int64) error {
+func checkTable(path, field string, at int64, off, entries, entryLen, maxBytes uint64, clusterBits uint32, fileSize int64) error {
 	if entries > maxBytes/entryLen {
-		return formatErr(field, at, "table of %d entries exceeds %d bytes", entries, maxBytes)
+		return formatErr(path, field, at, "table of %d entries exceeds %d bytes", entries, maxBytes)
 	}
 	size := entries * entryLen
 	if off&(1<<clusterBits-1) != 0 {
-		return formatErr(field, at, "%#x is not cluster aligned", off)
+		return formatErr(path, field, at, "%#x is not cluster aligned", off)
 	}
 	if off > math.MaxInt64-size {
-		return formatErr(field, at, "%#x + %d overflows", off, size)
+		return formatErr(path, field, at, "%#x + %d overflows", off, size)
 	}
 	if fileSize >= 0 && size > 0 && off+size > uint64(fileSize) {
-		return formatErr(field, at, "table [%#x, %#x) lies beyond the end of the file (%d bytes)", off, off+size, fileSize)
+		return formatErr(path, field, at, "table [%#x, %#x) lies beyond the end of the file (%d bytes)", off, off+size, fileSize)
 	}
 	return nil
 }

@@ -165,7 +165,7 @@ func TestExtensionsParse(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			e, err := parseExtensions(tc.area, 0, uint64(len(tc.area)))
+			e, err := parseExtensions("ext.qcow2", tc.area, 0, uint64(len(tc.area)))
 			if expectError(t, err, tc.wantErr) {
 				return
 			}

@@ -300,9 +300,9 @@ func (c *chain) openImage(f File, fileSize int64, path, name string, depth int, 
 		return c.openQcow1(f, fileSize, path, name, first, depth, snapshot)
 	}
 	if len(first) >= 4 && binary.BigEndian.Uint32(first) != Magic {
-		return nil, inFile(path, notQcow(first, f, fileSize))
+		return nil, inFile(path, notQcow(path, first, f, fileSize))
 	}
-	h, err := parseHeader(first, fileSize)
+	h, err := parseHeader(path, first, fileSize)
 	if err != nil {
 		return nil, inFile(path, err)
 	}
@@ -314,7 +314,7 @@ func (c *chain) openImage(f File, fileSize int64, path, name string, depth int, 
 	if h.BackingFileOffset != 0 {
 		extEnd = h.BackingFileOffset
 	}
-	ext, err := parseExtensions(first, uint64(h.HeaderLength), extEnd)
+	ext, err := parseExtensions(path, first, uint64(h.HeaderLength), extEnd)
 	if err != nil {
 		return nil, inFile(path, err)
 	}
@@ -326,7 +326,7 @@ func (c *chain) openImage(f File, fileSize int64, path, name string, depth int, 
 	if h.BackingFileOffset != 0 {
 		end := h.BackingFileOffset + uint64(h.BackingFileSize)
 		if end > uint64(len(first)) {
-			return nil, inFile(path, formatErr("backing file name", int64(h.BackingFileOffset), "runs past the end of the file"))
+			return nil, inFile(path, formatErr(path, "backing file name", int64(h.BackingFileOffset), "runs past the end of the file"))
 		}
 		img.backingName = string(first[h.BackingFileOffset:end])
 		img.backingFmt = ext.backingFormat
@@ -338,11 +338,11 @@ func (c *chain) openImage(f File, fileSize int64, path, name string, depth int, 
 	}
 	l1Size := uint64(h.L1Size)
 	if sn != nil {
-		if err := checkTable("snapshot L1 table", sn.entryOffset, sn.L1Offset, uint64(sn.L1Size), 8, maxL1Bytes, h.ClusterBits, fileSize); err != nil {
+		if err := checkTable(path, "snapshot L1 table", sn.entryOffset, sn.L1Offset, uint64(sn.L1Size), 8, maxL1Bytes, h.ClusterBits, fileSize); err != nil {
 			return nil, inFile(path, fmt.Errorf("snapshot %s: %w", sn.ID, err))
 		}
 		if sn.DiskSize > math.MaxInt64 {
-			return nil, inFile(path, formatErr("snapshot disk_size", sn.entryOffset+48, "%d exceeds 2^63-1", sn.DiskSize))
+			return nil, inFile(path, formatErr(path, "snapshot disk_size", sn.entryOffset+48, "%d exceeds 2^63-1", sn.DiskSize))
 		}
 		img.l1Offset, l1Size = sn.L1Offset, uint64(sn.L1Size)
 		img.size = int64(sn.DiskSize &^ 511)
@@ -392,10 +392,10 @@ func (img *Image) checkFeatures() error {
 		return &UnsupportedError{Feature: describeIncompat(unknown, img.ext.featureNames)}
 	}
 	if h.IncompatibleFeatures&IncompatExternalData != 0 && !img.ext.hasDataFile {
-		return formatErr("incompatible_features", 72, "external data file bit is set but the image names no data file")
+		return img.formatErr("incompatible_features", 72, "external data file bit is set but the image names no data file")
 	}
 	if h.AutoclearFeatures&AutoclearDataFileIsRaw != 0 && h.IncompatibleFeatures&IncompatExternalData == 0 {
-		return formatErr("autoclear_features", 88, "raw external data bit is set without an external data file")
+		return img.formatErr("autoclear_features", 88, "raw external data bit is set without an external data file")
 	}
 	if h.IncompatibleFeatures&IncompatCorrupt != 0 {
 		img.warnings = append(img.warnings, "image is marked corrupt: QEMU allows reading it, but data may be wrong")

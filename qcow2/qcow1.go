@@ -23,7 +23,7 @@ const (
 func (c *chain) openQcow1(f File, fileSize int64, path, name string, first []byte, depth int, snapshot string) (*Image, error) {
 	fail := func(err error) (*Image, error) { return nil, inFile(path, err) }
 	if len(first) < qcow1HeaderLength {
-		return fail(formatErr("header", 0, "file is %d bytes, shorter than a qcow header (48)", len(first)))
+		return fail(formatErr(path, "header", 0, "file is %d bytes, shorter than a qcow header (48)", len(first)))
 	}
 	if snapshot != "" {
 		return fail(fmt.Errorf("no snapshot %q: qcow version 1 images have no snapshots", snapshot))
@@ -35,32 +35,32 @@ func (c *chain) openQcow1(f File, fileSize int64, path, name string, first []byt
 	cryptMethod := be.Uint32(first[36:])
 	l1Off := be.Uint64(first[40:])
 	if size <= 1 || size > math.MaxInt64 {
-		return fail(formatErr("size", 24, "virtual size %d is out of range", size))
+		return fail(formatErr(path, "size", 24, "virtual size %d is out of range", size))
 	}
 	if clusterBits < qcow1MinClusterBits || clusterBits > qcow1MaxClusterBits {
-		return fail(formatErr("cluster_bits", 32, "%d is outside %d..%d", clusterBits, qcow1MinClusterBits, qcow1MaxClusterBits))
+		return fail(formatErr(path, "cluster_bits", 32, "%d is outside %d..%d", clusterBits, qcow1MinClusterBits, qcow1MaxClusterBits))
 	}
 	if l2Bits < qcow1MinClusterBits-3 || l2Bits > qcow1MaxClusterBits-3 {
-		return fail(formatErr("l2_bits", 33, "%d is outside %d..%d", l2Bits, qcow1MinClusterBits-3, qcow1MaxClusterBits-3))
+		return fail(formatErr(path, "l2_bits", 33, "%d is outside %d..%d", l2Bits, qcow1MinClusterBits-3, qcow1MaxClusterBits-3))
 	}
 	switch cryptMethod {
 	case CryptNone, CryptAES:
 	default:
-		return fail(formatErr("crypt_method", 36, "%d is not an encryption method (0 or 1)", cryptMethod))
+		return fail(formatErr(path, "crypt_method", 36, "%d is not an encryption method (0 or 1)", cryptMethod))
 	}
 	shift := clusterBits + l2Bits
 	l1Entries := (size + (1<<shift - 1)) >> shift
 	if l1Entries > qcow1MaxL1Entries {
-		return fail(formatErr("size", 24, "virtual size %d is too big", size))
+		return fail(formatErr(path, "size", 24, "virtual size %d is too big", size))
 	}
 	if l1Off > math.MaxInt64-l1Entries*8 || l1Off+l1Entries*8 > uint64(fileSize) {
-		return fail(formatErr("l1_table_offset", 40, "table [%#x, +%d) lies beyond the end of the file (%d bytes)", l1Off, l1Entries*8, fileSize))
+		return fail(formatErr(path, "l1_table_offset", 40, "table [%#x, +%d) lies beyond the end of the file (%d bytes)", l1Off, l1Entries*8, fileSize))
 	}
 	img := c.newImage(f, path, &Header{Version: 1, ClusterBits: clusterBits, Size: size, CryptMethod: cryptMethod, L1Size: uint32(l1Entries), L1TableOffset: l1Off}, l2Bits)
 	img.l2Offset, img.clusterExtent, img.compressedRange = qcow1L2Offset, img.qcow1Extent, img.qcow1CompressedRange
 	if backingOff != 0 {
 		if backingLen > qcow1BackingNameLimit || backingOff > uint64(len(first)) || uint64(backingLen) > uint64(len(first))-backingOff {
-			return fail(formatErr("backing_file_size", 16, "backing file name at %#x, %d bytes, is too long or past the end of the file", backingOff, backingLen))
+			return fail(formatErr(path, "backing_file_size", 16, "backing file name at %#x, %d bytes, is too long or past the end of the file", backingOff, backingLen))
 		}
 		img.backingName = string(first[backingOff : backingOff+uint64(backingLen)])
 	}

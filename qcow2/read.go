@@ -47,7 +47,7 @@ func (img *Image) ReadAt(p []byte, off int64) (int, error) {
 		p, eof = p[:img.size-off], io.EOF
 	}
 	if err := img.read(p, off); err != nil {
-		return 0, fmt.Errorf("%s: guest offset %#x: %w", img.path, off, withPath(img.path, err))
+		return 0, fmt.Errorf("%s: guest offset %#x: %w", img.path, off, err)
 	}
 	return len(p), eof
 }
@@ -346,7 +346,7 @@ func (img *Image) tableSlice(kind uint8, off uint64, n int64, field string, at i
 	buf := unsafe.Slice((*byte)(unsafe.Pointer(&t[0])), len(t)*8)
 	if got, err := img.file.ReadAt(buf, int64(off)); got < len(buf) {
 		if err == nil || errors.Is(err, io.EOF) {
-			return nil, formatErr(field, at, "table at %#x lies past the end of the file (%d of %d bytes there)", off, got, len(buf))
+			return nil, img.formatErr(field, at, "table at %#x lies past the end of the file (%d of %d bytes there)", off, got, len(buf))
 		}
 		return nil, fmt.Errorf("reading %s at host offset %#x: %w", img.file.Name(), off, err)
 	}
@@ -405,11 +405,11 @@ func (img *Image) lookup(off, limit int64) (extent, error) {
 // table it points to; 0 for none.
 func (img *Image) qcow2L2Offset(entry uint64, at int64) (uint64, error) {
 	if entry&l1ReservedMask != 0 {
-		return 0, formatErr("L1 entry", at, "%#016x has reserved bits %#x set", entry, entry&l1ReservedMask)
+		return 0, img.formatErr("L1 entry", at, "%#016x has reserved bits %#x set", entry, entry&l1ReservedMask)
 	}
 	tableOff := entry & entryOffsetMask
 	if tableOff&uint64(img.clusterSize()-1) != 0 {
-		return 0, formatErr("L1 entry", at, "L2 table offset %#x is not cluster aligned", tableOff)
+		return 0, img.formatErr("L1 entry", at, "L2 table offset %#x is not cluster aligned", tableOff)
 	}
 	return tableOff, nil
 }
@@ -426,21 +426,21 @@ func (img *Image) qcow2Extent(table []uint64, tableOff uint64, off int64) (exten
 	typ := classify(entry, img.extendedL2, img.hasDataFile())
 	if typ == clusterCompressed {
 		if img.hasDataFile() {
-			return extent{}, formatErr("L2 entry", at, "compressed cluster in an image with an external data file")
+			return extent{}, img.formatErr("L2 entry", at, "compressed cluster in an image with an external data file")
 		}
 		return extent{kind: extentCompressed, n: cs - in, host: entry &^ (l2Copied | l2Compressed)}, nil
 	}
 	if entry&l2ReservedMask != 0 {
-		return extent{}, formatErr("L2 entry", at, "%#016x has reserved bits %#x set", entry, entry&l2ReservedMask)
+		return extent{}, img.formatErr("L2 entry", at, "%#016x has reserved bits %#x set", entry, entry&l2ReservedMask)
 	}
 	host := entry & entryOffsetMask
 	allocated := typ == clusterNormal || typ == clusterZeroAlloc
 	if allocated {
 		if host&uint64(cs-1) != 0 {
-			return extent{}, formatErr("L2 entry", at, "data cluster offset %#x is not cluster aligned", host)
+			return extent{}, img.formatErr("L2 entry", at, "data cluster offset %#x is not cluster aligned", host)
 		}
 		if img.hasDataFile() && host != uint64(off-in) {
-			return extent{}, formatErr("L2 entry", at, "external data file offset %#x differs from the guest offset %#x", host, off-in)
+			return extent{}, img.formatErr("L2 entry", at, "external data file offset %#x differs from the guest offset %#x", host, off-in)
 		}
 	}
 	if img.extendedL2 {
@@ -449,7 +449,7 @@ func (img *Image) qcow2Extent(table []uint64, tableOff uint64, off int64) (exten
 	switch typ {
 	case clusterZeroPlain, clusterZeroAlloc:
 		if img.hdr.Version < 3 {
-			return extent{}, formatErr("L2 entry", at, "zero flag set in a version 2 image")
+			return extent{}, img.formatErr("L2 entry", at, "zero flag set in a version 2 image")
 		}
 		return extent{kind: extentZero, n: cs - in}, nil
 	case clusterNormal:
@@ -463,10 +463,10 @@ func (img *Image) qcow2Extent(table []uint64, tableOff uint64, off int64) (exten
 func (img *Image) subclusterExtent(bitmap uint64, at int64, allocated bool, host uint64, in int64) (extent, error) {
 	allocBits, zeroBits := bitmap&subclusterAllMask, bitmap>>32
 	if allocated && allocBits&zeroBits != 0 {
-		return extent{}, formatErr("L2 bitmap", at+8, "%#016x marks subclusters both allocated and zero", bitmap)
+		return extent{}, img.formatErr("L2 bitmap", at+8, "%#016x marks subclusters both allocated and zero", bitmap)
 	}
 	if !allocated && allocBits != 0 {
-		return extent{}, formatErr("L2 bitmap", at+8, "%#016x marks subclusters allocated in an unallocated cluster", bitmap)
+		return extent{}, img.formatErr("L2 bitmap", at+8, "%#016x marks subclusters allocated in an unallocated cluster", bitmap)
 	}
 	kindOf := func(sc int64) extentKind {
 		switch {

@@ -50,7 +50,7 @@ func cString(b []byte) []byte {
 // shows it and its whole ID and name as QEMU compares them (valid during
 // the call): memory stays bounded whatever the table declares. It returns
 // how many IDs or names it cut for showing.
-func walkSnapshots(f File, h *Header, fileSize int64, fn func(sn Snapshot, id, name []byte) error) (cut int, err error) {
+func walkSnapshots(path string, f File, h *Header, fileSize int64, fn func(sn Snapshot, id, name []byte) error) (cut int, err error) {
 	if h.NbSnapshots == 0 {
 		return 0, nil
 	}
@@ -62,7 +62,7 @@ func walkSnapshots(f File, h *Header, fileSize int64, fn func(sn Snapshot, id, n
 	rest := make([]byte, 0, 4096)
 	short := func(at int64, i uint32, err error) error {
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-			return formatErr("snapshot table", at, "entry %d is cut short: the table runs past the end of the file or %d MiB", i, maxSnapshotTable>>20)
+			return formatErr(path, "snapshot table", at, "entry %d is cut short: the table runs past the end of the file or %d MiB", i, maxSnapshotTable>>20)
 		}
 		return fmt.Errorf("reading the snapshot table of %s at %#x: %w", f.Name(), at, err)
 	}
@@ -73,7 +73,7 @@ func walkSnapshots(f File, h *Header, fileSize int64, fn func(sn Snapshot, id, n
 		}
 		extraLen := be.Uint32(fixed[36:])
 		if extraLen > maxSnapshotExtra {
-			return cut, formatErr("snapshot extra_data_size", at+36, "%d exceeds %d", extraLen, maxSnapshotExtra)
+			return cut, formatErr(path, "snapshot extra_data_size", at+36, "%d exceeds %d", extraLen, maxSnapshotExtra)
 		}
 		idLen, nameLen := int(be.Uint16(fixed[12:])), int(be.Uint16(fixed[14:]))
 		n := int(extraLen) + idLen + nameLen
@@ -128,7 +128,7 @@ func walkSnapshots(f File, h *Header, fileSize int64, fn func(sn Snapshot, id, n
 // them now.
 func (img *Image) Snapshots() ([]Snapshot, error) {
 	var snaps []Snapshot
-	_, err := walkSnapshots(img.file, &img.hdr, img.fileSize, func(sn Snapshot, _, _ []byte) error {
+	_, err := walkSnapshots(img.path, img.file, &img.hdr, img.fileSize, func(sn Snapshot, _, _ []byte) error {
 		snaps = append(snaps, sn)
 		return nil
 	})
@@ -143,7 +143,7 @@ func (img *Image) Snapshots() ([]Snapshot, error) {
 func (img *Image) checkSnapshots(key string) (*Snapshot, error) {
 	var byID, byName *Snapshot
 	var known []string
-	cut, err := walkSnapshots(img.file, &img.hdr, img.fileSize, func(sn Snapshot, id, name []byte) error {
+	cut, err := walkSnapshots(img.path, img.file, &img.hdr, img.fileSize, func(sn Snapshot, id, name []byte) error {
 		switch {
 		case key == "":
 		case byID == nil && string(id) == key:

@@ -189,7 +189,7 @@ func TestRemoteErrorsKeepSecretsOut(t *testing.T) {
 			return strings.Replace(presigned(strings.Replace(srv.URL, "https", "http", 1)+"/d.qcow2"), "http://", "https://", 1)
 		}, "--ca-file"},
 		{"status 403", func(t *testing.T) string {
-			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { http.Error(w, "no", 403) }))
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { http.Error(w, "no", http.StatusForbidden) }))
 			t.Cleanup(srv.Close)
 			return presigned(srv.URL + "/d.qcow2")
 		}, "403 Forbidden"},

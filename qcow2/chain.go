@@ -4,12 +4,76 @@ import (
 	"encoding/binary"
 	"fmt"
 	"path/filepath"
+	"runtime"
 	"strings"
+	"sync"
+	"sync/atomic"
+
+	"github.com/qcowmount/qcowmount/qcow2/internal/bufpool"
+	"github.com/qcowmount/qcowmount/qcow2/internal/lru"
 )
 
 // maxChainDepth bounds backing chains; QEMU images rarely have more than a
 // handful of layers, and a hostile image must not make us open thousands.
 const maxChainDepth = 64
+
+// chain is what the images of one chain share: the caches, the spare
+// buffers, the compressed clusters being decompressed, the helpers that
+// decompress, and how to open the files the images name.
+type chain struct {
+	opts      Options
+	tables    *lru.Cache[cacheKey, []uint64] // L1 and L2 table slices
+	clusters  *lru.Cache[cacheKey, []byte]   // decompressed; read with Read only
+	failed    *lru.Cache[cacheKey, error]    // compressed clusters that did not decompress
+	anyFailed atomic.Bool                    // failed holds anything
+	nextID    atomic.Uint32
+	resolver  Resolver // opens backing and data files; nil: there are none
+
+	// Spare buffers for decompressed clusters (those the cache let go)
+	// and for the compressed bytes read from the file.
+	spare, compressed *bufpool.Classes
+
+	decodingMu sync.Mutex
+	decoding   map[cacheKey]*decoding // compressed clusters being decompressed
+
+	// helpers bounds the goroutines that decompress whole clusters for
+	// reads, beside the reads' own, for all reads of the chain together.
+	helpers chan struct{}
+}
+
+// cacheKey names a table slice or a cluster: which image of the chain,
+// what kind of thing, which offset (or compressed cluster descriptor).
+type cacheKey struct {
+	image uint32
+	kind  uint8
+	off   uint64
+}
+
+// spareBuffers is how many spare buffers of each kind and size a chain
+// keeps: about as many reads as a FUSE mount has in flight (12 in the
+// background and the readers), so that a busy mount allocates none.
+const spareBuffers = 16
+
+func newChain(opts Options, resolver Resolver) *chain {
+	if opts.L2CacheSize <= 0 {
+		opts.L2CacheSize = DefaultL2CacheSize
+	}
+	if opts.ClusterCacheSize <= 0 {
+		opts.ClusterCacheSize = MaxClusterCacheSize // until openChain knows the clusters
+	}
+	c := &chain{
+		opts:       opts,
+		tables:     lru.New[cacheKey, []uint64](opts.L2CacheSize),
+		failed:     lru.New[cacheKey, error](maxFailedClusters),
+		decoding:   map[cacheKey]*decoding{},
+		resolver:   resolver,
+		spare:      bufpool.NewClasses(maxClusterBits, 0, spareBuffers),
+		compressed: bufpool.NewClasses(maxClusterBits, compressedSlack, spareBuffers),
+		helpers:    make(chan struct{}, max(runtime.GOMAXPROCS(0)-1, 1)),
+	}
+	c.clusters = lru.NewRecycling[cacheKey, []byte](opts.ClusterCacheSize, c.spare.Put)
+	return c
+}
 
 // resolveReference turns a backing or data file name found in the image at
 // from into a path, refusing what QEMU would open as a protocol (json:,

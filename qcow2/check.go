@@ -387,7 +387,7 @@ func (k *checker) walkL2(table []byte, active bool) {
 		switch typ {
 		case clusterCompressed:
 			if e&l2Copied != 0 {
-				host, _ := k.img.qcow2CompressedRange(e)
+				host, _ := qcow2Format{}.compressedRange(k.img, e)
 				k.problem(true, "ERROR: coffset=0x%x: copied flag must never be set for compressed clusters", host)
 				e &^= l2Copied
 			}
@@ -399,7 +399,7 @@ func (k *checker) walkL2(table []byte, active bool) {
 				k.problem(true, "ERROR compressed cluster %d with non-zero subcluster allocation bitmap, entry=0x%x", i, e)
 				continue
 			}
-			host, n := k.img.qcow2CompressedRange(e)
+			host, n := qcow2Format{}.compressedRange(k.img, e)
 			k.inc(host, uint64(n), useCompressed)
 			if active {
 				k.res.AllocatedClusters++

@@ -44,7 +44,7 @@ func (k *checker) checkQcow1() error {
 			case d == 0:
 				continue
 			case d&qcow1CompressedFlag != 0:
-				host, n := img.qcow1CompressedRange(d)
+				host, n := qcowFormat{}.compressedRange(img, d)
 				k.inc(host, uint64(n), useCompressed)
 				k.res.CompressedClusters++
 				k.res.FragmentedClusters++

@@ -1,6 +1,7 @@
 package qcow2
 
 import (
+	"bytes"
 	"encoding/binary"
 	"os"
 	"path/filepath"
@@ -98,5 +99,35 @@ func TestOneClusterClassifier(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// TestDecompressHelpersAreShared: the goroutines that decompress whole
+// clusters beside a read's own are the chain's, for all its reads
+// together; when other reads hold all of them, a read decompresses its
+// clusters itself, and reads what QEMU reads.
+func TestDecompressHelpersAreShared(t *testing.T) {
+	qemutest.Require(t, "qemu-img", "qemu-io")
+	path := filepath.Join(t.TempDir(), "compressed.qcow2")
+	qemutest.Create(t, path, "qcow2", "1M")
+	qemutest.IO(t, path, "write -c -P 0x31 0 512k")
+	img, err := Open(path, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer img.Close()
+	helpers := img.chain.helpers
+	for len(helpers) < cap(helpers) {
+		helpers <- struct{}{} // as if other reads had them all
+	}
+	got := make([]byte, 512<<10)
+	if _, err := img.ReadAt(got, 0); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, bytes.Repeat([]byte{0x31}, len(got))) {
+		t.Fatal("eight compressed clusters read, without helpers, as other bytes than QEMU wrote")
+	}
+	if len(helpers) != cap(helpers) {
+		t.Fatalf("%d of %d helpers taken after the read", len(helpers), cap(helpers))
 	}
 }

@@ -6,6 +6,45 @@ import (
 	"io"
 )
 
+// format is what differs, once an image is open, between the two formats
+// this reader reads, qcow2 (qcow2Format) and the old qcow (qcowFormat): how
+// their table entries decode.
+type format interface {
+	// l2Offset checks an L1 entry, found at offset at, and returns the
+	// offset of the L2 table it points to; 0 for none.
+	l2Offset(img *Image, entry uint64, at int64) (uint64, error)
+	// clusterExtent classifies the guest bytes from off to the end of
+	// their run inside off's cluster, from the L2 slice at tableOff.
+	clusterExtent(img *Image, table []uint64, tableOff uint64, off int64) (extent, error)
+	// compressedRange decodes a compressed cluster's descriptor: where
+	// its bytes start, and how many there are at most.
+	compressedRange(img *Image, desc uint64) (host uint64, length int64)
+}
+
+// qcow2Format is qcow2's: flags and checks in L1 and L2 entries (the
+// classifier's rule), sector counts in compressed descriptors.
+type qcow2Format struct{}
+
+// sniffed is what a file's first bytes show it is.
+type sniffed int
+
+const (
+	sniffedOther sniffed = iota
+	sniffedQcow          // qcow version 1
+	sniffedQcow2         // qcow2, or too short to tell: its header check says so
+)
+
+// sniff tells the format from the first bytes of a file.
+func sniff(first []byte) sniffed {
+	switch {
+	case len(first) >= 8 && binary.BigEndian.Uint32(first) == Magic && binary.BigEndian.Uint32(first[4:]) == 1:
+		return sniffedQcow
+	case len(first) >= 4 && binary.BigEndian.Uint32(first) != Magic:
+		return sniffedOther
+	}
+	return sniffedQcow2
+}
+
 // foreignFormat names what a file that is not a qcow image is, from its
 // magic numbers, and says what to do with it instead.
 func foreignFormat(first []byte, r io.ReaderAt, size int64) string {

@@ -271,8 +271,9 @@ func FuzzSnapshotTable(f *testing.F) {
 	f.Add(h.NbSnapshots, b[h.SnapshotsOffset:], "first")
 	f.Add(h.NbSnapshots, b[h.SnapshotsOffset:], "none")
 	f.Fuzz(func(t *testing.T, nb uint32, table []byte, key string) {
-		img := &Image{file: namedReader{bytes.NewReader(table), "fuzz"}, fileSize: int64(len(table)),
-			hdr: Header{Version: 3, ClusterBits: 16, Size: 1 << 30, NbSnapshots: nb % 70000}}
+		h := &Header{Version: 3, ClusterBits: 16, Size: 1 << 30, NbSnapshots: nb % 70000}
+		img := newChain(Options{}, nil).newImage(namedReader{bytes.NewReader(table), "fuzz"}, "fuzz", h, 13, qcow2Format{})
+		img.fileSize = int64(len(table))
 		snaps, err := img.Snapshots()
 		if len(snaps) > int(img.hdr.NbSnapshots) || (err == nil && len(snaps) != int(img.hdr.NbSnapshots)) {
 			t.Fatalf("%d snapshots of %d, %v", len(snaps), img.hdr.NbSnapshots, err)

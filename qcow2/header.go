@@ -2,30 +2,11 @@ package qcow2
 
 import (
 	"encoding/binary"
-	"fmt"
 	"math"
 )
 
 // Magic is the first four bytes of every qcow and qcow2 image: "QFI\xfb".
 const Magic = 0x514649fb
-
-// Limits QEMU enforces when it opens an image; we mirror them so that we
-// refuse exactly what QEMU refuses, and never size an allocation from an
-// unchecked header field.
-const (
-	minClusterBits      = 9
-	maxClusterBits      = 21
-	maxBackingNameLen   = 1023
-	maxL1Bytes          = 32 << 20
-	maxRefcountBytes    = 8 << 20
-	maxSnapshots        = 65536
-	maxSnapshotTable    = 64 << 20
-	maxSnapshotExtra    = 1024
-	maxRefcountOrder    = 6
-	v2HeaderLength      = 72
-	v3MinHeaderLength   = 104
-	snapshotHeaderBytes = 40
-)
 
 // Incompatible feature bits.
 const (
@@ -214,26 +195,6 @@ func (h *Header) checkTables(path string, fileSize int64) error {
 	return checkTable(path, "snapshots_offset", 64, h.SnapshotsOffset, uint64(h.NbSnapshots), snapshotHeaderBytes, maxSnapshotTable, h.ClusterBits, fileSize)
 }
 
-// checkTable applies QEMU's table checks: bounded size, cluster-aligned
-// offset, no overflow; and, where fileSize >= 0, that the table lies inside
-// the file (QEMU would read zeros there; we refuse instead).
-func checkTable(path, field string, at int64, off, entries, entryLen, maxBytes uint64, clusterBits uint32, fileSize int64) error {
-	if entries > maxBytes/entryLen {
-		return formatErr(path, field, at, "table of %d entries exceeds %d bytes", entries, maxBytes)
-	}
-	size := entries * entryLen
-	if off&(1<<clusterBits-1) != 0 {
-		return formatErr(path, field, at, "%#x is not cluster aligned", off)
-	}
-	if off > math.MaxInt64-size {
-		return formatErr(path, field, at, "%#x + %d overflows", off, size)
-	}
-	if fileSize >= 0 && size > 0 && off+size > uint64(fileSize) {
-		return formatErr(path, field, at, "table [%#x, %#x) lies beyond the end of the file (%d bytes)", off, off+size, fileSize)
-	}
-	return nil
-}
-
 func bitsOf(n uint64) int {
 	b := 0
 	for n > 1 {
@@ -248,24 +209,4 @@ func boolToU64(b bool) uint64 {
 		return 1
 	}
 	return 0
-}
-
-// describeIncompat names the incompatible bits in mask, using the image's
-// feature-name table where it has an entry and the bit number otherwise.
-func describeIncompat(mask uint64, names map[featureKey]string) string {
-	s := ""
-	for bit := 0; bit < 64; bit++ {
-		if mask&(1<<bit) == 0 {
-			continue
-		}
-		if s != "" {
-			s += ", "
-		}
-		if n, ok := names[featureKey{featureIncompatible, uint8(bit)}]; ok && n != "" {
-			s += fmt.Sprintf("%q (incompatible bit %d)", n, bit)
-		} else {
-			s += fmt.Sprintf("unknown incompatible bit %d", bit)
-		}
-	}
-	return s
 }

@@ -18,10 +18,11 @@ const (
 	qcow1BackingNameLimit = 1023
 )
 
-// openQcow1 opens a qcow version 1 image whose first bytes are in first.
-// QEMU's checks on open are mirrored, plus: the L1 table lies in the file.
-func (c *chain) openQcow1(f File, fileSize int64, path, name string, first []byte, depth int, snapshot string) (*Image, error) {
-	fail := func(err error) (*Image, error) { return nil, inFile(path, err) }
+// readQcowHeader reads the header of a qcow version 1 image whose first
+// bytes are in first. QEMU's checks on open are mirrored, plus: the L1
+// table lies in the file.
+func (c *chain) readQcowHeader(f File, fileSize int64, path string, first []byte, snapshot string) (*Image, error) {
+	fail := func(err error) (*Image, error) { return nil, err }
 	if len(first) < qcow1HeaderLength {
 		return fail(formatErr(path, "header", 0, "file is %d bytes, shorter than a qcow header (48)", len(first)))
 	}
@@ -56,8 +57,7 @@ func (c *chain) openQcow1(f File, fileSize int64, path, name string, first []byt
 	if l1Off > math.MaxInt64-l1Entries*8 || l1Off+l1Entries*8 > uint64(fileSize) {
 		return fail(formatErr(path, "l1_table_offset", 40, "table [%#x, +%d) lies beyond the end of the file (%d bytes)", l1Off, l1Entries*8, fileSize))
 	}
-	img := c.newImage(f, path, &Header{Version: 1, ClusterBits: clusterBits, Size: size, CryptMethod: cryptMethod, L1Size: uint32(l1Entries), L1TableOffset: l1Off}, l2Bits)
-	img.l2Offset, img.clusterExtent, img.compressedRange = qcow1L2Offset, img.qcow1Extent, img.qcow1CompressedRange
+	img := c.newImage(f, path, &Header{Version: 1, ClusterBits: clusterBits, Size: size, CryptMethod: cryptMethod, L1Size: uint32(l1Entries), L1TableOffset: l1Off}, l2Bits, qcowFormat{})
 	if backingOff != 0 {
 		if backingLen > qcow1BackingNameLimit || backingOff > uint64(len(first)) || uint64(backingLen) > uint64(len(first))-backingOff {
 			return fail(formatErr(path, "backing_file_size", 16, "backing file name at %#x, %d bytes, is too long or past the end of the file", backingOff, backingLen))
@@ -66,21 +66,20 @@ func (c *chain) openQcow1(f File, fileSize int64, path, name string, first []byt
 	}
 	img.l1Entries = int64(l1Entries)
 	img.fileSize = fileSize
-	if err := c.openEncryption(img, name); err != nil {
-		return nil, err
-	}
-	if err := c.openDependencies(img, depth); err != nil {
-		return nil, err
-	}
 	return img, nil
 }
 
-// qcow1L2Offset: an L1 entry is the plain offset of its L2 table.
-func qcow1L2Offset(entry uint64, _ int64) (uint64, error) { return entry, nil }
+// qcowFormat is the old qcow format's: plain offsets in L1 and L2
+// entries, a compressed flag, and an exact length in a compressed
+// cluster's descriptor.
+type qcowFormat struct{}
 
-// qcow1Extent classifies the bytes from guest offset off to the end of
+// l2Offset: an L1 entry is the plain offset of its L2 table.
+func (qcowFormat) l2Offset(_ *Image, entry uint64, _ int64) (uint64, error) { return entry, nil }
+
+// clusterExtent classifies the bytes from guest offset off to the end of
 // their cluster, from its L2 entry.
-func (img *Image) qcow1Extent(table []uint64, _ uint64, off int64) (extent, error) {
+func (qcowFormat) clusterExtent(img *Image, table []uint64, _ uint64, off int64) (extent, error) {
 	cs := img.clusterSize()
 	in := off & (cs - 1)
 	entry := table[(off>>img.clusterBits)&(img.sliceEntries-1)]
@@ -94,9 +93,9 @@ func (img *Image) qcow1Extent(table []uint64, _ uint64, off int64) (extent, erro
 	}
 }
 
-// qcow1CompressedRange: bits 63-cluster_bits..62 of the descriptor hold
-// the exact byte count, the bits below the host offset.
-func (img *Image) qcow1CompressedRange(desc uint64) (uint64, int64) {
+// compressedRange: bits 63-cluster_bits..62 of the descriptor hold the
+// exact byte count, the bits below the host offset.
+func (qcowFormat) compressedRange(img *Image, desc uint64) (uint64, int64) {
 	shift := 63 - img.clusterBits
 	return desc & (1<<shift - 1), int64((desc >> shift) & (1<<img.clusterBits - 1))
 }

@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"runtime"
-	"sync"
 	"unsafe"
 
 	"github.com/qcowmount/qcowmount/qcow2/internal/lru"
@@ -75,13 +73,6 @@ func (img *Image) HostRange(off int64, n int) (*os.File, int64, bool) {
 		return nil, 0, false
 	}
 	return data, int64(e.host), true
-}
-
-// compressedJob is a compressed cluster to decompress into a whole cluster
-// of the caller's buffer.
-type compressedJob struct {
-	dst  []byte
-	desc uint64
 }
 
 // read fills p, which lies inside the disk, from guest offset off.
@@ -161,116 +152,6 @@ func (img *Image) readData(p []byte, host uint64) error {
 	return fmt.Errorf("reading %s at host offset %#x: %w", img.data.Name(), host, err)
 }
 
-// readCompressedPart serves part of a compressed cluster through the cache
-// of decompressed clusters, so that small reads of one cluster decompress
-// it once, even when they come at the same time (the kernel's readahead
-// asks for the halves of a 2 MiB cluster at once).
-func (img *Image) readCompressedPart(p []byte, desc uint64, inCluster int64) error {
-	key := cacheKey{img.id, kindCluster, desc}
-	c := img.chain
-	for {
-		if c.clusters.Read(key, func(cl []byte) { copy(p, cl[inCluster:]) }) {
-			return nil
-		}
-		d, first := c.startDecoding(key)
-		if !first {
-			<-d.done
-			if d.err != nil {
-				return d.err
-			}
-			continue // now in the cache, unless evicted already
-		}
-		// Buffers come back from the cache as it evicts them: random
-		// reads, which miss, then allocate nothing.
-		cl := c.spare.Get(int(img.clusterSize()))
-		err := img.decompressCluster(cl, desc)
-		if err == nil {
-			copy(p, cl[inCluster:])
-			c.clusters.Add(key, cl, int64(len(cl)))
-		} else {
-			c.spare.Put(cl)
-		}
-		c.endDecoding(key, d, err)
-		return err
-	}
-}
-
-// runCompressed decompresses whole clusters, spreading them over the CPUs.
-func (img *Image) runCompressed(jobs []compressedJob) error {
-	switch len(jobs) {
-	case 0:
-		return nil
-	case 1:
-		return img.decompressCluster(jobs[0].dst, jobs[0].desc)
-	}
-	workers := min(len(jobs), runtime.GOMAXPROCS(0))
-	errs := make([]error, len(jobs))
-	var next sync.Mutex
-	i := 0
-	var wg sync.WaitGroup
-	for range workers {
-		wg.Go(func() {
-			for {
-				next.Lock()
-				j := i
-				i++
-				next.Unlock()
-				if j >= len(jobs) {
-					return
-				}
-				errs[j] = img.decompressCluster(jobs[j].dst, jobs[j].desc)
-			}
-		})
-	}
-	wg.Wait()
-	return errors.Join(errs...)
-}
-
-// decompressCluster reads the compressed cluster that desc describes and
-// decompresses it into dst, one cluster long.
-// A cluster that fails to decompress is remembered, so that reading it
-// again fails at once instead of paying for the bad stream every time.
-func (img *Image) decompressCluster(dst []byte, desc uint64) error {
-	key := cacheKey{img.id, kindCluster, desc}
-	// The flag spares every good read the cache's lock.
-	if img.chain.anyFailed.Load() {
-		if err, ok := img.chain.failed.Get(key); ok {
-			return err
-		}
-	}
-	host, length := img.compressedRange(desc)
-	var src []byte
-	if length <= img.clusterSize()+compressedSlack {
-		buf := img.chain.compressed.Get(int(img.clusterSize()))
-		defer img.chain.compressed.Put(buf)
-		src = buf[:length]
-	} else {
-		src = make([]byte, length)
-	}
-	// The last sector may run past the end of the file: use what is there.
-	n, err := img.file.ReadAt(src, int64(host))
-	if err != nil && !errors.Is(err, io.EOF) {
-		return fmt.Errorf("reading compressed cluster at host offset %#x: %w", host, err)
-	}
-	if err := img.decompress(dst, src[:n]); err != nil {
-		err = &FormatError{Path: img.path, Field: "compressed cluster", Offset: int64(host), Msg: fmt.Sprintf("%d bytes do not decompress", length), Err: err}
-		img.chain.failed.Add(key, err, 1)
-		img.chain.anyFailed.Store(true)
-		return err
-	}
-	return nil
-}
-
-// qcow2CompressedRange decodes a compressed cluster descriptor: where the
-// compressed bytes start and how many there are at most.
-func (img *Image) qcow2CompressedRange(desc uint64) (host uint64, length int64) {
-	// The count of additional 512-byte sectors, above the host offset.
-	x := 62 - (img.clusterBits - 8)
-	host = desc & (1<<x - 1)
-	sectors := (desc >> x) & (1<<(img.clusterBits-8) - 1)
-	return host, int64((sectors+1)*512 - host&511)
-}
-
 // Tables are read and cached in slices of at most tableSliceBytes, as QEMU
 // caches L2 slices: a lookup costs one small read however large the table,
 // a deep chain of 2 MiB tables cannot thrash the cache, and an L1 table
@@ -320,7 +201,7 @@ func (img *Image) l2Slice(cluster int64) ([]uint64, uint64, error) {
 	if err != nil || entry == 0 {
 		return nil, 0, err
 	}
-	tableOff, err := img.l2Offset(entry, at)
+	tableOff, err := img.format.l2Offset(img, entry, at)
 	if err != nil || tableOff == 0 {
 		return nil, 0, err
 	}
@@ -377,7 +258,7 @@ func (img *Image) lookup(off, limit int64) (extent, error) {
 	limit = min(limit, (off/span+1)*span-off)
 	var run extent
 	for first := true; ; first = false {
-		e, err := img.clusterExtent(table, tableOff, off)
+		e, err := img.format.clusterExtent(img, table, tableOff, off)
 		if err != nil {
 			if first {
 				return extent{}, err
@@ -401,9 +282,9 @@ func (img *Image) lookup(off, limit int64) (extent, error) {
 	return run, nil
 }
 
-// qcow2L2Offset checks an L1 entry and returns the offset of the L2
-// table it points to; 0 for none.
-func (img *Image) qcow2L2Offset(entry uint64, at int64) (uint64, error) {
+// l2Offset checks an L1 entry and returns the offset of the L2 table it
+// points to; 0 for none.
+func (qcow2Format) l2Offset(img *Image, entry uint64, at int64) (uint64, error) {
 	if entry&l1ReservedMask != 0 {
 		return 0, img.formatErr("L1 entry", at, "%#016x has reserved bits %#x set", entry, entry&l1ReservedMask)
 	}
@@ -414,9 +295,9 @@ func (img *Image) qcow2L2Offset(entry uint64, at int64) (uint64, error) {
 	return tableOff, nil
 }
 
-// qcow2Extent classifies the bytes from guest offset off to the end of
+// clusterExtent classifies the bytes from guest offset off to the end of
 // their run inside off's cluster, from the L2 slice at host offset tableOff.
-func (img *Image) qcow2Extent(table []uint64, tableOff uint64, off int64) (extent, error) {
+func (qcow2Format) clusterExtent(img *Image, table []uint64, tableOff uint64, off int64) (extent, error) {
 	cs := img.clusterSize()
 	in := off & (cs - 1)
 	index := (off >> img.clusterBits) & (img.sliceEntries - 1)

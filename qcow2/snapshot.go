@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"strings"
 	"time"
 )
@@ -133,6 +134,30 @@ func (img *Image) Snapshots() ([]Snapshot, error) {
 		return nil
 	})
 	return snaps, err
+}
+
+// useSnapshot reads the snapshot table, as QEMU does on open, and turns
+// the image's view to the snapshot that key names (checkSnapshots), if
+// key is not empty: its L1 table and its disk size.
+func (img *Image) useSnapshot(key string) error {
+	sn, err := img.checkSnapshots(key)
+	if err != nil {
+		return err
+	}
+	h := &img.hdr
+	l1Size := uint64(h.L1Size)
+	if sn != nil {
+		if err := checkTable(img.path, "snapshot L1 table", sn.entryOffset, sn.L1Offset, uint64(sn.L1Size), 8, maxL1Bytes, h.ClusterBits, img.fileSize); err != nil {
+			return fmt.Errorf("snapshot %s: %w", sn.ID, err)
+		}
+		if sn.DiskSize > math.MaxInt64 {
+			return img.formatErr("snapshot disk_size", sn.entryOffset+48, "%d exceeds 2^63-1", sn.DiskSize)
+		}
+		img.l1Offset, l1Size = sn.L1Offset, uint64(sn.L1Size)
+		img.size = int64(sn.DiskSize &^ 511)
+	}
+	img.l1Entries = int64(min(l1Size, h.l1EntriesFor(uint64(img.size))))
+	return nil
 }
 
 // checkSnapshots reads the whole snapshot table once, as QEMU does on

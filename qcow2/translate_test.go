@@ -6,8 +6,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-
-	"github.com/qcowmount/qcowmount/qcow2/internal/lru"
 )
 
 // fakeImage is an image with 64 KiB clusters whose only L2 table (at host
@@ -21,20 +19,16 @@ func fakeImage(t *testing.T, version uint32, extended bool, entries map[int][2]u
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { f.Close() })
-	img := &Image{
-		path: f.Name(), file: f, data: f, id: 1,
-		chain:       &chain{tables: lru.New[cacheKey, []uint64](1 << 20), clusters: lru.NewRecycling[cacheKey, []byte](1<<20, nil), failed: lru.New[cacheKey, error](16)},
-		hdr:         Header{Version: version},
-		clusterBits: 16, l2Bits: 13, extendedL2: extended,
-		size: 1 << 30, l1Entries: 2, l1Offset: 0x30000,
-	}
-	img.chain.tables.Add(cacheKey{1, kindL1, 0x30000}, []uint64{0x10000, 0}, 16)
-	stride := 1
+	h := &Header{Version: version, ClusterBits: 16, Size: 1 << 30, L1Size: 2, L1TableOffset: 0x30000}
+	l2Bits := uint32(13)
 	if extended {
-		img.l2Bits, stride = 12, 2
+		h.IncompatibleFeatures |= IncompatExtendedL2
+		l2Bits = 12
 	}
-	img.sliceEntries = int64(tableSliceBytes / 8 / stride)
-	img.l2Offset, img.clusterExtent, img.compressedRange = img.qcow2L2Offset, img.qcow2Extent, img.qcow2CompressedRange
+	img := newChain(Options{L2CacheSize: 1 << 20}, nil).newImage(f, f.Name(), h, l2Bits, qcow2Format{})
+	img.l1Entries = 2
+	img.chain.tables.Add(cacheKey{img.id, kindL1, 0x30000}, []uint64{0x10000, 0}, 16)
+	stride := int(img.l2EntryWords())
 	table := make([]uint64, 8192)
 	for i, e := range entries {
 		table[i*stride] = e[0]
@@ -43,7 +37,7 @@ func fakeImage(t *testing.T, version uint32, extended bool, entries map[int][2]u
 		}
 	}
 	for off := 0; off < len(table); off += tableSliceBytes / 8 {
-		img.chain.tables.Add(cacheKey{1, kindL2, 0x10000 + uint64(off)*8}, table[off:off+tableSliceBytes/8], 1)
+		img.chain.tables.Add(cacheKey{img.id, kindL2, 0x10000 + uint64(off)*8}, table[off:off+tableSliceBytes/8], 1)
 	}
 	return img
 }

@@ -19,8 +19,8 @@ cd "$(dirname "$0")/.."
 
 # Each target, its package, and the files of the parser it aims at.
 targets="
-FuzzOpen            ./qcow2                     header.go extensions.go
-FuzzReadAt          ./qcow2                     read.go
+FuzzOpen            ./qcow2                     open.go header.go extensions.go features.go limits.go
+FuzzReadAt          ./qcow2                     read.go cluster.go compressed.go
 FuzzCheck           ./qcow2                     check.go
 FuzzChain           ./qcow2                     chain.go
 FuzzSnapshotTable   ./qcow2                     snapshot.go

@@ -6,9 +6,6 @@ import (
 	"github.com/urfave/cli/v2"
 )
 
-// umask is 0 where files have no Unix modes.
-func umask() uint32 { return 0 }
-
 // errNoFUSE is what the mount commands say on a system without FUSE.
 var errNoFUSE = errors.New("mounting needs FUSE, which Windows does not have: info, check, export and hash work here; to mount, use Linux, macOS (macFUSE) or FreeBSD")
 

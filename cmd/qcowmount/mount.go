@@ -119,11 +119,15 @@ func serve(c *cli.Context, ready *os.File, fuseOpts []string, keys passphraser) 
 	stopWatching()
 	if cause := context.Cause(opening); cause != nil {
 		// Whatever mount did, it was told to stop.
-		if err == nil {
+		mounted := err == nil
+		if mounted {
 			server.Unmount()
 			img.Close()
 		}
 		log.Warn("not mounted", zap.String("mountpoint", mountpoint), zap.Error(cause))
+		if mounted && ready == nil && errors.Is(cause, errInterrupted) {
+			return nil // in the foreground, as a signal after the mount
+		}
 		err = cause
 		if errors.Is(cause, errInterrupted) {
 			err = exitError{exitInterrupted, cause}

@@ -28,6 +28,9 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	bin = filepath.Join(dir, "qcowmount")
+	// Where there is no syslog, the background processes log to files in
+	// the runtime directory: this run's, gone with it, not /run's.
+	os.Setenv("XDG_RUNTIME_DIR", dir)
 	build := exec.Command("go", "build", "-race", "-o", bin, "../cmd/qcowmount")
 	build.Stdout, build.Stderr = os.Stdout, os.Stderr
 	if err := build.Run(); err != nil {

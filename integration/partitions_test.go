@@ -235,6 +235,7 @@ func TestRootlessFlow(t *testing.T) {
 	as := func(args ...string) (string, error) {
 		cmd := exec.Command("runuser", append([]string{"-u", name, "--"}, args...)...)
 		cmd.Dir = home
+		cmd.Env = append(os.Environ(), "XDG_RUNTIME_DIR="+home) // the user's, where its mounts log
 		out, err := cmd.CombinedOutput()
 		return string(out), err
 	}

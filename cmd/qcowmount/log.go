@@ -103,15 +103,14 @@ func logName(mountpoint string) string {
 }
 
 // fallbackLogDir is where the background process logs without syslog:
-// /run/qcowmount for root, $XDG_RUNTIME_DIR/qcowmount for others, or
-// without XDG_RUNTIME_DIR $TMPDIR/qcowmount-UID.
+// $XDG_RUNTIME_DIR/qcowmount, the user's own runtime directory; without
+// one, /run/qcowmount for root and $TMPDIR/qcowmount-UID for others.
 func fallbackLogDir() (string, error) {
 	dir := "/run/qcowmount"
-	if uid := os.Geteuid(); uid != 0 {
+	if xdg := os.Getenv("XDG_RUNTIME_DIR"); xdg != "" {
+		dir = filepath.Join(xdg, "qcowmount")
+	} else if uid := os.Geteuid(); uid != 0 {
 		dir = filepath.Join(os.TempDir(), fmt.Sprintf("qcowmount-%d", uid))
-		if xdg := os.Getenv("XDG_RUNTIME_DIR"); xdg != "" {
-			dir = filepath.Join(xdg, "qcowmount")
-		}
 	}
 	return ownLogDir(dir)
 }

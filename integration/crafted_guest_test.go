@@ -1,8 +1,10 @@
 package integration
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -96,8 +98,18 @@ func TestCraftedGuests(t *testing.T) {
 				t.Errorf("info lists %q, want %q: exit %d\n%s", listed, want, code, out)
 			}
 
+			js, err := exec.Command(bin, "hash", "--json", image).Output()
+			var hash struct {
+				Parts []struct{ Name, Volume string }
+			}
+			if err == nil {
+				err = json.Unmarshal(js, &hash)
+			}
+			if err != nil {
+				t.Fatalf("hash --json: %v: %s", err, js)
+			}
 			var hashed []string
-			for _, p := range hashImage(t, image).Parts {
+			for _, p := range hash.Parts {
 				if p.Volume != "" {
 					hashed = append(hashed, p.Name)
 				}

@@ -14,16 +14,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// keyFile writes a passphrase, as its exact bytes, to a file of its own.
-func keyFile(t *testing.T, pass string) string {
-	t.Helper()
-	p := filepath.Join(t.TempDir(), "key")
-	if err := os.WriteFile(p, []byte(pass), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return p
-}
-
 // encryptedGuest converts the guest disk (GPT, ext4 and FAT) into an
 // encrypted image with QEMU: LUKS in its default cipher, legacy AES in
 // qcow2, legacy AES in qcow version 1.
@@ -41,9 +31,9 @@ func TestEncryptedMountsMatchQEMU(t *testing.T) {
 	requireFUSE(t)
 	qemutest.Require(t, "qemu-img", "fuse2fs")
 	dir := t.TempDir()
-	raw, sums := guestDisk(t, dir)
+	raw, sums := qemutest.GuestDisk(t, dir)
 	const pass = "correct horse battery staple"
-	key := keyFile(t, pass)
+	key := qemutest.KeyFile(t, pass)
 	// Short names: fuse2fs mangles mountpoints with commas in them.
 	tests := []struct{ name, format, opts string }{
 		{"luks-default", "qcow2", "encrypt.format=luks,encrypt.iter-time=10"},
@@ -97,8 +87,8 @@ func TestPassphraseSources(t *testing.T) {
 	dir := t.TempDir()
 	top, base := encryptedChain(t, dir)
 	want := qemutest.RawEncrypted(t, top, "qcow2", "top pass", "base pass")
-	baseKey, topKey := keyFile(t, "base pass"), keyFile(t, "top pass")
-	withNewline := keyFile(t, "top pass\n")
+	baseKey, topKey := qemutest.KeyFile(t, "base pass"), qemutest.KeyFile(t, "top pass")
+	withNewline := qemutest.KeyFile(t, "top pass\n")
 	single := filepath.Join(dir, "single.qcow2")
 	qemutest.CreateEncrypted(t, single, "qcow2", "1M", "top pass", "encrypt.format=luks", "encrypt.iter-time=10")
 	tests := []struct {

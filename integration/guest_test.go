@@ -1,8 +1,6 @@
 package integration
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"os"
 	"os/exec"
@@ -14,59 +12,6 @@ import (
 
 	"github.com/qcowmount/qcowmount/qcow2/qemutest"
 )
-
-// guestDisk builds a raw GPT disk with an ext4 and a FAT partition filled
-// with files, and returns the disk and each file's sha256 by partition.
-func guestDisk(t *testing.T, dir string) (string, map[string]map[string]string) {
-	t.Helper()
-	qemutest.Require(t, "sfdisk", "mkfs.ext4", "mkfs.vfat", "mcopy")
-	sums := map[string]map[string]string{"ext4": {}, "vfat": {}}
-	tree := filepath.Join(dir, "tree")
-	files := map[string][]byte{
-		"hello.txt":           []byte("hello from the guest\n"),
-		"big/random.bin":      qemutest.Pattern(7, 3<<20+123),
-		"big/another.bin":     qemutest.Pattern(8, 1<<20),
-		"deep/a/b/c/tiny.txt": []byte("x"),
-	}
-	for name, data := range files {
-		p := filepath.Join(tree, name)
-		os.MkdirAll(filepath.Dir(p), 0o755)
-		if err := os.WriteFile(p, data, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		sums["ext4"][name] = sha(data)
-	}
-	ext4 := filepath.Join(dir, "p1.ext4")
-	sh(t, "mkfs.ext4", "-q", "-F", "-d", tree, ext4, "12M")
-	fat := filepath.Join(dir, "p2.fat")
-	sh(t, "mkfs.vfat", "-C", fat, "4096")
-	for i, size := range []int{100, 700000, 2 << 20} {
-		name := fmt.Sprintf("FILE%d.BIN", i)
-		data := qemutest.Pattern(byte(20+i), size)
-		local := filepath.Join(dir, name)
-		os.WriteFile(local, data, 0o644)
-		sh(t, "mcopy", "-i", fat, local, "::/"+name)
-		sums["vfat"][name] = sha(data)
-	}
-	disk := filepath.Join(dir, "disk.raw")
-	if err := os.WriteFile(disk, nil, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	os.Truncate(disk, 20<<20)
-	sfdisk := exec.Command("sfdisk", "-q", disk)
-	sfdisk.Stdin = strings.NewReader("label: gpt\nstart=2048, size=24576, type=L\nstart=26624, size=8192, type=EBD0A0A2-B9E5-4433-87C0-68B6B72699C7\n")
-	if out, err := sfdisk.CombinedOutput(); err != nil {
-		t.Fatalf("sfdisk: %v: %s", err, out)
-	}
-	sh(t, "dd", "if="+ext4, "of="+disk, "bs=512", "seek=2048", "conv=notrunc", "status=none")
-	sh(t, "dd", "if="+fat, "of="+disk, "bs=512", "seek=26624", "conv=notrunc", "status=none")
-	return disk, sums
-}
-
-func sha(b []byte) string {
-	h := sha256.Sum256(b)
-	return hex.EncodeToString(h[:])
-}
 
 // attach sets up a read-only loop device with partitions for file and
 // returns the device. losetup -P makes no partition devices on some
@@ -115,7 +60,7 @@ func TestGuestFilesystems(t *testing.T) {
 	requireRoot(t)
 	qemutest.Require(t, "qemu-img", "losetup", "partx")
 	dir := t.TempDir()
-	raw, sums := guestDisk(t, dir)
+	raw, sums := qemutest.GuestDisk(t, dir)
 	for _, format := range []string{"zlib", "zstd", ""} {
 		name := format
 		if name == "" {
@@ -136,7 +81,7 @@ func TestGuestFilesystems(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				if got := sha(b); got != want {
+				if got := qemutest.SHA256(b); got != want {
 					t.Errorf("ext4 %s: sha256 %s, want %s", file, got, want)
 				}
 			}
@@ -150,7 +95,7 @@ func TestGuestFilesystems(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				if got := sha(b); got != want {
+				if got := qemutest.SHA256(b); got != want {
 					t.Errorf("vfat %s: sha256 %s, want %s", file, got, want)
 				}
 			}

@@ -26,7 +26,7 @@ func TestHostileCorpusFromTheCLI(t *testing.T) {
 		t.Run(h.Name, func(t *testing.T) {
 			var key []string
 			if h.Passphrase != "" {
-				key = []string{"--key-file", keyFile(t, h.Passphrase)}
+				key = []string{"--key-file", qemutest.KeyFile(t, h.Passphrase)}
 			}
 			out, code := run(t, append([]string{"info", h.Path}, key...)...)
 			crashed := strings.Contains(out, "panic") || strings.Contains(out, "goroutine ")

@@ -14,28 +14,6 @@ import (
 	"github.com/qcowmount/qcowmount/qcow2/qemutest"
 )
 
-// makeImage builds an image like the qcow2 package's oracle tests do:
-// patterned data, holes, zero clusters, unaligned writes.
-func makeImage(t *testing.T, dir string, clusterSize int64, compat, compression string, size int64) string {
-	t.Helper()
-	raw := filepath.Join(dir, "src.raw")
-	qemutest.WriteFile(t, raw, 0, qemutest.Pattern(1, int(clusterSize+clusterSize/2)))
-	qemutest.WriteFile(t, raw, 5*clusterSize+100, qemutest.Pattern(2, int(3*clusterSize)))
-	qemutest.WriteFile(t, raw, size-700, qemutest.Pattern(3, 700))
-	plain := filepath.Join(dir, "plain.qcow2")
-	sh(t, "qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2",
-		"-o", fmt.Sprintf("cluster_size=%d,compat=%s", clusterSize, compat), raw, plain)
-	qemutest.IO(t, plain, fmt.Sprintf("write -z %d %d", 6*clusterSize, 2*clusterSize),
-		fmt.Sprintf("write -P 0x5a %d 1000", 3*clusterSize+1))
-	if compression == "" {
-		return plain
-	}
-	out := filepath.Join(dir, "compressed.qcow2")
-	sh(t, "qemu-img", "convert", "-q", "-c", "-O", "qcow2",
-		"-o", fmt.Sprintf("cluster_size=%d,compat=%s,compression_type=%s", clusterSize, compat, compression), plain, out)
-	return out
-}
-
 func TestMountedDiskMatchesQEMU(t *testing.T) {
 	requireFUSE(t)
 	qemutest.Require(t, "qemu-img", "qemu-io", "cmp")
@@ -51,7 +29,7 @@ func TestMountedDiskMatchesQEMU(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(fmt.Sprintf("cs%d-%s-%s", tc.clusterSize, tc.compat, tc.compress), func(t *testing.T) {
-			image := makeImage(t, t.TempDir(), tc.clusterSize, tc.compat, tc.compress, tc.size)
+			image := qemutest.PatternImage(t, t.TempDir(), tc.clusterSize, tc.compat, tc.compress, tc.size)
 			mnt := mountImage(t, image)
 			cmpFiles(t, filepath.Join(mnt, "disk.raw"), qemutest.Raw(t, image))
 		})

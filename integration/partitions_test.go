@@ -52,7 +52,7 @@ func TestPartitionFiles(t *testing.T) {
 	requireFUSE(t)
 	qemutest.Require(t, "qemu-img", "e2fsck", "mcopy")
 	dir := t.TempDir()
-	raw, sums := guestDisk(t, dir)
+	raw, sums := qemutest.GuestDisk(t, dir)
 	for _, format := range []string{"", "zstd"} {
 		t.Run("compression "+format, func(t *testing.T) {
 			image := filepath.Join(t.TempDir(), "guest.qcow2")
@@ -79,7 +79,7 @@ func TestPartitionFiles(t *testing.T) {
 			for file, want := range sums["vfat"] {
 				out := filepath.Join(t.TempDir(), file)
 				sh(t, "mcopy", "-n", "-i", filepath.Join(mnt, "p2.raw"), "::/"+file, out)
-				if b, err := os.ReadFile(out); err != nil || sha(b) != want {
+				if b, err := os.ReadFile(out); err != nil || qemutest.SHA256(b) != want {
 					t.Errorf("vfat %s: %v", file, err)
 				}
 			}
@@ -107,7 +107,7 @@ func checkFiles(t *testing.T, dir string, sums map[string]string) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got := sha(b); got != want {
+		if got := qemutest.SHA256(b); got != want {
 			t.Errorf("%s: sha256 %s, want %s", file, got, want)
 		}
 	}
@@ -215,7 +215,7 @@ func TestRootlessFlow(t *testing.T) {
 	}
 	uid, _ := strconv.Atoi(u.Uid)
 	gid, _ := strconv.Atoi(u.Gid)
-	raw, sums := guestDisk(t, t.TempDir())
+	raw, sums := qemutest.GuestDisk(t, t.TempDir())
 	home := u.HomeDir
 	image := filepath.Join(home, "guest.qcow2")
 	sh(t, "qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", raw, image)

@@ -207,7 +207,7 @@ func TestRemoteImages(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if msg, code := run(t, append([]string{"hash", base + "/top.qcow2"}, args...)...); code != 0 || msg != sha(raw)+"  disk.raw\n" {
+			if msg, code := run(t, append([]string{"hash", base + "/top.qcow2"}, args...)...); code != 0 || msg != qemutest.SHA256(raw)+"  disk.raw\n" {
 				t.Errorf("hash: exit %d: %s", code, msg)
 			}
 			if msg, code := run(t, append([]string{"check", base + "/top.qcow2"}, args...)...); code != 0 || !strings.HasPrefix(msg, "No errors were found on the image.") {

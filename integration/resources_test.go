@@ -169,7 +169,7 @@ func TestRemoteChainOneMemoryBudget(t *testing.T) {
 		t.Fatal(err)
 	}
 	out, peak := peakOf(t, "hash", "--no-partitions", srv.URL+"/"+prev)
-	if out != sha(raw)+"  disk.raw\n" {
+	if out != qemutest.SHA256(raw)+"  disk.raw\n" {
 		t.Fatalf("hash of the remote chain: %s", out)
 	}
 	const bound = 200 << 20

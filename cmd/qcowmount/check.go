@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"os"
 
 	"github.com/qcowmount/qcowmount/qcow2"
 	"github.com/urfave/cli/v2"
@@ -20,44 +19,57 @@ const (
 	checkLeaks       = 3 // leaks and no corruptions
 )
 
+// checkOptions are check's flags.
+type checkOptions struct {
+	image  imageOptions
+	json   bool
+	output string
+}
+
 func checkCommand() *cli.Command {
+	o := checkOptions{image: defaultImageOptions()}
 	return &cli.Command{
 		Name:  "check",
 		Usage: "audit an image's metadata without changing it, as qemu-img check does, and list what an analyst should know",
 		Description: "Exit codes, as qemu-img check's: 0 no errors, 1 the check could not be done, 2 corruptions, 3 leaked clusters only.\n" +
 			"The image's passphrase is not needed: check reads metadata only.",
 		ArgsUsage: "IMAGE",
-		Flags: append(imageFlags(),
-			&cli.BoolFlag{Name: "json", Usage: "print JSON with qemu-img check's keys, plus problems and findings"},
-			&cli.StringFlag{Name: "output", Usage: "`FORMAT`: json or human, as qemu-img check --output"},
-		),
+		Flags: flagsOf(o.image.flags(), []cli.Flag{
+			&cli.BoolFlag{Name: "json", Destination: &o.json, Usage: "print JSON with qemu-img check's keys, plus problems and findings"},
+			&cli.StringFlag{Name: "output", Destination: &o.output, Usage: "`FORMAT`: json or human, as qemu-img check --output"},
+		}),
 		// A mistake on the command line must not read as "corruptions" (2).
 		OnUsageError: func(_ *cli.Context, err error, _ bool) error { return exitError{checkFailed, err} },
-		Action: func(c *cli.Context) error {
-			ctx, stop := interruptible()
-			defer stop()
-			code, err := checkAction(ctx, c)
-			if err != nil {
-				return whenInterrupted(ctx, "check", exitError{checkFailed, err})
-			}
-			if code != checkClean {
-				return quietExit(code)
-			}
-			return nil
-		},
+		Action: action("check", func(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+			return runCheck(ctx, o, args, stdout, stderr)
+		}),
 	}
 }
 
-func checkAction(ctx context.Context, c *cli.Context) (int, error) {
-	if err := outputFlag(c); err != nil {
+// runCheck audits the image args names, reporting on stdout (problems on
+// stderr, as qemu-img), and exits as qemu-img check exits.
+func runCheck(ctx context.Context, o checkOptions, args []string, stdout, stderr io.Writer) error {
+	code, err := check(ctx, o, args, stdout, stderr)
+	if err != nil {
+		return exitError{checkFailed, err}
+	}
+	if code != checkClean {
+		return quietExit(code)
+	}
+	return nil
+}
+
+func check(ctx context.Context, o checkOptions, args []string, stdout, stderr io.Writer) (int, error) {
+	asJSON, err := jsonOutput(o.json, o.output)
+	if err != nil {
 		return 0, err
 	}
-	if c.NArg() != 1 {
-		return 0, fmt.Errorf("check takes one IMAGE, got %d arguments (see qcowmount check --help)", c.NArg())
+	if len(args) != 1 {
+		return 0, fmt.Errorf("check takes one IMAGE, got %d arguments (see qcowmount check --help)", len(args))
 	}
 	// The image is checked even when its backing or data file does not
 	// open; that it does not is a finding.
-	img, err := openForDescribing(ctx, c)
+	img, err := openForDescribing(ctx, o.image, args[0], stderr)
 	if err != nil {
 		return 0, err
 	}
@@ -66,17 +78,17 @@ func checkAction(ctx context.Context, c *cli.Context) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	if !isURL(c.Args().First()) {
-		res.Filename = c.Args().First()
+	if !isURL(args[0]) {
+		res.Filename = args[0]
 	}
-	out := bufio.NewWriter(os.Stdout)
-	if c.Bool("json") {
+	out := bufio.NewWriter(stdout)
+	if asJSON {
 		enc := json.NewEncoder(out)
 		enc.SetIndent("", "    ")
 		err = enc.Encode(res)
 	} else {
 		for _, p := range res.Problems {
-			fmt.Fprintln(os.Stderr, printable(p))
+			fmt.Fprintln(stderr, printable(p))
 		}
 		writeCheck(out, res)
 	}

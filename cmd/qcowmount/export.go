@@ -14,50 +14,58 @@ import (
 	"golang.org/x/term"
 )
 
+// exportOptions are export's flags.
+type exportOptions struct {
+	image       imageOptions
+	part        partOptions
+	progress    progressOptions
+	keepPartial bool
+}
+
 func exportCommand() *cli.Command {
+	o := exportOptions{image: defaultImageOptions()}
 	return &cli.Command{
 		Name:      "export",
 		Usage:     "write the guest disk (or a partition or volume) as raw bytes to a file, a block device or - (stdout)",
 		ArgsUsage: "IMAGE OUT",
-		Flags: append(append(append(imageFlags(), partFlags()...), progressFlags()...),
-			&cli.BoolFlag{Name: "keep-partial", Usage: "when interrupted or failing, keep what was written to OUT (by default a file made here is removed)"},
-		),
-		Action: exportAction,
+		Flags: flagsOf(o.image.flags(), o.part.flags(), o.progress.flags(), []cli.Flag{
+			&cli.BoolFlag{Name: "keep-partial", Destination: &o.keepPartial, Usage: "when interrupted or failing, keep what was written to OUT (by default a file made here is removed, one that existed left empty)"},
+		}),
+		Action: action("export", func(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+			return runExport(ctx, o, args, stdout, stderr)
+		}),
 	}
 }
 
-func exportAction(c *cli.Context) error {
-	if c.NArg() != 2 {
-		return usageError{fmt.Errorf("export takes IMAGE and OUT, got %d arguments (see qcowmount export --help)", c.NArg())}
+// runExport writes the guest disk of the image args[0] names (or a
+// partition or volume of it) to args[1]: a file, a block device, or "-"
+// for stdout. Interrupted (ctx), it cleans up and exits 130.
+func runExport(ctx context.Context, o exportOptions, args []string, stdout, stderr io.Writer) error {
+	if len(args) != 2 {
+		return usageError{fmt.Errorf("export takes IMAGE and OUT, got %d arguments (see qcowmount export --help)", len(args))}
 	}
-	out := c.Args().Get(1)
-	if out == "-" && term.IsTerminal(int(os.Stdout.Fd())) {
+	out := args[1]
+	if f, ok := stdout.(*os.File); out == "-" && ok && term.IsTerminal(int(f.Fd())) {
 		return usageError{fmt.Errorf("export to -: standard output is a terminal; redirect it, or give a file")}
 	}
-	// Signals are caught from the start: one that arrives while a remote
-	// image opens stops it, and one that arrives while writing finds the
-	// output to clean up.
-	ctx, stop := interruptible()
-	defer stop()
-	img, err := openForReading(ctx, c, c.Args().First())
+	img, err := openForReading(ctx, o.image, args[0], stderr)
 	if err != nil {
-		return whenInterrupted(ctx, "export", err)
+		return err
 	}
 	defer img.Close()
-	p, err := selectPart(c, img.Image)
+	p, err := selectPart(o.part, img.Image)
 	if err != nil {
-		return whenInterrupted(ctx, "export", err)
+		return err
 	}
 	if err := notInChain(img, out); err != nil {
 		return usageError{err}
 	}
 	// Decrypted bytes go to a new file only its owner can read.
-	private := img.Encrypted()
-	dst, err := openDestination(out, p.disk.Size(), private)
+	dst, err := openDestination(out, stdout, p.disk.Size(), img.Encrypted())
 	if err != nil {
 		return err
 	}
-	bar := newProgress(c, p.disk.Size(), "export "+p.name)
+	bar := newProgress(o.progress, stderr, p.disk.Size(), "export "+p.name)
 	var writeErr error
 	err = stream.Run(ctx, p.disk, streamOptions(img.Image), func(pc stream.Piece) error {
 		if writeErr = dst.write(ctx, pc); writeErr != nil {
@@ -77,7 +85,7 @@ func exportAction(c *cli.Context) error {
 	if interrupted {
 		err = errors.New("interrupted")
 	}
-	err = fmt.Errorf("export to %s: %w%s", out, err, dst.abandon(c.Bool("keep-partial")))
+	err = fmt.Errorf("export to %s: %w%s", out, err, dst.abandon(o.keepPartial))
 	switch {
 	case interrupted:
 		return exitError{exitInterrupted, err}
@@ -115,10 +123,11 @@ func notInChain(img *openedImage, out string) error {
 // holes seeked over, or a stream (stdout, a device) that gets every byte
 // in order.
 type destination struct {
-	f       *os.File
-	out     string // the name the user gave
-	file    bool   // a regular file: sparse, truncated to size at the end
-	created string // the file export made, removed when it fails; "" for one that existed
+	w       io.Writer // every byte goes here: f, or stdout
+	f       *os.File  // nil for stdout
+	out     string    // the name the user gave
+	file    bool      // a regular file: sparse, truncated to size at the end
+	created string    // the file export made, removed when it fails; "" for one that existed
 	size    int64
 	written int64 // for a stream
 	reached int64 // for a file: the end of the pieces written
@@ -128,9 +137,9 @@ type destination struct {
 // is written in place, through a symbolic link if OUT is one, keeping its
 // mode, owner and links; a new one is made with the usual mode, or 0600
 // when it receives decrypted bytes (private).
-func openDestination(out string, size int64, private bool) (*destination, error) {
+func openDestination(out string, stdout io.Writer, size int64, private bool) (*destination, error) {
 	if out == "-" {
-		return &destination{f: os.Stdout, out: "standard output", size: size}, nil
+		return &destination{w: stdout, out: "standard output", size: size}, nil
 	}
 	st, err := os.Stat(out)
 	switch {
@@ -149,7 +158,7 @@ func openDestination(out string, size int64, private bool) (*destination, error)
 				return nil, err
 			}
 		}
-		return &destination{f: f, out: out, size: size}, nil
+		return &destination{w: f, f: f, out: out, size: size}, nil
 	case err == nil && !st.Mode().IsRegular():
 		return nil, usageError{fmt.Errorf("%s is a %s: export writes to files, block devices and -", out, fileKind(st.Mode()))}
 	case err == nil:
@@ -157,7 +166,7 @@ func openDestination(out string, size int64, private bool) (*destination, error)
 		if err != nil {
 			return nil, err
 		}
-		return &destination{f: f, out: out, file: true, size: size}, nil
+		return &destination{w: f, f: f, out: out, file: true, size: size}, nil
 	case !errors.Is(err, os.ErrNotExist):
 		return nil, err
 	}
@@ -174,7 +183,7 @@ func openDestination(out string, size int64, private bool) (*destination, error)
 	if err != nil {
 		return nil, err
 	}
-	return &destination{f: f, out: out, file: true, created: path, size: size}, nil
+	return &destination{w: f, f: f, out: out, file: true, created: path, size: size}, nil
 }
 
 // linkTarget is where a new file named path lands: path, or, if path is
@@ -230,7 +239,7 @@ func (d *destination) write(ctx context.Context, p stream.Piece) error {
 
 // Write sends b to a stream destination, counting what went.
 func (d *destination) Write(b []byte) (int, error) {
-	n, err := d.f.Write(b)
+	n, err := d.w.Write(b)
 	d.written += int64(n)
 	return n, err
 }
@@ -241,7 +250,7 @@ func (d *destination) finish() error {
 	switch {
 	case d.file:
 		err = d.f.Truncate(d.size)
-	case d.f == os.Stdout:
+	case d.f == nil:
 		return nil
 	default:
 		// A device is done when its bytes are on it, not in the cache.
@@ -264,7 +273,7 @@ func (d *destination) finish() error {
 // from the start), unless keep.
 func (d *destination) abandon(keep bool) string {
 	if !d.file {
-		if d.f != os.Stdout {
+		if d.f != nil {
 			d.f.Close()
 		}
 		return fmt.Sprintf(" (%d bytes of %d written to %s)", d.written, d.size, d.out)

@@ -12,7 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"hash"
-	"os"
+	"io"
 	"slices"
 	"strings"
 	"sync"
@@ -24,17 +24,30 @@ import (
 	"lukechampine.com/blake3"
 )
 
+// hashOptions are hash's flags.
+type hashOptions struct {
+	image        imageOptions
+	part         partOptions
+	progress     progressOptions
+	algo         string
+	noPartitions bool
+	json         bool
+}
+
 func hashCommand() *cli.Command {
+	o := hashOptions{image: defaultImageOptions(), algo: "sha256"}
 	return &cli.Command{
 		Name:      "hash",
 		Usage:     "print checksums of the guest disk and of each partition and LVM volume in it",
 		ArgsUsage: "IMAGE",
-		Flags: append(append(append(imageFlags(), partFlags()...), progressFlags()...),
-			&cli.StringFlag{Name: "algo", Aliases: []string{"a"}, Value: "sha256", Usage: "`LIST` of checksums, comma separated, computed in one read: " + strings.Join(algoNames, ", ")},
-			&cli.BoolFlag{Name: "no-partitions", Usage: "hash the whole disk alone"},
-			&cli.BoolFlag{Name: "json", Usage: "print JSON"},
-		),
-		Action: hashAction,
+		Flags: flagsOf(o.image.flags(), o.part.flags(), o.progress.flags(), []cli.Flag{
+			&cli.StringFlag{Name: "algo", Aliases: []string{"a"}, Value: o.algo, Destination: &o.algo, Usage: "`LIST` of checksums, comma separated, computed in one read: " + strings.Join(algoNames, ", ")},
+			&cli.BoolFlag{Name: "no-partitions", Destination: &o.noPartitions, Usage: "hash the whole disk alone"},
+			&cli.BoolFlag{Name: "json", Destination: &o.json, Usage: "print JSON"},
+		}),
+		Action: action("hash", func(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+			return runHash(ctx, o, args, stdout, stderr)
+		}),
 	}
 }
 
@@ -84,35 +97,32 @@ type hashed struct {
 	hashes    []hash.Hash
 }
 
-func hashAction(c *cli.Context) error {
-	if c.NArg() != 1 {
-		return usageError{fmt.Errorf("hash takes one IMAGE, got %d arguments (see qcowmount hash --help)", c.NArg())}
+// runHash prints on stdout the checksums of the guest disk of the image
+// args names, and of its partitions and volumes.
+func runHash(ctx context.Context, o hashOptions, args []string, stdout, stderr io.Writer) error {
+	if len(args) != 1 {
+		return usageError{fmt.Errorf("hash takes one IMAGE, got %d arguments (see qcowmount hash --help)", len(args))}
 	}
-	algos, err := parseAlgos(c.String("algo"))
+	algos, err := parseAlgos(o.algo)
 	if err != nil {
 		return err
 	}
-	ctx, stop := interruptible()
-	defer stop()
-	img, err := openForReading(ctx, c, c.Args().First())
+	img, err := openForReading(ctx, o.image, args[0], stderr)
 	if err != nil {
-		return whenInterrupted(ctx, "hash", err)
+		return err
 	}
 	defer img.Close()
 	// Each read of the disk feeds every part that lies on it in order;
 	// a volume whose segments do not gets a read of its own.
 	var reads []hashRead
-	if c.IsSet("partition") || c.String("volume") != "" {
-		p, err := selectPart(c, img.Image)
+	if o.part.partitionSet || o.part.volume != "" {
+		p, err := selectPart(o.part, img.Image)
 		if err != nil {
-			return whenInterrupted(ctx, "hash", err)
+			return err
 		}
 		reads = []hashRead{{p.disk, []*hashed{newHashed(p.name, whole(p.disk.Size()), algos)}}}
-	} else {
-		reads, err = planHashes(img.Image, !c.Bool("no-partitions"), algos)
-		if err != nil {
-			return whenInterrupted(ctx, "hash", err)
-		}
+	} else if reads, err = planHashes(img.Image, !o.noPartitions, algos, stderr); err != nil {
+		return err
 	}
 	var all []*hashed
 	total := int64(0)
@@ -120,7 +130,7 @@ func hashAction(c *cli.Context) error {
 		all = append(all, r.parts...)
 		total += r.disk.Size()
 	}
-	bar := newProgress(c, total, "hash")
+	bar := newProgress(o.progress, stderr, total, "hash")
 	for _, r := range reads {
 		if err := stream.Run(ctx, r.disk, streamOptions(img.Image), func(p stream.Piece) error {
 			if err := feed(ctx, r.parts, p); err != nil {
@@ -142,11 +152,11 @@ func hashAction(c *cli.Context) error {
 			h.Sums[a] = hex.EncodeToString(h.hashes[i].Sum(nil))
 		}
 	}
-	out := bufio.NewWriter(os.Stdout)
-	if c.Bool("json") {
+	out := bufio.NewWriter(stdout)
+	if o.json {
 		enc := json.NewEncoder(out)
 		enc.SetIndent("", "    ")
-		name := c.Args().First()
+		name := args[0]
 		if isURL(name) {
 			name = img.Path()
 		}
@@ -199,7 +209,7 @@ func newHashed(name string, segs []guest.Segment, algos []string) *hashed {
 
 // planHashes lists the reads that hash the disk and, with partitions,
 // each partition and readable volume in it.
-func planHashes(img *qcow2.Image, partitions bool, algos []string) ([]hashRead, error) {
+func planHashes(img *qcow2.Image, partitions bool, algos []string, stderr io.Writer) ([]hashRead, error) {
 	disk := hashRead{disk: img, parts: []*hashed{newHashed("disk.raw", whole(img.Size()), algos)}}
 	if !partitions {
 		return []hashRead{disk}, nil
@@ -209,7 +219,7 @@ func planHashes(img *qcow2.Image, partitions bool, algos []string) ([]hashRead, 
 		return nil, imageError{fmt.Errorf("reading the guest's partition table: %w", err)}
 	}
 	for _, p := range layout.Problems {
-		fmt.Fprintln(os.Stderr, "qcowmount: warning:", printable(p))
+		fmt.Fprintln(stderr, "qcowmount: warning:", printable(p))
 	}
 	reads := []hashRead{disk}
 	for _, p := range layout.Partitions {

@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -20,86 +19,97 @@ import (
 	"github.com/urfave/cli/v2"
 )
 
+// infoOptions are info's flags.
+type infoOptions struct {
+	image        imageOptions
+	json         bool
+	output       string // qemu-img's --output: json or human
+	backingChain bool
+}
+
 func infoCommand() *cli.Command {
+	o := infoOptions{image: defaultImageOptions()}
 	return &cli.Command{
 		Name:      "info",
 		Usage:     "describe an image, its backing chain and the guest disk inside",
 		ArgsUsage: "IMAGE",
-		Flags: append(imageFlags(),
-			&cli.BoolFlag{Name: "json", Usage: "print JSON with qemu-img info's keys"},
-			&cli.StringFlag{Name: "output", Usage: "`FORMAT`: json or human, as qemu-img info --output"},
-			&cli.BoolFlag{Name: "backing-chain", Usage: "with --json, print an array: the image and every backing file"},
-		),
-		Action: infoAction,
+		Flags: flagsOf(o.image.flags(), []cli.Flag{
+			&cli.BoolFlag{Name: "json", Destination: &o.json, Usage: "print JSON with qemu-img info's keys"},
+			&cli.StringFlag{Name: "output", Destination: &o.output, Usage: "`FORMAT`: json or human, as qemu-img info --output"},
+			&cli.BoolFlag{Name: "backing-chain", Destination: &o.backingChain, Usage: "with --json, print an array: the image and every backing file"},
+		}),
+		Action: action("info", func(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+			return runInfo(ctx, o, args, stdout, stderr)
+		}),
 	}
 }
 
-// outputFlag reads qemu-img's --output=json|human into --json.
-func outputFlag(c *cli.Context) error {
-	switch c.String("output") {
-	case "", "human":
-		return nil
+// jsonOutput reads qemu-img's --output=json|human beside --json.
+func jsonOutput(json bool, output string) (bool, error) {
+	switch output {
+	case "":
+		return json, nil
+	case "human":
+		return false, nil
 	case "json":
-		return c.Set("json", "true")
+		return true, nil
 	}
-	return usageError{fmt.Errorf("--output %q: json or human", c.String("output"))}
+	return false, usageError{fmt.Errorf("--output %q: json or human", output)}
 }
 
 // openForDescribing opens the image argument for info and check: without
 // its passphrase (as qemu-img info; with one, info shows the guest disk
 // too), and, as qemu-img info does, even when its backing or data file
 // does not open (the image says why).
-func openForDescribing(ctx context.Context, c *cli.Context) (*openedImage, error) {
-	opts, err := imageOptions(c)
+func openForDescribing(ctx context.Context, o imageOptions, arg string, stderr io.Writer) (*openedImage, error) {
+	opts, err := o.qcow2Options()
 	if err != nil {
 		return nil, err
 	}
-	keys, err := newLocalKeys(c, false)
+	keys, err := newLocalKeys(o, false)
 	if err != nil {
 		return nil, err
 	}
 	opts.Passphrase, opts.AllowLocked, opts.AllowMissing = keys.passphrase, true, true
-	img, err := openImage(ctx, c, c.Args().First(), opts, commandLogger(c))
+	img, err := openImage(ctx, o, arg, opts, commandLogger(o.debug, stderr))
 	if err != nil {
 		return nil, imageError{keys.explain(err)}
 	}
 	return img, nil
 }
 
-func infoAction(c *cli.Context) error {
-	ctx, stop := interruptible()
-	defer stop()
-	return whenInterrupted(ctx, "info", info(ctx, c))
-}
-
-func info(ctx context.Context, c *cli.Context) error {
-	if err := outputFlag(c); err != nil {
+// runInfo describes the image args names, and its chain and guest disk,
+// on stdout.
+func runInfo(ctx context.Context, o infoOptions, args []string, stdout, stderr io.Writer) error {
+	asJSON, err := jsonOutput(o.json, o.output)
+	if err != nil {
 		return err
 	}
-	if c.NArg() != 1 {
-		return usageError{fmt.Errorf("info takes one IMAGE, got %d arguments (see qcowmount info --help)", c.NArg())}
+	if len(args) != 1 {
+		return usageError{fmt.Errorf("info takes one IMAGE, got %d arguments (see qcowmount info --help)", len(args))}
 	}
-	img, err := openForDescribing(ctx, c)
+	arg := args[0]
+	img, err := openForDescribing(ctx, o.image, arg, stderr)
 	if err != nil {
 		return err
 	}
 	for _, err := range img.Missing() {
-		fmt.Fprintln(os.Stderr, "qcowmount: warning:", printable(err.Error()))
+		fmt.Fprintln(stderr, "qcowmount: warning:", printable(err.Error()))
 	}
 	defer img.Close()
-	out := bufio.NewWriter(os.Stdout)
+	out := bufio.NewWriter(stdout)
 	layout, err := guest.Scan(img.Image)
 	switch {
 	case errors.Is(err, qcow2.ErrNoKey):
-		fmt.Fprintln(os.Stderr, "qcowmount: the guest disk is encrypted: give the passphrase (--key-file FILE or --password-stdin) to see its partitions")
+		fmt.Fprintln(stderr, "qcowmount: the guest disk is encrypted: give the passphrase (--key-file FILE or --password-stdin) to see its partitions")
 		layout = nil
 	case err != nil:
-		fmt.Fprintln(os.Stderr, "qcowmount: warning: reading the guest's partition table:", printable(err.Error()))
+		fmt.Fprintln(stderr, "qcowmount: warning: reading the guest's partition table:", printable(err.Error()))
 		layout = nil
 	}
 	// One image at a time: only one snapshot list is in memory at once.
 	layers := img.Chain()
-	if c.Bool("json") && !c.Bool("backing-chain") {
+	if asJSON && !o.backingChain {
 		layers = layers[:1]
 	}
 	for i, l := range layers {
@@ -110,8 +120,8 @@ func info(ctx context.Context, c *cli.Context) error {
 		if i == 0 {
 			// As qemu-img: the top image by the name it was given (a
 			// URL without its query, which may be a credential).
-			if !isURL(c.Args().First()) {
-				in.Filename = c.Args().First()
+			if !isURL(arg) {
+				in.Filename = arg
 			}
 		}
 		// The guest's layout belongs to the disk the chain makes: it
@@ -121,12 +131,12 @@ func info(ctx context.Context, c *cli.Context) error {
 			g = nil
 		}
 		switch {
-		case !c.Bool("json"):
+		case !asJSON:
 			if i > 0 {
 				fmt.Fprintln(out)
 			}
 			writeInfo(out, in)
-		case !c.Bool("backing-chain"):
+		case !o.backingChain:
 			err = writeInfoJSON(out, in, g, "")
 			fmt.Fprintln(out)
 		default:
@@ -141,10 +151,10 @@ func info(ctx context.Context, c *cli.Context) error {
 			return err
 		}
 	}
-	if c.Bool("json") && c.Bool("backing-chain") {
+	if asJSON && o.backingChain {
 		fmt.Fprintln(out, "\n]")
 	}
-	if !c.Bool("json") && layout != nil {
+	if !asJSON && layout != nil {
 		fmt.Fprintln(out)
 		writeLayout(out, layout)
 	}
@@ -152,7 +162,7 @@ func info(ctx context.Context, c *cli.Context) error {
 		return err
 	}
 	if bytes, requests := img.fetched(); requests > 0 {
-		fmt.Fprintf(os.Stderr, "qcowmount: fetched %s in %d range requests\n", humanSize(bytes), requests)
+		fmt.Fprintf(stderr, "qcowmount: fetched %s in %d range requests\n", humanSize(bytes), requests)
 	}
 	return nil
 }

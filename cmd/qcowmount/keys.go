@@ -14,7 +14,6 @@ import (
 
 	"github.com/qcowmount/qcowmount/qcow2"
 	"github.com/qcowmount/qcowmount/qcow2/encryption"
-	"github.com/urfave/cli/v2"
 	"golang.org/x/term"
 )
 
@@ -52,9 +51,9 @@ type localKeys struct {
 	lastFile map[string]string
 }
 
-func newLocalKeys(c *cli.Context, prompt bool) (*localKeys, error) {
-	k := &localKeys{stdin: c.Bool("password-stdin"), in: os.Stdin, out: os.Stderr, lastFile: map[string]string{}}
-	for _, arg := range c.StringSlice("key-file") {
+func newLocalKeys(o imageOptions, prompt bool) (*localKeys, error) {
+	k := &localKeys{stdin: o.passwordStdin, in: os.Stdin, out: os.Stderr, lastFile: map[string]string{}}
+	for _, arg := range o.keyFiles.Value() {
 		kf := keyFile{path: arg}
 		// IMAGE=FILE, unless the whole argument names a file.
 		if image, path, ok := strings.Cut(arg, "="); ok && image != "" {

@@ -12,7 +12,6 @@ import (
 	"strings"
 	"sync/atomic"
 
-	"github.com/urfave/cli/v2"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 )
@@ -32,15 +31,15 @@ type mountLog struct {
 // logs to --log-file, or to syslog, or, where there is no syslog
 // (containers, minimal VMs), to a file named after the mountpoint in a
 // directory of the user's own (fallbackLogDir).
-func newMountLog(c *cli.Context, background bool, mountpoint string) (*mountLog, error) {
+func newMountLog(o mountOptions, background bool, mountpoint string) (*mountLog, error) {
 	level := zapcore.InfoLevel
-	if c.Bool("debug") || c.Bool("fuse-debug") {
+	if o.image.debug || o.fuseDebug {
 		level = zapcore.DebugLevel
 	}
 	l := &mountLog{}
 	var sink zapcore.WriteSyncer = zapcore.Lock(os.Stderr)
 	if background {
-		path := c.String("log-file")
+		path := o.logFile
 		if path == "" {
 			if w, err := syslog.New(syslog.LOG_DAEMON|syslog.LOG_INFO, "qcowmount"); err == nil {
 				sink = zapcore.AddSync(w)
@@ -58,7 +57,7 @@ func newMountLog(c *cli.Context, background bool, mountpoint string) (*mountLog,
 			if err != nil {
 				return nil, fmt.Errorf("log file: %w", err)
 			}
-			if c.String("log-file") == "" {
+			if o.logFile == "" {
 				l.fallback = f
 			}
 			sink = zapcore.Lock(f)

@@ -1,9 +1,8 @@
 package main
 
 import (
-	"os"
+	"io"
 
-	"github.com/urfave/cli/v2"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 )
@@ -18,21 +17,10 @@ func newZapLogger(sink zapcore.WriteSyncer, level zapcore.Level) *zap.Logger {
 
 // commandLogger is the log of a command that reads an image without
 // mounting it (info, export, hash, check): with --debug, its debug lines
-// (a remote image's range requests) on standard error; otherwise none.
-func commandLogger(c *cli.Context) *zap.Logger {
-	if !flagAnywhere(c, "debug") {
+// (a remote image's range requests) on stderr; otherwise none.
+func commandLogger(debug bool, stderr io.Writer) *zap.Logger {
+	if !debug {
 		return zap.NewNop()
 	}
-	return newZapLogger(zapcore.Lock(os.Stderr), zapcore.DebugLevel)
-}
-
-// flagAnywhere reports whether the boolean flag name is set for the
-// command or before its name (qcowmount --debug info URL).
-func flagAnywhere(c *cli.Context, name string) bool {
-	for _, x := range c.Lineage() {
-		if x.Bool(name) {
-			return true
-		}
-	}
-	return false
+	return newZapLogger(zapcore.Lock(zapcore.AddSync(stderr)), zapcore.DebugLevel)
 }

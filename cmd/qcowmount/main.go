@@ -61,6 +61,8 @@ func exitCode(err error) int {
 		q quietExit
 	)
 	switch {
+	case err == nil:
+		return 0
 	case errors.As(err, &q):
 		return int(q)
 	case errors.As(err, &x):
@@ -76,25 +78,29 @@ func exitCode(err error) int {
 }
 
 func main() {
-	app := newApp()
-	err := app.Run(interspersed(app, os.Args))
+	os.Exit(run(newApp(), os.Args))
+}
+
+// run runs the command line args with app, says on its ErrWriter what
+// went wrong, if anything, and returns the exit code.
+func run(app *cli.App, args []string) int {
+	err := app.Run(interspersed(app, args))
 	var q quietExit
-	switch {
-	case err == nil:
-	case errors.As(err, &q):
-		os.Exit(int(q))
-	default:
-		fmt.Fprintln(os.Stderr, "qcowmount:", printable(strings.TrimSpace(withHint(err).Error())))
-		os.Exit(exitCode(err))
+	if err != nil && !errors.As(err, &q) {
+		fmt.Fprintln(app.ErrWriter, "qcowmount:", printable(strings.TrimSpace(withHint(err).Error())))
 	}
+	return exitCode(err)
 }
 
 func newApp() *cli.App {
 	cli.VersionFlag = &cli.BoolFlag{Name: "version", Aliases: []string{"V"}, Usage: "print the version"}
 	usage := func(c *cli.Context, err error, _ bool) error { return usageError{err} }
+	mount := defaultMountOptions()
 	app := &cli.App{
-		Name:  "qcowmount",
-		Usage: "mount a qcow2 image read-only: the guest disk, its partitions and LVM volumes as files",
+		Writer:    os.Stdout,
+		ErrWriter: os.Stderr,
+		Name:      "qcowmount",
+		Usage:     "mount a qcow2 image read-only: the guest disk, its partitions and LVM volumes as files",
 		UsageText: "qcowmount [options] IMAGE MOUNTPOINT [options]\n" +
 			"qcowmount info [--json] [--backing-chain] IMAGE\n" +
 			"qcowmount export [--partition N | --volume VG/LV] IMAGE OUT|-\n" +
@@ -112,8 +118,8 @@ func newApp() *cli.App {
 			"be opened, 4 the mount cannot be made, 5 umount: the mount is busy, 6 an encrypted\n" +
 			"image's passphrase is missing or opens no key slot, 130 interrupted. check exits as\n" +
 			"qemu-img check: 0 clean, 1 could not check, 2 corruptions, 3 leaks only.",
-		Flags:          mountFlags(),
-		Action:         mountAction,
+		Flags:          mount.flags(),
+		Action:         mountAction(&mount),
 		Commands:       []*cli.Command{infoCommand(), exportCommand(), hashCommand(), checkCommand(), umountCommand(), versionCommand(), completionCommand(), manCommand()},
 		OnUsageError:   usage,
 		ExitErrHandler: func(*cli.Context, error) {}, // main prints errors once

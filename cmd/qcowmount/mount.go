@@ -24,16 +24,28 @@ import (
 	"go.uber.org/zap"
 )
 
-func mountAction(c *cli.Context) error {
+// mountAction mounts the image the arguments name, as o says: in the
+// background (startDaemon), or in this process with -f, or, in the
+// background process, serving.
+func mountAction(o *mountOptions) cli.ActionFunc {
+	return func(c *cli.Context) error {
+		// -o options first: they set flags (key_file, ...) that both the
+		// starting command and the server use.
+		fuseOpts, err := splitOptions(c)
+		return mountImage(c, *o, fuseOpts, err)
+	}
+}
+
+// mountImage is mountAction's work once the -o options are split (err, if
+// that failed, for the background process to report).
+func mountImage(c *cli.Context, o mountOptions, fuseOpts []string, err error) error {
 	if c.NArg() != 2 {
 		if c.NArg() == 0 {
 			cli.ShowAppHelp(c)
 		}
 		return usageError{fmt.Errorf("need IMAGE and MOUNTPOINT, got %d arguments (see qcowmount --help)", c.NArg())}
 	}
-	// -o options first: they set flags (key_file, ...) that both the
-	// starting command and the server use.
-	fuseOpts, err := splitOptions(c)
+	args := c.Args().Slice()
 	if ready := readyPipe(); ready != nil {
 		answers := keyAnswers()
 		if err == nil && answers == nil {
@@ -43,17 +55,17 @@ func mountAction(c *cli.Context) error {
 			return reportReady(ready, err)
 		}
 		defer answers.Close()
-		return serve(c, ready, fuseOpts, &remoteKeys{ready: ready, answers: bufio.NewReader(answers)})
+		return serve(o, args, ready, fuseOpts, &remoteKeys{ready: ready, answers: bufio.NewReader(answers)})
 	}
 	if err != nil {
 		return err
 	}
-	keys, err := newLocalKeys(c, true)
+	keys, err := newLocalKeys(o.image, true)
 	if err != nil {
 		return err
 	}
-	if c.Bool("foreground") {
-		return serve(c, nil, fuseOpts, keys)
+	if o.foreground {
+		return serve(o, args, nil, fuseOpts, keys)
 	}
 	// Flags first, MOUNTPOINT last: ps shows the server by its mountpoint.
 	return startDaemon(interspersed(c.App, os.Args)[1:], keys)
@@ -69,9 +81,9 @@ type passphraser interface {
 // serve opens the image, mounts it and serves until unmounted. ready, when
 // not nil, is the pipe to the command that started this background process:
 // it gets "ok" once the mount is usable, or the error that stopped it.
-func serve(c *cli.Context, ready *os.File, fuseOpts []string, keys passphraser) (err error) {
-	image := c.Args().Get(0)
-	mountpoint, err := filepath.Abs(c.Args().Get(1))
+func serve(o mountOptions, args []string, ready *os.File, fuseOpts []string, keys passphraser) (err error) {
+	image := args[0]
+	mountpoint, err := filepath.Abs(args[1])
 	if err != nil {
 		return reportReady(ready, err)
 	}
@@ -88,7 +100,7 @@ func serve(c *cli.Context, ready *os.File, fuseOpts []string, keys passphraser) 
 	if err != nil {
 		return reportReady(ready, err)
 	}
-	log, err := newMountLog(c, ready != nil, mountpoint)
+	log, err := newMountLog(o, ready != nil, mountpoint)
 	if err != nil {
 		stopWatching()
 		return reportReady(ready, err)
@@ -96,7 +108,7 @@ func serve(c *cli.Context, ready *os.File, fuseOpts []string, keys passphraser) 
 	clean := false
 	defer func() { log.close(clean) }()
 
-	if path := c.String("cpu-profile"); path != "" {
+	if path := o.cpuProfile; path != "" {
 		stop, err := startCPUProfile(path)
 		if err != nil {
 			stopWatching()
@@ -104,7 +116,7 @@ func serve(c *cli.Context, ready *os.File, fuseOpts []string, keys passphraser) 
 		}
 		defer stop()
 	}
-	pidfile := c.String("pidfile")
+	pidfile := o.pidfile
 	if pidfile != "" {
 		if pidfile, err = filepath.Abs(pidfile); err == nil {
 			err = writePidfile(pidfile)
@@ -115,7 +127,7 @@ func serve(c *cli.Context, ready *os.File, fuseOpts []string, keys passphraser) 
 		}
 		defer os.Remove(pidfile)
 	}
-	server, img, err := mount(opening, c, image, mountpoint, fuseOpts, keys, log.Logger)
+	server, img, err := mount(opening, o, image, mountpoint, fuseOpts, keys, log.Logger)
 	stopWatching()
 	if cause := context.Cause(opening); cause != nil {
 		// Whatever mount did, it was told to stop.
@@ -195,19 +207,19 @@ func watchOpening(sigs chan os.Signal, ready *os.File, abandon context.CancelCau
 }
 
 // mount checks the mountpoint, opens the image and mounts it.
-func mount(ctx context.Context, c *cli.Context, image, mountpoint string, fuseOpts []string, keys passphraser, log *zap.Logger) (*fuse.Server, *openedImage, error) {
+func mount(ctx context.Context, o mountOptions, image, mountpoint string, fuseOpts []string, keys passphraser, log *zap.Logger) (*fuse.Server, *openedImage, error) {
 	if err := checkMountpoint(mountpoint); err != nil {
 		return nil, nil, mountError{err}
 	}
 	if err := checkFUSEDevice(); err != nil {
 		return nil, nil, mountError{err}
 	}
-	opts, err := imageOptions(c)
+	opts, err := o.image.qcow2Options()
 	if err != nil {
 		return nil, nil, err
 	}
 	opts.Passphrase = keys.passphrase
-	img, err := openImage(ctx, c, image, opts, log)
+	img, err := openImage(ctx, o.image, image, opts, log)
 	if err != nil {
 		if lk, ok := keys.(*localKeys); ok {
 			err = lk.explain(err)
@@ -222,7 +234,7 @@ func mount(ctx context.Context, c *cli.Context, image, mountpoint string, fuseOp
 	for _, w := range img.Warnings() {
 		log.Warn(w, zap.String("image", img.Path()))
 	}
-	files := diskFiles(img.Image, !c.Bool("no-partitions"), log)
+	files := diskFiles(img.Image, !o.noPartitions, log)
 	if err := context.Cause(ctx); err != nil {
 		img.Close()
 		return nil, nil, err
@@ -232,7 +244,7 @@ func mount(ctx context.Context, c *cli.Context, image, mountpoint string, fuseOp
 		ModTime:      img.modTime,
 		MountOptions: fuseOpts,
 		Log:          log,
-		Debug:        c.Bool("fuse-debug"),
+		Debug:        o.fuseDebug,
 	})
 	if err != nil {
 		img.Close()

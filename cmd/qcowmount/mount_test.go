@@ -10,9 +10,10 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/urfave/cli/v2"
 	"testing"
 	"time"
+
+	"github.com/urfave/cli/v2"
 
 	"github.com/qcowmount/qcowmount/qcow2/qemutest"
 )

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -23,39 +24,25 @@ import (
 // guest disk (or one partition or volume of it) from start to end, and
 // show their progress on a terminal.
 
-func progressFlags() []cli.Flag {
-	return []cli.Flag{
-		&cli.BoolFlag{Name: "progress", Aliases: []string{"p"}, Usage: "show a progress bar even when standard error is not a terminal"},
-		&cli.BoolFlag{Name: "no-progress", Usage: "show no progress bar, even on a terminal"},
-	}
-}
-
-func partFlags() []cli.Flag {
-	return []cli.Flag{
-		&cli.IntFlag{Name: "partition", Usage: "read partition `N` of the guest disk (as p<N>.raw in a mount)"},
-		&cli.StringFlag{Name: "volume", Usage: "read LVM logical volume `VG/LV` (or VG-LV, as its file in a mount, or LV where the name is unique)"},
-	}
-}
-
-// openForReading opens the image argument with the image flags; the
+// openForReading opens the image argument as the image flags say; the
 // passphrase may come from a prompt, as for mount. Remote fetches end
-// with ctx.
-func openForReading(ctx context.Context, c *cli.Context, arg string) (*openedImage, error) {
-	opts, err := imageOptions(c)
+// with ctx; the image's warnings go to stderr.
+func openForReading(ctx context.Context, o imageOptions, arg string, stderr io.Writer) (*openedImage, error) {
+	opts, err := o.qcow2Options()
 	if err != nil {
 		return nil, err
 	}
-	keys, err := newLocalKeys(c, true)
+	keys, err := newLocalKeys(o, true)
 	if err != nil {
 		return nil, err
 	}
 	opts.Passphrase = keys.passphrase
-	img, err := openImage(ctx, c, arg, opts, commandLogger(c))
+	img, err := openImage(ctx, o, arg, opts, commandLogger(o.debug, stderr))
 	if err != nil {
 		return nil, imageError{keys.explain(err)}
 	}
 	for _, w := range img.Warnings() {
-		fmt.Fprintln(os.Stderr, "qcowmount: warning:", printable(w))
+		fmt.Fprintln(stderr, "qcowmount: warning:", printable(w))
 	}
 	return img, nil
 }
@@ -67,30 +54,29 @@ type part struct {
 	disk stream.Disk
 }
 
-// selectPart is the disk, or the partition or volume the flags name.
-func selectPart(c *cli.Context, img *qcow2.Image) (part, error) {
-	number, volume := c.Int("partition"), c.String("volume")
-	if !c.IsSet("partition") && volume == "" {
+// selectPart is the disk, or the partition or volume o names.
+func selectPart(o partOptions, img *qcow2.Image) (part, error) {
+	if !o.partitionSet && o.volume == "" {
 		return part{"disk.raw", img}, nil
 	}
-	if c.IsSet("partition") && volume != "" {
+	if o.partitionSet && o.volume != "" {
 		return part{}, usageError{fmt.Errorf("--partition and --volume: give one of them")}
 	}
 	layout, err := guest.Scan(img)
 	if err != nil {
 		return part{}, imageError{fmt.Errorf("reading the guest's partition table: %w", err)}
 	}
-	if c.IsSet("partition") {
+	if o.partitionSet {
 		var numbers []string
 		for _, p := range layout.Partitions {
-			if p.Number == number {
+			if p.Number == o.partition {
 				return part{p.FileName(), p.View(img)}, nil
 			}
 			numbers = append(numbers, fmt.Sprint(p.Number))
 		}
-		return part{}, usageError{fmt.Errorf("--partition %d: no such partition (the guest disk has: %s)", number, listOrNone(numbers))}
+		return part{}, usageError{fmt.Errorf("--partition %d: no such partition (the guest disk has: %s)", o.partition, listOrNone(numbers))}
 	}
-	v, err := findVolume(layout.Volumes, volume)
+	v, err := findVolume(layout.Volumes, o.volume)
 	if err != nil {
 		return part{}, err
 	}
@@ -130,16 +116,18 @@ func findVolume(volumes []guest.Volume, name string) (guest.Volume, error) {
 // progress is a bar on standard error, or nothing.
 type progress struct{ bar *progressbar.ProgressBar }
 
-func newProgress(c *cli.Context, total int64, what string) *progress {
-	show := term.IsTerminal(int(os.Stderr.Fd()))
-	if c.Bool("progress") {
+// newProgress is a bar on stderr, if o and stderr (a terminal) say so.
+func newProgress(o progressOptions, stderr io.Writer, total int64, what string) *progress {
+	f, isFile := stderr.(*os.File)
+	show := isFile && term.IsTerminal(int(f.Fd()))
+	if o.force {
 		show = true
 	}
-	if c.Bool("no-progress") || !show {
+	if o.never || !show {
 		return &progress{}
 	}
 	return &progress{progressbar.NewOptions64(total,
-		progressbar.OptionSetWriter(os.Stderr),
+		progressbar.OptionSetWriter(stderr),
 		progressbar.OptionSetDescription(what),
 		progressbar.OptionShowBytes(true),
 		progressbar.OptionShowCount(),
@@ -210,8 +198,23 @@ const exitInterrupted = 130
 // whenInterrupted is err, or, once ctx was interrupted, the error that
 // says so with exit code 130: what failed then failed because of it.
 func whenInterrupted(ctx context.Context, command string, err error) error {
+	var x exitError
+	if errors.As(err, &x) && x.code == exitInterrupted {
+		return err // says already what the interrupt left behind
+	}
 	if err != nil && ctx.Err() != nil {
 		return exitError{exitInterrupted, fmt.Errorf("%s: interrupted", command)}
 	}
 	return err
+}
+
+// action runs a command's function with the app's streams (the
+// process's, or a test's), in a context that ends at the first Ctrl-C or
+// SIGTERM (interruptible); what failed once it ended exits 130.
+func action(name string, run func(ctx context.Context, args []string, stdout, stderr io.Writer) error) cli.ActionFunc {
+	return func(c *cli.Context) error {
+		ctx, stop := interruptible()
+		defer stop()
+		return whenInterrupted(ctx, name, run(ctx, c.Args().Slice(), c.App.Writer, c.App.ErrWriter))
+	}
 }

@@ -12,9 +12,7 @@ import (
 
 	"github.com/qcowmount/qcowmount/qcow2"
 	"github.com/qcowmount/qcowmount/qcow2/remote"
-	"github.com/urfave/cli/v2"
 	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
 )
 
 // Image arguments that are http:// or https:// URLs are read with range
@@ -23,16 +21,6 @@ import (
 
 func isURL(arg string) bool {
 	return strings.HasPrefix(arg, "http://") || strings.HasPrefix(arg, "https://")
-}
-
-// remoteFlags are the image flags for remote images.
-func remoteFlags() []cli.Flag {
-	return []cli.Flag{
-		&cli.StringFlag{Name: "ca-file", Usage: "for https:// images, also trust the certificates in PEM `FILE` (a private CA)"},
-		&cli.StringFlag{Name: "header-file", Usage: "send the HTTP headers in `FILE` (Name: value, one a line) with every request for a remote image, e.g. an Authorization token"},
-		&cli.StringFlag{Name: "remote-cache-size", Value: "64M", Usage: "`SIZE` of a remote image's fetched bytes kept in memory"},
-		&cli.DurationFlag{Name: "remote-timeout", Value: remote.DefaultTimeout, Usage: "give up a remote read (one fetch, retries included) after `DURATION`: EIO for that read in a mount"},
-	}
 }
 
 // openedImage is an image argument opened: the image, and for a remote
@@ -79,7 +67,7 @@ func (o *openedImage) fetched() (bytes, requests int64) {
 
 // openImage opens an image argument: a local path, or a URL, whose
 // fetches end with ctx.
-func openImage(ctx context.Context, c *cli.Context, arg string, opts qcow2.Options, log *zap.Logger) (*openedImage, error) {
+func openImage(ctx context.Context, flags imageOptions, arg string, opts qcow2.Options, log *zap.Logger) (*openedImage, error) {
 	if !isURL(arg) {
 		img, err := qcow2.Open(arg, opts)
 		if err != nil {
@@ -91,11 +79,10 @@ func openImage(ctx context.Context, c *cli.Context, arg string, opts qcow2.Optio
 		}
 		return o, nil
 	}
-	ropts, err := remoteOptions(c, log)
+	ropts, err := flags.remoteOptions(ctx, log)
 	if err != nil {
 		return nil, err
 	}
-	ropts.Context = ctx
 	top, err := remote.Open(arg, ropts)
 	if err != nil {
 		return nil, err
@@ -110,31 +97,6 @@ func openImage(ctx context.Context, c *cli.Context, arg string, opts qcow2.Optio
 	o := &openedImage{Image: img, modTime: top.ModTime(), top: top, remotes: res}
 	if o.modTime.IsZero() {
 		o.modTime = time.Now()
-	}
-	return o, nil
-}
-
-func remoteOptions(c *cli.Context, log *zap.Logger) (remote.Options, error) {
-	o := remote.Options{CAFile: c.String("ca-file"), Timeout: c.Duration("remote-timeout")}
-	if o.Timeout <= 0 {
-		return o, usageError{fmt.Errorf("--remote-timeout %v: must be positive", o.Timeout)}
-	}
-	var err error
-	if o.CacheSize, err = cacheSizeFlag(c, "remote-cache-size"); err != nil {
-		return o, err
-	}
-	if path := c.String("header-file"); path != "" {
-		h, err := readHeaderFile(path)
-		if err != nil {
-			return o, usageError{err}
-		}
-		o.Header = h
-	}
-	if log != nil && log.Core().Enabled(zapcore.DebugLevel) {
-		o.Trace = func(name string, start, end int64, status int, took time.Duration, err error) {
-			log.Debug("http range request", zap.String("url", name), zap.Int64("start", start), zap.Int64("end", end),
-				zap.Int("status", status), zap.Duration("took", took), zap.Error(err))
-		}
 	}
 	return o, nil
 }

@@ -4,9 +4,13 @@ package qemutest
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -215,4 +219,93 @@ func SkipIfEmulated(t testing.TB) {
 	if emu := os.Getenv(EmulatedEnv); emu != "" {
 		t.Skipf("skipped under %s: FUSE speaks the host kernel's byte order and layout, not the emulated process's", emu)
 	}
+}
+
+// KeyFile writes a passphrase, as its exact bytes, to a file of its own
+// (mode 0600), and returns its path.
+func KeyFile(t testing.TB, pass string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "key")
+	if err := os.WriteFile(p, []byte(pass), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// SHA256 is the hex SHA-256 of b, as sha256sum prints it.
+func SHA256(b []byte) string {
+	h := sha256.Sum256(b)
+	return hex.EncodeToString(h[:])
+}
+
+// PatternImage makes, in dir, a qcow2 image of clusterSize and compat
+// (compressed with compression unless it is ""), size bytes, holding
+// patterned data, holes, zero clusters and unaligned writes, as the
+// qcow2 package's oracle tests make them; it returns the image's path.
+func PatternImage(t testing.TB, dir string, clusterSize int64, compat, compression string, size int64) string {
+	t.Helper()
+	raw := filepath.Join(dir, "src.raw")
+	WriteFile(t, raw, 0, Pattern(1, int(clusterSize+clusterSize/2)))
+	WriteFile(t, raw, 5*clusterSize+100, Pattern(2, int(3*clusterSize)))
+	WriteFile(t, raw, size-700, Pattern(3, 700))
+	plain := filepath.Join(dir, "plain.qcow2")
+	Run(t, "qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2",
+		"-o", fmt.Sprintf("cluster_size=%d,compat=%s", clusterSize, compat), raw, plain)
+	IO(t, plain, fmt.Sprintf("write -z %d %d", 6*clusterSize, 2*clusterSize),
+		fmt.Sprintf("write -P 0x5a %d 1000", 3*clusterSize+1))
+	if compression == "" {
+		return plain
+	}
+	out := filepath.Join(dir, "compressed.qcow2")
+	Run(t, "qemu-img", "convert", "-q", "-c", "-O", "qcow2",
+		"-o", fmt.Sprintf("cluster_size=%d,compat=%s,compression_type=%s", clusterSize, compat, compression), plain, out)
+	return out
+}
+
+// GuestDisk builds a raw GPT disk with an ext4 and a FAT partition filled
+// with files, and returns the disk and each file's sha256 by partition.
+func GuestDisk(t testing.TB, dir string) (string, map[string]map[string]string) {
+	t.Helper()
+	Require(t, "sfdisk", "mkfs.ext4", "mkfs.vfat", "mcopy")
+	sums := map[string]map[string]string{"ext4": {}, "vfat": {}}
+	tree := filepath.Join(dir, "tree")
+	files := map[string][]byte{
+		"hello.txt":           []byte("hello from the guest\n"),
+		"big/random.bin":      Pattern(7, 3<<20+123),
+		"big/another.bin":     Pattern(8, 1<<20),
+		"deep/a/b/c/tiny.txt": []byte("x"),
+	}
+	for name, data := range files {
+		p := filepath.Join(tree, name)
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		if err := os.WriteFile(p, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		sums["ext4"][name] = SHA256(data)
+	}
+	ext4 := filepath.Join(dir, "p1.ext4")
+	Run(t, "mkfs.ext4", "-q", "-F", "-d", tree, ext4, "12M")
+	fat := filepath.Join(dir, "p2.fat")
+	Run(t, "mkfs.vfat", "-C", fat, "4096")
+	for i, size := range []int{100, 700000, 2 << 20} {
+		name := fmt.Sprintf("FILE%d.BIN", i)
+		data := Pattern(byte(20+i), size)
+		local := filepath.Join(dir, name)
+		os.WriteFile(local, data, 0o644)
+		Run(t, "mcopy", "-i", fat, local, "::/"+name)
+		sums["vfat"][name] = SHA256(data)
+	}
+	disk := filepath.Join(dir, "disk.raw")
+	if err := os.WriteFile(disk, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	os.Truncate(disk, 20<<20)
+	sfdisk := exec.Command("sfdisk", "-q", disk)
+	sfdisk.Stdin = strings.NewReader("label: gpt\nstart=2048, size=24576, type=L\nstart=26624, size=8192, type=EBD0A0A2-B9E5-4433-87C0-68B6B72699C7\n")
+	if out, err := sfdisk.CombinedOutput(); err != nil {
+		t.Fatalf("sfdisk: %v: %s", err, out)
+	}
+	Run(t, "dd", "if="+ext4, "of="+disk, "bs=512", "seek=2048", "conv=notrunc", "status=none")
+	Run(t, "dd", "if="+fat, "of="+disk, "bs=512", "seek=26624", "conv=notrunc", "status=none")
+	return disk, sums
 }

@@ -8,10 +8,10 @@ import (
 	"testing"
 )
 
-// TestReadmeLibraryProgram builds the README's library program in a module
-// of its own, against this checkout through a go.work file as a user's
-// module would require it, and runs it on the demo image: its output must
-// be what the README says it prints.
+// TestReadmeLibraryProgram builds docs/library.md's program in a module of
+// its own, against this checkout through a go.work file as the page tells
+// a user's module to, and runs it on the demo image: its output must be
+// what the page says it prints.
 func TestReadmeLibraryProgram(t *testing.T) {
 	repo, err := filepath.Abs("..")
 	if err != nil {
@@ -19,7 +19,7 @@ func TestReadmeLibraryProgram(t *testing.T) {
 	}
 	dir := t.TempDir()
 	files := map[string]string{
-		"main.go": readmeBlock(t, "library program") + "\n",
+		"main.go": docBlock(t, "../docs/library.md", "<!-- docs test: library program") + "\n",
 		"go.mod":  "module lsguest\n\ngo 1.26\n",
 	}
 	for name, text := range files {
@@ -32,15 +32,15 @@ func TestReadmeLibraryProgram(t *testing.T) {
 		cmd := exec.Command("go", args...)
 		cmd.Dir = dir
 		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("the README's library program: go %s: %v\n%s", strings.Join(args, " "), err, out)
+			t.Fatalf("docs/library.md's program: go %s: %v\n%s", strings.Join(args, " "), err, out)
 		}
 	}
 	out, err := exec.Command(bin, filepath.Join(repo, "testdata", "demo.qcow2")).CombinedOutput()
 	if err != nil {
 		t.Fatalf("lsguest: %v\n%s", err, out)
 	}
-	if got, want := strings.TrimSpace(string(out)), strings.TrimSpace(readmeBlock(t, "library output")); got != want {
-		t.Errorf("lsguest printed\n%s\nthe README says\n%s", got, want)
+	if got, want := strings.TrimSpace(string(out)), strings.TrimSpace(docBlock(t, "../docs/library.md", "<!-- docs test: library output")); got != want {
+		t.Errorf("lsguest printed\n%s\ndocs/library.md says\n%s", got, want)
 	}
 	// A damaged image: an error naming the field, and a failing exit.
 	damaged := filepath.Join(dir, "damaged.qcow2")

@@ -14,18 +14,24 @@ import (
 // `<!-- README test: NAME` in README.md.
 func readmeBlock(t *testing.T, name string) string {
 	t.Helper()
-	b, err := os.ReadFile("../README.md")
+	return docBlock(t, "../README.md", "<!-- README test: "+name)
+}
+
+// docBlock returns the indented code block that follows marker in the
+// document at path.
+func docBlock(t *testing.T, path, marker string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	// The name ends at a space or the comment's end: "root" is not
 	// "rootless".
-	marker := "<!-- README test: " + name
 	after, found := string(b), false
 	for !found {
 		var ok bool
 		if _, after, ok = strings.Cut(after, marker); !ok {
-			t.Fatalf("README.md has no block marked %q", name)
+			t.Fatalf("%s has no block marked %q", path, marker)
 		}
 		found = strings.HasPrefix(after, " ")
 	}
@@ -88,4 +94,24 @@ func TestReadmeFlows(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestReadmeSystemdUnit: the README's unit is one systemd takes without a
+// word (systemd-analyze verify), with the binary where make install puts
+// it replaced by this build.
+func TestReadmeSystemdUnit(t *testing.T) {
+	qemutest.Require(t, "systemd-analyze")
+	unit := strings.ReplaceAll(readmeBlock(t, "systemd unit"), "/usr/local/bin/qcowmount", bin)
+	if !strings.Contains(unit, bin) || !strings.Contains(unit, "[Install]") {
+		t.Fatalf("the README's unit names no qcowmount to run, or cannot be enabled:\n%s", unit)
+	}
+	path := filepath.Join(t.TempDir(), "qcowmount-vm.service")
+	if err := os.WriteFile(path, []byte(unit+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// verify exits 0 for some faults (an unknown Type=), but says them.
+	out, err := exec.Command("systemd-analyze", "verify", path).CombinedOutput()
+	if err != nil || len(out) > 0 {
+		t.Fatalf("systemd-analyze verify: %v\n%s\nthe unit:\n%s", err, out, unit)
+	}
 }

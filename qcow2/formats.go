@@ -68,7 +68,7 @@ func foreignFormat(first []byte, r io.ReaderAt, size int64) string {
 	case at(0, "\x1f\x8b"), at(0, "\xfd7zXZ\x00"), at(0, "\x28\xb5\x2f\xfd"), at(0, "BZh"), at(0, "PK\x03\x04"), at(257, "ustar"):
 		return "a compressed file or archive: unpack the image in it first"
 	}
-	return "not a qcow2 image, nor any other format qcowmount knows; if it is a raw disk image, use it as it is (losetup -r --show -f FILE)"
+	return "not a qcow2 image, nor any other format qcowmount knows; if it is a raw disk image, it needs no reader: attach it read-only as it is (a loop device)"
 }
 
 // vhdFooter reports whether a VHD footer ends the file.

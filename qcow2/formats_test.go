@@ -38,7 +38,7 @@ func TestOtherFormatsAreNamed(t *testing.T) {
 		{"iso", bytesAt(0x8001, "CD001"), "ISO 9660"},
 		{"gzip", bytesAt(0, "\x1f\x8b\x08\x00"), "archive"},
 		{"xz", bytesAt(0, "\xfd7zXZ\x00"), "archive"},
-		{"raw", bytesAt(0, "\xeb\x63\x90"), "losetup -r --show -f"},
+		{"raw", bytesAt(0, "\xeb\x63\x90"), "attach it read-only as it is"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

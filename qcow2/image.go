@@ -27,9 +27,9 @@ const DefaultL2CacheSize = 32 << 20
 // The decompressed-cluster cache serves reads that cover only part of a
 // cluster (QEMU keeps one cluster). Unless Options say otherwise it holds
 // defaultCachedClusters of the chain's largest clusters, within
-// MinClusterCacheSize and MaxClusterCacheSize: on 64 KiB clusters 16 MiB
-// was no faster than 4 MiB for 4 KiB reads, sequential or random, buffered
-// or direct, by 1 to 8 readers, and was most of the mount's memory.
+// MinClusterCacheSize and MaxClusterCacheSize: more bought no speed for
+// small reads, of any kind, and was most of a mount's memory
+// (docs/speed.md has the figures).
 const (
 	defaultCachedClusters = 8
 	MinClusterCacheSize   = 4 << 20

@@ -384,13 +384,10 @@ func unmountOnSignal(sigs <-chan os.Signal, server *fuse.Server, mountpoint stri
 // 1 MiB for each request in flight), and readersHeadroom of the chain's
 // largest clusters for the reads in flight, each of which may hold one
 // compressed, one decompressed and one being decoded (qcow2 keeps as many
-// spare). Below what the reads hold the garbage collector would run
-// without pause: 8 readers of an image of 2 MiB zstd clusters ran at half
-// speed under a limit 24 MiB lower. Above it, go-fuse's pools of request
-// buffers, live until a collection, let the heap grow: with 48 MiB here
-// the guest's files read through a loop device took the server to 55-60
-// MiB, with 24 to 35-37 MiB, at four times the collections (0.1 s more
-// CPU in 3).
+// spare). Below what the reads hold, the garbage collector runs without
+// pause and reads slow down; above it, go-fuse's pools of request buffers,
+// live until a collection, let the heap grow to the limit. The figures
+// that chose these are in docs/speed.md (Memory).
 const (
 	memoryHeadroom  = 24 << 20
 	readersHeadroom = 32

@@ -62,8 +62,8 @@ const (
 const (
 	// maxReadahead is the most readahead fetches at once, for all the
 	// streams it follows together: 8 requests of maxBlocksPerRequest
-	// default blocks, so that a server 20 ms away still sends some 800
-	// MiB/s.
+	// default blocks, enough to keep a distant server's link busy
+	// (docs/speed.md, Remote).
 	maxReadahead        = 32 << 20
 	maxBlocksPerRequest = 16
 )

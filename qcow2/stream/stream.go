@@ -45,8 +45,8 @@ type Options struct {
 	// reader decompresses and decrypts a read's clusters in parallel;
 	// give a disk with larger compressed clusters a chunk of one cluster
 	// at least, or two reads in flight may decompress the same cluster.
-	// Larger chunks only touch more fresh memory: 4 MiB made exporting a
-	// mostly empty disk twice as slow.
+	// Larger chunks only touch more fresh memory, which costs more than
+	// it saves (docs/speed.md, export).
 	Chunk int
 	// Reads is how many reads are in flight (default twice the CPUs, at
 	// least 4), which bounds the memory to (Reads+1)*Chunk.

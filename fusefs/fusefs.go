@@ -97,7 +97,11 @@ func Mount(mountpoint string, files []File, opts Options) (*fuse.Server, error) 
 		MaxReadAhead:  1 << 20,
 		MaxBackground: 12, // as libfuse: more bought no speed, and each holds a buffer
 		DirectMount:   true,
-		Debug:         opts.Debug,
+		// The kernel may send the pieces of one large O_DIRECT read (a
+		// loop device with --direct-io=on) at once, not one after the
+		// other, where it offers to.
+		ExtraCapabilities: fuse.CAP_ASYNC_DIO,
+		Debug:             opts.Debug,
 	}
 	// go-fuse's own messages go to our log, in its format, not to stderr.
 	mo.Logger = zap.NewStdLog(log)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -210,4 +211,30 @@ func TestFilesAndHoles(t *testing.T) {
 			t.Errorf("lseek(%d, %d) = %d, %v, want %d", tc.off, tc.whence, got, err, tc.want)
 		}
 	}
+}
+
+// TestAsyncDirectIO: the mount asks the kernel for ASYNC_DIO, so that a
+// loop device's O_DIRECT reads come in their pieces at once; the kernel's
+// INIT reply, as go-fuse logs it, says it was granted.
+func TestAsyncDirectIO(t *testing.T) {
+	if _, err := os.Stat("/dev/fuse"); err != nil {
+		qemutest.Missing(t, "/dev/fuse is missing")
+	}
+	core, logs := observer.New(zap.DebugLevel)
+	disk := &flakyDisk{data: qemutest.Pattern(4, 1<<20), badStart: -1, badEnd: -1}
+	server, err := Mount(t.TempDir(), []File{{DiskName, disk}}, Options{Log: zap.New(core), Debug: true})
+	if err != nil {
+		qemutest.Missing(t, "cannot mount FUSE here: "+err.Error())
+	}
+	server.Unmount()
+	for _, e := range logs.All() {
+		// The reply to INIT is the one that carries the protocol's version.
+		if strings.Contains(e.Message, "OK, {7.") {
+			if !strings.Contains(e.Message, "ASYNC_DIO") {
+				t.Fatalf("the INIT reply grants no ASYNC_DIO: %s", e.Message)
+			}
+			return
+		}
+	}
+	t.Fatalf("no INIT reply in the debug log (%d lines)", logs.Len())
 }

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/qcowmount/qcowmount/qcow2/qemutest"
+	"golang.org/x/sys/unix"
 )
 
 // readRange reads n bytes at off of a file.
@@ -292,5 +293,55 @@ func TestRootlessFlow(t *testing.T) {
 	// fuse2fs lets go of p1.raw a moment after its unmount returns.
 	if out, err := as(binary, "umount", "--wait", q); err != nil {
 		t.Fatalf("qcowmount umount --wait %s: %v: %s", q, err, out)
+	}
+}
+
+// TestPreallocatedImageThroughTheMount: an image made with
+// preallocation=metadata allocates every cluster over holes of its file;
+// disk.raw shows those as holes (SEEK_DATA, st_blocks), as qemu-img map
+// shows them reading as zeros, so that du, cp --sparse and tar -S see
+// the megabyte written, not the whole disk.
+func TestPreallocatedImageThroughTheMount(t *testing.T) {
+	requireFUSE(t)
+	qemutest.Require(t, "qemu-img", "qemu-io")
+	image := filepath.Join(t.TempDir(), "prealloc.qcow2")
+	qemutest.Create(t, image, "qcow2", "1G", "preallocation=metadata")
+	qemutest.IO(t, image, "write -P 7 100M 1M")
+	var ranges []struct {
+		Start, Length int64
+		Zero          bool
+	}
+	if err := json.Unmarshal([]byte(sh(t, "qemu-img", "map", "--output=json", image)), &ranges); err != nil {
+		t.Fatal(err)
+	}
+	var want []int64 // where data starts, as QEMU sees it
+	for _, r := range ranges {
+		if !r.Zero {
+			want = append(want, r.Start)
+		}
+	}
+	mnt := mountImage(t, image)
+	f, err := os.Open(filepath.Join(mnt, "disk.raw"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var got []int64
+	for off := int64(0); ; {
+		data, err := unix.Seek(int(f.Fd()), off, unix.SEEK_DATA)
+		if err != nil {
+			break // ENXIO: no data after off
+		}
+		got = append(got, data)
+		if off, err = unix.Seek(int(f.Fd()), data, unix.SEEK_HOLE); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) || fmt.Sprint(want) != "[104857600]" {
+		t.Fatalf("data starts at %v through the mount, at %v by qemu-img map", got, want)
+	}
+	var st syscall.Stat_t
+	if err := syscall.Fstat(int(f.Fd()), &st); err != nil || st.Blocks*512 != 1<<20 {
+		t.Fatalf("st_blocks %d (%d bytes), want the megabyte written: %v", st.Blocks, st.Blocks*512, err)
 	}
 }

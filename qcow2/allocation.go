@@ -8,8 +8,9 @@ import (
 
 // Allocation reports whether the guest bytes from off on hold data or are
 // a hole, and for how many bytes (at most limit) that holds. A hole is
-// what reads as zeros by the metadata alone: unallocated in every image of
-// the chain (or past a shorter backing file), or a zero cluster. Data is
+// what reads as zeros without being read: unallocated in every image of
+// the chain (or past a shorter backing file), a zero cluster, or clusters
+// over a hole of a local host file (a preallocated image's). Data is
 // anything stored, zeros included. It is what lseek's SEEK_DATA and
 // SEEK_HOLE, and a sparse copy, need.
 func (img *Image) Allocation(off, limit int64) (data bool, n int64, err error) {
@@ -25,8 +26,28 @@ func (img *Image) Allocation(off, limit int64) (data bool, n int64, err error) {
 		return false, e.n, nil
 	case extentBacking:
 		return allocationBelow(img.backing, off, e.n)
+	case extentData:
+		return img.hostAllocation(e)
 	}
 	return true, e.n, nil
+}
+
+// hostAllocation tells data from holes in a run of allocated clusters, as
+// QEMU's block status does down to the file: an image made with
+// preallocation=metadata or falloc allocates every cluster over a hole of
+// the host file, and those read as zeros. Only a local file can tell; an
+// encrypted cluster over a hole decrypts to noise, not zeros: data.
+func (img *Image) hostAllocation(e extent) (bool, int64, error) {
+	f, local := osFile(img.data)
+	if !local || img.hdr.CryptMethod != CryptNone {
+		return true, e.n, nil
+	}
+	// Clusters past the end of the file are no hole: reading them fails,
+	// and says why.
+	if st, err := f.Stat(); err != nil || int64(e.host)+e.n > st.Size() {
+		return true, e.n, nil
+	}
+	return hostfile.Extent(f, int64(e.host), e.n)
 }
 
 // allocator is a disk that can tell data from holes: an image, or a raw

@@ -29,46 +29,40 @@ import (
 // background process, serving.
 func mountAction(o *mountOptions) cli.ActionFunc {
 	return func(c *cli.Context) error {
+		if c.NArg() != 2 {
+			if c.NArg() == 0 {
+				cli.ShowAppHelp(c)
+			}
+			return usageError{fmt.Errorf("need IMAGE and MOUNTPOINT, got %d arguments (see qcowmount --help)", c.NArg())}
+		}
 		// -o options first: they set flags (key_file, ...) that both the
 		// starting command and the server use.
 		fuseOpts, err := splitOptions(c)
-		return mountImage(c, *o, fuseOpts, err)
-	}
-}
-
-// mountImage is mountAction's work once the -o options are split (err, if
-// that failed, for the background process to report).
-func mountImage(c *cli.Context, o mountOptions, fuseOpts []string, err error) error {
-	if c.NArg() != 2 {
-		if c.NArg() == 0 {
-			cli.ShowAppHelp(c)
-		}
-		return usageError{fmt.Errorf("need IMAGE and MOUNTPOINT, got %d arguments (see qcowmount --help)", c.NArg())}
-	}
-	args := c.Args().Slice()
-	if ready := readyPipe(); ready != nil {
-		answers := keyAnswers()
-		if err == nil && answers == nil {
-			err = errors.New("started without the passphrase pipe")
+		opts, args := *o, c.Args().Slice()
+		if ready := readyPipe(); ready != nil {
+			answers := keyAnswers()
+			if err == nil && answers == nil {
+				err = errors.New("started without the passphrase pipe")
+			}
+			if err != nil {
+				return reportReady(ready, err)
+			}
+			defer answers.Close()
+			return serve(opts, args, ready, fuseOpts, &remoteKeys{ready: ready, answers: bufio.NewReader(answers)})
 		}
 		if err != nil {
-			return reportReady(ready, err)
+			return err
 		}
-		defer answers.Close()
-		return serve(o, args, ready, fuseOpts, &remoteKeys{ready: ready, answers: bufio.NewReader(answers)})
+		keys, err := newLocalKeys(opts.image, true)
+		if err != nil {
+			return err
+		}
+		if opts.foreground {
+			return serve(opts, args, nil, fuseOpts, keys)
+		}
+		// Flags first, MOUNTPOINT last: ps shows the server by its mountpoint.
+		return startDaemon(interspersed(c.App, os.Args)[1:], keys)
 	}
-	if err != nil {
-		return err
-	}
-	keys, err := newLocalKeys(o.image, true)
-	if err != nil {
-		return err
-	}
-	if o.foreground {
-		return serve(o, args, nil, fuseOpts, keys)
-	}
-	// Flags first, MOUNTPOINT last: ps shows the server by its mountpoint.
-	return startDaemon(interspersed(c.App, os.Args)[1:], keys)
 }
 
 // passphraser answers the reader's passphrase requests: from the user's

@@ -11,23 +11,17 @@ import (
 	"github.com/qcowmount/qcowmount/qcow2/remote"
 )
 
-// sameServer opens the backing and data files a remote image names, on
-// the server it came from: a qcow2.Resolver for remote chains.
-type sameServer struct{ opts remote.Options }
+// sameServer opens the backing and data files a remote image names from
+// the file that names them (OpenReference): on its server, and within one
+// budget of memory and requests for the whole chain. A qcow2.Resolver.
+type sameServer map[string]*remote.File // by Name
 
 func (s sameServer) Resolve(from, name, what string) (qcow2.File, int64, string, error) {
-	base, err := url.Parse(from) // from is a name Resolve or Open gave: the URL
-	if err != nil {
-		return nil, 0, "", err
-	}
-	u, err := remote.ResolveReference(base, name)
+	f, err := s[from].OpenReference(name) // from is a name this gave, or the top's
 	if err != nil {
 		return nil, 0, "", fmt.Errorf("%s %q: %w", what, name, err)
 	}
-	f, err := remote.Open(u.String(), s.opts)
-	if err != nil {
-		return nil, 0, "", err
-	}
+	s[f.Name()] = f
 	return f, f.Size(), f.Name(), nil
 }
 
@@ -37,13 +31,12 @@ func Example_chain() {
 	srv := httptest.NewServer(http.FileServer(http.Dir("../../testdata/images/tiny")))
 	defer srv.Close()
 
-	opts := remote.Options{}
-	top, err := remote.Open(srv.URL+"/v3-top.qcow2", opts)
+	top, err := remote.Open(srv.URL+"/v3-top.qcow2", remote.Options{})
 	if err != nil {
 		log.Fatal(err)
 	}
 	defer top.Close()
-	img, err := qcow2.New(top, top.Size(), qcow2.Options{Name: top.Name(), Resolver: sameServer{opts}})
+	img, err := qcow2.New(top, top.Size(), qcow2.Options{Name: top.Name(), Resolver: sameServer{top.Name(): top}})
 	if err != nil {
 		log.Fatal(err)
 	}

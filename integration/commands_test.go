@@ -40,10 +40,12 @@ func TestHashLinesCheckInTheMount(t *testing.T) {
 // start) or with what was written.
 func TestExportInterrupted(t *testing.T) {
 	qemutest.Require(t, "qemu-img")
-	// 64 GiB of allocated clusters: long enough to read that the signal
-	// always comes first.
+	// 64 GiB of encrypted clusters (over holes of the file, which decrypt
+	// to noise: data): minutes to read, so that the signal always comes
+	// first.
 	image := filepath.Join(t.TempDir(), "big.qcow2")
-	qemutest.Create(t, image, "qcow2", "64G", "preallocation=metadata")
+	qemutest.CreateEncrypted(t, image, "qcow2", "64G", "pass", "encrypt.format=luks", "encrypt.iter-time=10", "preallocation=metadata")
+	key := qemutest.KeyFile(t, "pass")
 	for _, existed := range []bool{false, true} {
 		for _, keep := range []bool{false, true} {
 			t.Run(fmt.Sprintf("existed=%v keep-partial=%v", existed, keep), func(t *testing.T) {
@@ -56,7 +58,7 @@ func TestExportInterrupted(t *testing.T) {
 					}
 					before, _ = os.Stat(out)
 				}
-				args := []string{"export", "--progress", image, out}
+				args := []string{"export", "--progress", "--key-file", key, image, out}
 				if keep {
 					args = append(args, "--keep-partial")
 				}

@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -68,9 +69,10 @@ func TestExportInterrupted(t *testing.T) {
 				if err := cmd.Start(); err != nil {
 					t.Fatal(err)
 				}
-				// The bar is drawn once OUT is open and being written.
-				waitFor(t, "the export to start writing", 30*time.Second, func() bool { return stderr.String() != "" })
-				time.Sleep(100 * time.Millisecond)
+				// The bar counts what was written to OUT: wait until it
+				// says something was.
+				written := regexp.MustCompile(`\(\d+(\.\d+)? [KMG]iB/64 GiB`)
+				waitFor(t, "the export to write something", 60*time.Second, func() bool { return written.MatchString(stderr.String()) })
 				cmd.Process.Signal(os.Interrupt)
 				err := cmd.Wait()
 				if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 130 {

@@ -2,11 +2,16 @@ package qcow2
 
 import (
 	"encoding/binary"
+	"encoding/json"
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
+
+	"github.com/qcowmount/qcowmount/qcow2/qemutest"
 )
 
 // patch describes a change to a valid image's bytes.
@@ -219,4 +224,129 @@ func expectError(t *testing.T, err error, want string) bool {
 		t.Fatalf("error %v, want one saying %q", err, want)
 	}
 	return true
+}
+
+// dirFiles opens the files an image names beside it.
+type dirFiles struct{}
+
+func (dirFiles) Resolve(from, name, what string) (File, int64, string, error) {
+	p := filepath.Join(filepath.Dir(from), name)
+	f, err := os.Open(p)
+	if err != nil {
+		return nil, 0, "", err
+	}
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, 0, "", err
+	}
+	return f, st.Size(), p, nil
+}
+
+// countingFile counts the bytes read through it.
+type countingFile struct {
+	*os.File
+	read atomic.Int64
+}
+
+func (f *countingFile) ReadAt(p []byte, off int64) (int, error) {
+	n, err := f.File.ReadAt(p, off)
+	f.read.Add(int64(n))
+	return n, err
+}
+
+// Opening reads QEMU's default cluster's worth for the header, and the
+// rest of the first cluster only where the clusters are larger: what lies
+// past the first 64 KiB (extensions, a backing file name) is still found,
+// as QEMU finds it.
+func TestHeaderPastTheFirstRead(t *testing.T) {
+	qemutest.Require(t, "qemu-img")
+	be := binary.BigEndian
+	// move rewrites path: its backing file name to nameAt and, where
+	// extAt is not 0, its header extensions (and header_length) to extAt.
+	// (qcow and qcow2 keep the name's offset and length at 8 and 16.)
+	move := func(path string, nameAt, extAt int64) {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		off, n := be.Uint64(b[8:]), be.Uint32(b[16:])
+		name := string(b[off : off+uint64(n)])
+		if extAt != 0 {
+			hl := be.Uint32(b[100:])
+			exts := append([]byte(nil), b[hl:off]...)
+			clear(b[hl:off])
+			copy(b[extAt:], exts)
+			be.PutUint32(b[100:], uint32(extAt))
+		}
+		clear(b[off : off+uint64(n)])
+		if int64(len(b)) < nameAt+int64(n) {
+			b = append(b, make([]byte, nameAt+int64(n)-int64(len(b)))...)
+		}
+		copy(b[nameAt:], name)
+		be.PutUint64(b[8:], uint64(nameAt))
+		if err := os.WriteFile(path, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const backing = "backing_file=base.raw,backing_fmt=raw"
+	for _, tc := range []struct {
+		name          string
+		format        string
+		opts          []string
+		nameAt, extAt int64
+		maxRead       int64 // bytes New may read, 0 for no bound
+	}{
+		// A file of 8 MiB, whose first 2 MiB were read before.
+		{"64 KiB clusters, metadata preallocated: a cluster read for the header", "qcow2", []string{"preallocation=metadata"}, 0, 0, 1 << 20},
+		{"2 MiB clusters, backing name at 1 MiB", "qcow2", []string{"cluster_size=2M", backing}, 1 << 20, 0, 0},
+		{"2 MiB clusters, extensions at 96 KiB, backing name at 1 MiB", "qcow2", []string{"cluster_size=2M", backing}, 1 << 20, 96 << 10, 0},
+		{"qcow version 1, backing name at 100 KiB", "qcow", []string{backing}, 100 << 10, 0, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			qemutest.WriteFile(t, filepath.Join(dir, "base.raw"), 0, qemutest.Pattern(3, 8<<20))
+			path := filepath.Join(dir, "top."+tc.format)
+			qemutest.Create(t, path, tc.format, "8M", tc.opts...)
+			if tc.nameAt != 0 {
+				move(path, tc.nameAt, tc.extAt)
+			}
+			var want Info
+			if err := json.Unmarshal([]byte(qemutest.Run(t, "qemu-img", "info", "--output=json", "-f", tc.format, path)), &want); err != nil {
+				t.Fatal(err)
+			}
+			f, err := os.Open(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			st, err := f.Stat()
+			if err != nil {
+				t.Fatal(err)
+			}
+			cf := &countingFile{File: f}
+			img, err := New(cf, st.Size(), Options{Name: path, Resolver: dirFiles{}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer img.Close()
+			if tc.maxRead != 0 && cf.read.Load() > tc.maxRead {
+				t.Errorf("opening read %d bytes, more than %d", cf.read.Load(), tc.maxRead)
+			}
+			got, err := img.Info()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got.BackingFilename != want.BackingFilename || got.BackingFilenameFormat != want.BackingFilenameFormat {
+				t.Errorf("backing file %q (%q), qemu-img says %q (%q)", got.BackingFilename, got.BackingFilenameFormat, want.BackingFilename, want.BackingFilenameFormat)
+			}
+			disk, err := io.ReadAll(io.NewSectionReader(img, 0, img.Size()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got, want := qemutest.SHA256(disk), qemutest.SHA256(qemutest.RawBytes(t, path)); got != want {
+				t.Errorf("guest disk differs from qemu-img convert's")
+			}
+		})
+	}
 }

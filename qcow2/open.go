@@ -26,6 +26,10 @@ func openChain(opts Options, resolver Resolver, f File, size int64, path, name s
 	return img, nil
 }
 
+// defaultClusterSize is QEMU's default cluster size: most images' first
+// cluster, which holds the header.
+const defaultClusterSize = 64 << 10
+
 // openImage opens the image in f, fileSize bytes, and what it refers to,
 // one step after the other: sniff the first cluster for the format, read
 // the header (and for qcow2 its extensions, features and chosen snapshot),
@@ -34,13 +38,15 @@ func openChain(opts Options, resolver Resolver, f File, size int64, path, name s
 // is closed already. path names the image in messages, name as the chain
 // names it (passphrase requests).
 func (c *chain) openImage(f File, fileSize int64, path, name string, depth int, snapshot string) (*Image, error) {
-	// The header and its extensions lie in the first cluster, at most 2 MiB.
-	first := make([]byte, min(fileSize, 1<<maxClusterBits))
-	if _, err := io.ReadFull(io.NewSectionReader(f, 0, int64(len(first))), first); err != nil {
+	// The header and its extensions lie in the first cluster: read QEMU's
+	// default cluster's worth, and the rest of a larger one once the
+	// header has said so (readHeader). Reading 2 MiB up front cost most
+	// of a local image's opening.
+	first, err := readPrefix(f, nil, min(fileSize, defaultClusterSize))
+	if err != nil {
 		return nil, fmt.Errorf("%s: reading the header: %w", path, err)
 	}
 	var img *Image
-	var err error
 	switch sniff(first) {
 	case sniffedQcow:
 		img, err = c.readQcowHeader(f, fileSize, path, first, snapshot)
@@ -73,8 +79,8 @@ func (c *chain) readHeader(f File, fileSize int64, path string, first []byte, sn
 		return nil, err
 	}
 	clusterSize := uint64(1) << h.ClusterBits
-	if uint64(len(first)) > clusterSize {
-		first = first[:clusterSize]
+	if first, err = readPrefix(f, first, min(fileSize, int64(clusterSize))); err != nil {
+		return nil, fmt.Errorf("reading the first cluster: %w", err)
 	}
 	extEnd := clusterSize
 	if h.BackingFileOffset != 0 {
@@ -121,4 +127,18 @@ func (c *chain) newImage(f File, path string, h *Header, l2Bits uint32, fm forma
 	}
 	img.sliceEntries = min(tableSliceBytes, img.l2TableBytes()) / (8 * img.l2EntryWords())
 	return img
+}
+
+// readPrefix returns the first n bytes of f, given have, the first
+// len(have) of them: it reads only what have lacks.
+func readPrefix(f File, have []byte, n int64) ([]byte, error) {
+	if int64(len(have)) >= n {
+		return have[:n], nil
+	}
+	b := make([]byte, n)
+	copy(b, have)
+	if _, err := io.ReadFull(io.NewSectionReader(f, int64(len(have)), n-int64(len(have))), b[len(have):]); err != nil {
+		return nil, err
+	}
+	return b, nil
 }

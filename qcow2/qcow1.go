@@ -59,6 +59,14 @@ func (c *chain) readQcowHeader(f File, fileSize int64, path string, first []byte
 	}
 	img := c.newImage(f, path, &Header{Version: 1, ClusterBits: clusterBits, Size: size, CryptMethod: cryptMethod, L1Size: uint32(l1Entries), L1TableOffset: l1Off}, l2Bits, qcowFormat{})
 	if backingOff != 0 {
+		// The name may lie anywhere in the file's first 2 MiB, past what
+		// openImage read.
+		if end := backingOff + uint64(backingLen); backingOff <= 1<<maxClusterBits && end > uint64(len(first)) && end <= uint64(min(fileSize, 1<<maxClusterBits)) {
+			var err error
+			if first, err = readPrefix(f, first, int64(end)); err != nil {
+				return fail(fmt.Errorf("reading the backing file name: %w", err))
+			}
+		}
 		if backingLen > qcow1BackingNameLimit || backingOff > uint64(len(first)) || uint64(backingLen) > uint64(len(first))-backingOff {
 			return fail(formatErr(path, "backing_file_size", 16, "backing file name at %#x, %d bytes, is too long or past the end of the file", backingOff, backingLen))
 		}

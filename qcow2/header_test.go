@@ -315,17 +315,9 @@ func TestHeaderPastTheFirstRead(t *testing.T) {
 			if err := json.Unmarshal([]byte(qemutest.Run(t, "qemu-img", "info", "--output=json", "-f", tc.format, path)), &want); err != nil {
 				t.Fatal(err)
 			}
-			f, err := os.Open(path)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer f.Close()
-			st, err := f.Stat()
-			if err != nil {
-				t.Fatal(err)
-			}
+			f, size := qemutest.Open(t, path)
 			cf := &countingFile{File: f}
-			img, err := New(cf, st.Size(), Options{Name: path, Resolver: dirFiles{}})
+			img, err := New(cf, size, Options{Name: path, Resolver: dirFiles{}})
 			if err != nil {
 				t.Fatal(err)
 			}

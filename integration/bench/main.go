@@ -103,7 +103,7 @@ func run(work, image, only string, fill int64, seconds, runs int, out, ours stri
 	fmt.Fprintf(&report, "Each figure is the best of %d runs on fresh mounts, tools taking turns measure by measure; images in the page cache. "+
 		"Sequential: the whole disk in 1 MiB reads, by 1 reader or by 8 readers each reading its eighth. "+
 		"Random: fio, 4 KiB, psync, %d s, buffered or O_DIRECT, 1 or 4 jobs. "+
-		"Guest: the ext4 partition through a loop device (`losetup -r -o 1MiB`, mounted `ro,noload`), the kernel's caches dropped and the image files read back into the page cache, then `tar c` of every file to a pipe, or a read of the first %d files under 16 KiB in path order (all of them where there are fewer); "+
+		"Guest: the ext4 partition through a loop device (`losetup -r -o 1MiB`, buffered or `--direct-io=on`, mounted `ro,noload`), the kernel's caches dropped and the image files read back into the page cache, then `tar c` of every file to a pipe, or a read of the first %d files under 16 KiB in path order (all of them where there are fewer); "+
 		"through fuse2fs (`-o ro,fakeroot,offset=1MiB`) for the rootless flow. "+
 		"The ratio is ours over the best peer, above 1 when we are faster (for times too).\n", runs, seconds, smallFiles)
 	for _, img := range mountImages {

@@ -42,11 +42,6 @@ func (img *Image) hostAllocation(e extent) (bool, int64, error) {
 	if !local || img.hdr.CryptMethod != CryptNone {
 		return true, e.n, nil
 	}
-	// Clusters past the end of the file are no hole: reading them fails,
-	// and says why.
-	if st, err := f.Stat(); err != nil || int64(e.host)+e.n > st.Size() {
-		return true, e.n, nil
-	}
 	return hostfile.Extent(f, int64(e.host), e.n)
 }
 

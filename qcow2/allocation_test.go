@@ -2,6 +2,7 @@ package qcow2_test
 
 import (
 	"encoding/json"
+	"os"
 	"path/filepath"
 	"testing"
 
@@ -122,4 +123,38 @@ func isZero(b []byte) bool {
 		}
 	}
 	return true
+}
+
+// TestAllocationPastTheEndOfTheFile: clusters an image places past the end
+// of its file (truncated in a copy, say) are data, not holes, so that a
+// sparse copy reads them and the read says what is wrong instead of the
+// copy holding zeros.
+func TestAllocationPastTheEndOfTheFile(t *testing.T) {
+	qemutest.Require(t, "qemu-img", "qemu-io")
+	path := filepath.Join(t.TempDir(), "cut.qcow2")
+	qemutest.Create(t, path, "qcow2", "1M")
+	qemutest.IO(t, path, "write -P 7 0 192k")
+	st, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The last data cluster is the file's last; half of it is cut off.
+	if err := os.Truncate(path, st.Size()-32<<10); err != nil {
+		t.Fatal(err)
+	}
+	img, err := qcow2.Open(path, qcow2.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer img.Close()
+	for off := int64(0); off < 192<<10; {
+		data, n, err := img.Allocation(off, 192<<10-off)
+		if err != nil || !data || n <= 0 {
+			t.Fatalf("Allocation(%d) = %v, %d, %v; want data", off, data, n, err)
+		}
+		off += n
+	}
+	if _, err := img.ReadAt(make([]byte, 4096), 192<<10-4096); err == nil {
+		t.Error("a read of the cut cluster succeeded")
+	}
 }

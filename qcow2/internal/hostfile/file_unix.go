@@ -35,13 +35,22 @@ func Allocated(f *os.File) (int64, error) {
 }
 
 // Extent asks the file system whether f holds data or a hole at off, and
-// for how many bytes (at most limit).
+// for how many bytes (at most limit). Bytes past the end of the file are
+// no hole: they count as data, which reading them says is not there.
 func Extent(f *os.File, off, limit int64) (data bool, n int64, err error) {
 	fd := int(f.Fd())
 	next, err := unix.Seek(fd, off, unix.SEEK_DATA)
 	switch {
 	case errors.Is(err, unix.ENXIO):
-		return false, limit, nil // no data from off to the end of the file
+		// No data from off to the end of the file, or off is past it.
+		st, err := f.Stat()
+		if err != nil {
+			return false, 0, fmt.Errorf("%s: finding data at %d: %w", f.Name(), off, err)
+		}
+		if off >= st.Size() {
+			return true, limit, nil
+		}
+		return false, min(limit, st.Size()-off), nil
 	case errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EOPNOTSUPP):
 		return true, limit, nil // a file system without holes
 	case err != nil:

@@ -477,17 +477,7 @@ func TestPartitionsAndVolumes(t *testing.T) {
 	}
 	parts := map[int][]byte{1: disk[2048*512 : (2048+24576)*512], 2: disk[26624*512 : (26624+8192)*512]}
 	for n, want := range parts {
-		out := filepath.Join(t.TempDir(), "part.raw")
-		if msg, code := qcowmount(t, "export", "--partition", fmt.Sprint(n), image, out); code != 0 {
-			t.Fatalf("export --partition %d: exit %d: %s", n, code, msg)
-		}
-		got, err := os.ReadFile(out)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if at := qemutest.FirstDiff(got, want); at >= 0 || len(got) != len(want) {
-			t.Errorf("partition %d: %d bytes, first difference at %d", n, len(got), at)
-		}
+		exportMatches(t, want, "--partition", fmt.Sprint(n), image)
 	}
 	lines, code := qcowmount(t, "hash", image)
 	if code != 0 || strings.Count(lines, "\n") != 3 || !strings.Contains(lines, "  p1.raw\n") || !strings.Contains(lines, "  p2.raw\n") {
@@ -526,17 +516,24 @@ func exportAndHashVolumes(t *testing.T) {
 		t.Errorf("hash found %d volumes, want %d: %+v", found, len(volumes), got.Parts)
 	}
 	for name, want := range volumes {
-		out := filepath.Join(t.TempDir(), "volume.raw")
-		if msg, code := qcowmount(t, "export", "--volume", g.VG+"/"+name, lvm, out); code != 0 {
-			t.Fatalf("export --volume %s: exit %d: %s", name, code, msg)
-		}
-		b, err := os.ReadFile(out)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if at := qemutest.FirstDiff(b, want); at >= 0 || len(b) != len(want) {
-			t.Errorf("volume %s: %d bytes, first difference at %d", name, len(b), at)
-		}
+		exportMatches(t, want, "--volume", g.VG+"/"+name, lvm)
+	}
+}
+
+// exportMatches exports with args (flags, then IMAGE) to a new file and
+// fails unless it holds want.
+func exportMatches(t *testing.T, want []byte, args ...string) {
+	t.Helper()
+	out := filepath.Join(t.TempDir(), "out.raw")
+	if msg, code := qcowmount(t, append(append([]string{"export"}, args...), out)...); code != 0 {
+		t.Fatalf("export %v: exit %d: %s", args, code, msg)
+	}
+	got, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if at := qemutest.FirstDiff(got, want); at >= 0 || len(got) != len(want) {
+		t.Errorf("export %v: %d bytes, first difference at %d", args, len(got), at)
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"slices"
 
 	"github.com/qcowmount/qcowmount/qcow2"
 	"github.com/urfave/cli/v2"
@@ -34,7 +35,7 @@ func checkCommand() *cli.Command {
 		Description: "Exit codes, as qemu-img check's: 0 no errors, 1 the check could not be done, 2 corruptions, 3 leaked clusters only.\n" +
 			"The image's passphrase is not needed: check reads metadata only.",
 		ArgsUsage: "IMAGE",
-		Flags: flagsOf(o.image.flags(), []cli.Flag{
+		Flags: slices.Concat(o.image.flags(), []cli.Flag{
 			&cli.BoolFlag{Name: "json", Destination: &o.json, Usage: "print JSON with qemu-img check's keys, plus problems and findings"},
 			&cli.StringFlag{Name: "output", Destination: &o.output, Usage: "`FORMAT`: json or human, as qemu-img check --output"},
 		}),

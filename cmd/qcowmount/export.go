@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"syscall"
 
 	"github.com/qcowmount/qcowmount/qcow2/stream"
@@ -28,7 +29,7 @@ func exportCommand() *cli.Command {
 		Name:      "export",
 		Usage:     "write the guest disk (or a partition or volume) as raw bytes to a file, a block device or - (stdout)",
 		ArgsUsage: "IMAGE OUT",
-		Flags: flagsOf(o.image.flags(), o.part.flags(), o.progress.flags(), []cli.Flag{
+		Flags: slices.Concat(o.image.flags(), o.part.flags(), o.progress.flags(), []cli.Flag{
 			&cli.BoolFlag{Name: "keep-partial", Destination: &o.keepPartial, Usage: "when interrupted or failing, keep what was written to OUT (by default a file made here is removed, one that existed left empty)"},
 		}),
 		Action: action("export", func(ctx context.Context, args []string, stdout, stderr io.Writer) error {

@@ -40,7 +40,7 @@ func hashCommand() *cli.Command {
 		Name:      "hash",
 		Usage:     "print checksums of the guest disk and of each partition and LVM volume in it",
 		ArgsUsage: "IMAGE",
-		Flags: flagsOf(o.image.flags(), o.part.flags(), o.progress.flags(), []cli.Flag{
+		Flags: slices.Concat(o.image.flags(), o.part.flags(), o.progress.flags(), []cli.Flag{
 			&cli.StringFlag{Name: "algo", Aliases: []string{"a"}, Value: o.algo, Destination: &o.algo, Usage: "`LIST` of checksums, comma separated, computed in one read: " + strings.Join(algoNames, ", ")},
 			&cli.BoolFlag{Name: "no-partitions", Destination: &o.noPartitions, Usage: "hash the whole disk alone"},
 			&cli.BoolFlag{Name: "json", Destination: &o.json, Usage: "print JSON"},

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -33,7 +34,7 @@ func infoCommand() *cli.Command {
 		Name:      "info",
 		Usage:     "describe an image, its backing chain and the guest disk inside",
 		ArgsUsage: "IMAGE",
-		Flags: flagsOf(o.image.flags(), []cli.Flag{
+		Flags: slices.Concat(o.image.flags(), []cli.Flag{
 			&cli.BoolFlag{Name: "json", Destination: &o.json, Usage: "print JSON with qemu-img info's keys"},
 			&cli.StringFlag{Name: "output", Destination: &o.output, Usage: "`FORMAT`: json or human, as qemu-img info --output"},
 			&cli.BoolFlag{Name: "backing-chain", Destination: &o.backingChain, Usage: "with --json, print an array: the image and every backing file"},

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/qcowmount/qcowmount/qcow2"
@@ -160,15 +161,6 @@ func (o *partOptions) flags() []cli.Flag {
 	}
 }
 
-// flagsOf joins lists of flags.
-func flagsOf(lists ...[]cli.Flag) []cli.Flag {
-	var all []cli.Flag
-	for _, l := range lists {
-		all = append(all, l...)
-	}
-	return all
-}
-
 // mountOptions are the flags of a mount (the command without a name).
 type mountOptions struct {
 	image        imageOptions
@@ -188,7 +180,7 @@ func defaultMountOptions() mountOptions {
 }
 
 func (o *mountOptions) flags() []cli.Flag {
-	return flagsOf(o.image.flags(), []cli.Flag{
+	return slices.Concat(o.image.flags(), []cli.Flag{
 		&cli.BoolFlag{Name: "foreground", Aliases: []string{"f"}, Destination: &o.foreground, Usage: "stay in the foreground, logging to stderr"},
 		&cli.StringSliceFlag{Name: "o", Destination: &o.options, Usage: "mount `OPTIONS`, comma separated: allow_other, default_permissions, uid=N, gid=N; our flags as keys (snapshot=NAME, backing_dir=DIR, force_share, log_file=F, ...); mount(8)'s (nofail, _netdev, noauto, user, ro, ...) are ignored"},
 		&cli.BoolFlag{Name: "no-partitions", Destination: &o.noPartitions, Usage: "serve disk.raw alone: no file per partition or LVM volume"},

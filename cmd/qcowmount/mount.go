@@ -94,10 +94,14 @@ func serve(o mountOptions, args []string, ready *os.File, fuseOpts []string, key
 	if err != nil {
 		return reportReady(ready, err)
 	}
-	log, err := newMountLog(o, ready != nil, mountpoint)
-	if err != nil {
+	// Until the mount: the watch ends before the pipe it polls is closed.
+	fail := func(err error) error {
 		stopWatching()
 		return reportReady(ready, err)
+	}
+	log, err := newMountLog(o, ready != nil, mountpoint)
+	if err != nil {
+		return fail(err)
 	}
 	clean := false
 	defer func() { log.close(clean) }()
@@ -105,8 +109,7 @@ func serve(o mountOptions, args []string, ready *os.File, fuseOpts []string, key
 	if path := o.cpuProfile; path != "" {
 		stop, err := startCPUProfile(path)
 		if err != nil {
-			stopWatching()
-			return reportReady(ready, err)
+			return fail(err)
 		}
 		defer stop()
 	}
@@ -116,8 +119,7 @@ func serve(o mountOptions, args []string, ready *os.File, fuseOpts []string, key
 			err = writePidfile(pidfile)
 		}
 		if err != nil {
-			stopWatching()
-			return reportReady(ready, fmt.Errorf("--pidfile: %w", err))
+			return fail(fmt.Errorf("--pidfile: %w", err))
 		}
 		defer os.Remove(pidfile)
 	}

@@ -114,7 +114,7 @@ func (c *chain) openDependencies(img *Image, depth int) (err error) {
 			}
 		}
 	}()
-	if img.hdr.IncompatibleFeatures&IncompatExternalData != 0 {
+	if img.hasDataFile() {
 		f, _, _, err := c.resolve(img.path, img.ext.dataFile, "data file")
 		if err != nil {
 			err = fmt.Errorf("%s: external data file %q: %w", img.path, img.ext.dataFile, err)

@@ -30,7 +30,7 @@ type featureKey struct {
 type extensions struct {
 	backingFormat string
 	dataFile      string
-	hasDataFile   bool
+	namesDataFile bool
 	featureNames  map[featureKey]string
 	hasFDE        bool   // full disk encryption: where the LUKS header lies
 	fdeOffset     uint64 // in the image file
@@ -104,7 +104,7 @@ func parseExtensions(path string, first []byte, start, end uint64) (*extensions,
 			ext.fdeOffset, ext.fdeLength = be.Uint64(body), be.Uint64(body[8:])
 		case extDataFile:
 			ext.dataFile = string(body)
-			ext.hasDataFile = true
+			ext.namesDataFile = true
 		case extBitmaps:
 			// Reading ignores bitmaps; check counts their clusters.
 			if length >= bitmapsExtensionBytes {

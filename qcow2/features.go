@@ -12,16 +12,15 @@ func (img *Image) checkFeatures() error {
 	if unknown := h.IncompatibleFeatures &^ knownIncompat; unknown != 0 {
 		return &UnsupportedError{Feature: describeIncompat(unknown, img.ext.featureNames)}
 	}
-	if h.IncompatibleFeatures&IncompatExternalData != 0 && !img.ext.hasDataFile {
+	if img.hasDataFile() && !img.ext.namesDataFile {
 		return img.formatErr("incompatible_features", 72, "external data file bit is set but the image names no data file")
 	}
-	if h.AutoclearFeatures&AutoclearDataFileIsRaw != 0 && h.IncompatibleFeatures&IncompatExternalData == 0 {
+	if h.AutoclearFeatures&AutoclearDataFileIsRaw != 0 && !img.hasDataFile() {
 		return img.formatErr("autoclear_features", 88, "raw external data bit is set without an external data file")
 	}
 	if h.IncompatibleFeatures&IncompatCorrupt != 0 {
 		img.warnings = append(img.warnings, "image is marked corrupt: QEMU allows reading it, but data may be wrong")
 	}
-
 	return nil
 }
 

@@ -160,7 +160,7 @@ func TestExtensionsParse(t *testing.T) {
 		{"feature names", cat(ext(extFeatureTable, feature(0, 9, "frobnicate"))), "", func(e *extensions) bool {
 			return e.featureNames[featureKey{0, 9}] == "frobnicate"
 		}},
-		{"data file", cat(ext(extDataFile, "data.raw")), "", func(e *extensions) bool { return e.hasDataFile && e.dataFile == "data.raw" }},
+		{"data file", cat(ext(extDataFile, "data.raw")), "", func(e *extensions) bool { return e.namesDataFile && e.dataFile == "data.raw" }},
 		{"LUKS header pointer", cat(ext(extFullDiskCrypto, "\x00\x00\x00\x00\x00\x00\x10\x00\x00\x00\x00\x00\x00\x08\x10\x00")), "", func(e *extensions) bool {
 			return e.hasFDE && e.fdeOffset == 0x1000 && e.fdeLength == 0x81000
 		}},

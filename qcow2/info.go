@@ -160,7 +160,7 @@ func (img *Image) Info() (Info, error) {
 		lazy, corrupt, extended := h.CompatibleFeatures&CompatLazyRefcounts != 0, h.IncompatibleFeatures&IncompatCorrupt != 0, img.extendedL2
 		extra.LazyRefcounts, extra.Corrupt, extra.ExtendedL2 = &lazy, &corrupt, &extended
 	}
-	if h.IncompatibleFeatures&IncompatExternalData != 0 {
+	if img.hasDataFile() {
 		extra.DataFile = img.ext.dataFile
 		extra.DataFileRaw = h.AutoclearFeatures&AutoclearDataFileIsRaw != 0
 	}

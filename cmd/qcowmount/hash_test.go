@@ -3,11 +3,11 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"encoding/hex"
 	"testing"
 
 	"github.com/qcowmount/qcowmount/qcow2/guest"
+	"github.com/qcowmount/qcowmount/qcow2/qemutest"
 	"github.com/qcowmount/qcowmount/qcow2/stream"
 )
 
@@ -29,8 +29,6 @@ func (d memDisk) Allocation(off, limit int64) (bool, int64, error) {
 	}
 	return !hole, min(n, limit), nil
 }
-
-func sum(b []byte) string { s := sha256.Sum256(b); return hex.EncodeToString(s[:]) }
 
 // TestFeedHandsEachPartItsBytes feeds one read of a disk to parts that lie
 // on it (one of them across a hole), and reads a volume whose segments lie
@@ -65,8 +63,8 @@ func TestFeedHandsEachPartItsBytes(t *testing.T) {
 		for _, s := range tc.segs {
 			want = append(want, disk[s.Start:s.Start+s.Size]...)
 		}
-		if got := hex.EncodeToString(parts[i].hashes[0].Sum(nil)); got != sum(want) {
-			t.Errorf("%s: %s, want %s", tc.name, got, sum(want))
+		if got := hex.EncodeToString(parts[i].hashes[0].Sum(nil)); got != qemutest.SHA256(want) {
+			t.Errorf("%s: %s, want %s", tc.name, got, qemutest.SHA256(want))
 		}
 	}
 
@@ -80,7 +78,7 @@ func TestFeedHandsEachPartItsBytes(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := append(append([]byte{}, disk[50<<10:60<<10]...), disk[1000:4000]...)
-	if got := hex.EncodeToString(h.hashes[0].Sum(nil)); got != sum(want) {
-		t.Errorf("reversed segments: %s, want %s", got, sum(want))
+	if got := hex.EncodeToString(h.hashes[0].Sum(nil)); got != qemutest.SHA256(want) {
+		t.Errorf("reversed segments: %s, want %s", got, qemutest.SHA256(want))
 	}
 }

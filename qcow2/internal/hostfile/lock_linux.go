@@ -18,6 +18,7 @@ import (
 const (
 	permConsistentRead = 0
 	permWrite          = 1
+	permWriteUnchanged = 2
 	permResize         = 3
 	lockHoldBase       = 100
 	lockUnshareBase    = 200
@@ -34,6 +35,26 @@ func lockFile(f *os.File, forceShare bool) error {
 		check = append(check, lockHoldBase+permWrite, lockHoldBase+permResize)
 		take = append(take, lockUnshareBase+permWrite, lockUnshareBase+permResize)
 	}
+	return takeLocks(f, check, take)
+}
+
+// LockWriter takes on f the locks QEMU's writer of an image takes (qemu-io,
+// a running VM): it holds read, write and resize and lets nobody else
+// write or resize, after checking that nobody holds a lock that conflicts.
+func LockWriter(f *os.File) error {
+	var check, take []int64
+	for _, p := range []int64{permConsistentRead, permWrite, permWriteUnchanged, permResize} {
+		check = append(check, lockUnshareBase+p)
+		take = append(take, lockHoldBase+p)
+	}
+	check = append(check, lockHoldBase+permWrite, lockHoldBase+permResize)
+	take = append(take, lockUnshareBase+permWrite, lockUnshareBase+permResize)
+	return takeLocks(f, check, take)
+}
+
+// takeLocks fails if another open file holds any of the bytes in check,
+// then takes those in take.
+func takeLocks(f *os.File, check, take []int64) error {
 	for _, b := range check {
 		lk := syscall.Flock_t{Type: syscall.F_WRLCK, Whence: io.SeekStart, Start: b, Len: 1}
 		if err := syscall.FcntlFlock(f.Fd(), unix.F_OFD_GETLK, &lk); err != nil {
@@ -66,6 +87,10 @@ func lockMeaning(b int64) string {
 		return "another process may resize it"
 	case lockUnshareBase + permConsistentRead:
 		return "another process forbids consistent reads of it"
+	case lockUnshareBase + permWrite, lockUnshareBase + permWriteUnchanged:
+		return "another process (qcowmount, qemu-img, a VM reading it) forbids writing it"
+	case lockUnshareBase + permResize:
+		return "another process forbids resizing it"
 	}
 	return fmt.Sprintf("QEMU lock byte %d is held", b)
 }

@@ -1,6 +1,7 @@
-// Package fusefs serves a guest disk over FUSE as a read-only directory
-// holding disk.raw and, beside it, a file per partition and volume. Each
-// file is a Disk (bytes and a size: a *qcow2.Image, a guest View):
+// Package fusefs serves a guest disk over FUSE as a directory holding
+// disk.raw and, beside it, a file per partition and volume. Each file is
+// a Disk (bytes and a size: a *qcow2.Image, a guest View), read-only
+// unless Options.Writable, where each must be a Writer too:
 //
 //	server, err := fusefs.Mount("/mnt/q", []fusefs.File{{Name: fusefs.DiskName, Disk: img}},
 //		fusefs.Options{Source: "disk.qcow2"})
@@ -40,7 +41,14 @@ type Disk interface {
 	Size() int64
 }
 
-// File is one read-only file of the mount.
+// Writer is a Disk that takes writes: Sync makes those made so far
+// durable.
+type Writer interface {
+	io.WriterAt
+	Sync() error
+}
+
+// File is one file of the mount.
 type File struct {
 	Name string
 	Disk Disk
@@ -79,6 +87,9 @@ type Options struct {
 	Log *zap.Logger
 	// Debug traces every FUSE request to the log.
 	Debug bool
+	// Writable mounts read-write: every file's Disk is a Writer, fsync
+	// and close(2) make the writes durable. Otherwise a write is EROFS.
+	Writable bool
 }
 
 // Mount serves files at mountpoint. The file system is up when it
@@ -89,10 +100,19 @@ func Mount(mountpoint string, files []File, opts Options) (*fuse.Server, error) 
 		log = zap.NewNop()
 	}
 	owner := fuse.Owner{Uid: uint32(os.Getuid()), Gid: uint32(os.Getgid())}
+	access := "ro"
+	if opts.Writable {
+		access = "rw"
+		for _, f := range files {
+			if _, ok := f.Disk.(Writer); !ok {
+				return nil, fmt.Errorf("%s takes no writes", f.Name)
+			}
+		}
+	}
 	mo := fuse.MountOptions{
 		FsName:        opts.Source,
 		Name:          "qcowmount",
-		Options:       []string{"ro"},
+		Options:       []string{access},
 		MaxWrite:      1 << 20, // 1 MiB read requests, fewer round trips
 		MaxReadAhead:  1 << 20,
 		MaxBackground: 12, // as libfuse: more bought no speed, and each holds a buffer
@@ -120,15 +140,24 @@ func Mount(mountpoint string, files []File, opts Options) (*fuse.Server, error) 
 				owner.Gid = uint32(id)
 			}
 		case "ro":
+			if opts.Writable {
+				return nil, errors.New("mount option ro: the mount takes writes (an overlay); leave ro out, or the overlay")
+			}
 		case "rw":
-			return nil, errors.New("mount option rw: the disk is read-only")
+			if !opts.Writable {
+				return nil, errors.New("mount option rw: the disk is read-only (writes need an overlay: --overlay FILE or --temp-overlay)")
+			}
 		default:
 			mo.Options = append(mo.Options, o)
 		}
 	}
 	root := &rootDir{mtime: opts.ModTime, owner: owner}
 	for _, f := range files {
-		root.files = append(root.files, &diskFile{name: f.Name, disk: f.Disk, log: log, mtime: opts.ModTime, owner: owner})
+		df := &diskFile{name: f.Name, disk: f.Disk, log: log, mtime: opts.ModTime, owner: owner}
+		if opts.Writable {
+			df.writer = f.Disk.(Writer)
+		}
+		root.files = append(root.files, df)
 	}
 	// The tree never changes: let the kernel cache names and attributes.
 	forever := time.Hour * 24 * 365
@@ -148,7 +177,8 @@ func Mount(mountpoint string, files []File, opts Options) (*fuse.Server, error) 
 	return server, nil
 }
 
-// rootDir is the mount's root: a read-only directory of disk files.
+// rootDir is the mount's root: a directory of disk files, whose list
+// never changes.
 type rootDir struct {
 	fs.Inode
 	files []*diskFile
@@ -193,9 +223,10 @@ func (r *rootDir) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno
 // diskFile is a file of the mount: disk.raw, a partition, a volume.
 type diskFile struct {
 	fs.Inode
-	name  string
-	disk  Disk
-	log   *zap.Logger
+	name   string
+	disk   Disk
+	writer Writer // nil: read-only
+	log    *zap.Logger
 	mtime time.Time
 	owner fuse.Owner
 
@@ -208,10 +239,17 @@ var (
 	_ fs.NodeOpener    = (*diskFile)(nil)
 	_ fs.NodeReader    = (*diskFile)(nil)
 	_ fs.NodeLseeker   = (*diskFile)(nil)
+	_ fs.NodeWriter    = (*diskFile)(nil)
+	_ fs.NodeFsyncer   = (*diskFile)(nil)
+	_ fs.NodeFlusher   = (*diskFile)(nil)
+	_ fs.NodeSetattrer = (*diskFile)(nil)
 )
 
 func (f *diskFile) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
 	out.Mode = syscall.S_IFREG | 0o444
+	if f.writer != nil {
+		out.Mode |= 0o200
+	}
 	out.Size = uint64(f.disk.Size())
 	out.Blocks = f.dataBlocks()
 	out.Blksize = 4096
@@ -302,11 +340,64 @@ func (f *diskFile) Lseek(ctx context.Context, fh fs.FileHandle, off uint64, when
 }
 
 func (f *diskFile) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
-	if flags&syscall.O_ACCMODE != syscall.O_RDONLY || flags&syscall.O_TRUNC != 0 {
+	if f.writer == nil && (flags&syscall.O_ACCMODE != syscall.O_RDONLY || flags&syscall.O_TRUNC != 0) {
 		return nil, 0, syscall.EROFS
 	}
-	// The disk never changes while mounted: keep the page cache across opens.
+	// Only this mount changes the disk, through the page cache: keep it
+	// across opens.
 	return nil, fuse.FOPEN_KEEP_CACHE, 0
+}
+
+// Setattr changes nothing: a disk's size is fixed (a truncation to its
+// own size, as open(O_TRUNC) asks on a disk already that size, is no
+// change), and its times and mode are the mount's.
+func (f *diskFile) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	if f.writer == nil {
+		return syscall.EROFS
+	}
+	if size, ok := in.GetSize(); ok && int64(size) != f.disk.Size() {
+		return syscall.EPERM
+	}
+	return f.Getattr(ctx, fh, out)
+}
+
+// Write writes to the disk; past its end is ENOSPC, as on a block device.
+func (f *diskFile) Write(ctx context.Context, fh fs.FileHandle, data []byte, off int64) (uint32, syscall.Errno) {
+	if f.writer == nil {
+		return 0, syscall.EROFS
+	}
+	if off >= f.disk.Size() && len(data) > 0 {
+		return 0, syscall.ENOSPC
+	}
+	n, err := f.writer.WriteAt(data[:min(int64(len(data)), f.disk.Size()-off)], off)
+	if err != nil {
+		f.log.Error("write failed", zap.String("file", f.name), zap.Int64("guest_offset", off), zap.Int("length", len(data)), zap.Error(err))
+		if n > 0 {
+			return uint32(n), 0
+		}
+		return 0, syscall.EIO
+	}
+	return uint32(n), 0
+}
+
+// Fsync and Flush (each close(2)) make every write so far durable.
+func (f *diskFile) Fsync(ctx context.Context, fh fs.FileHandle, flags uint32) syscall.Errno {
+	return f.sync()
+}
+
+func (f *diskFile) Flush(ctx context.Context, fh fs.FileHandle) syscall.Errno {
+	return f.sync()
+}
+
+func (f *diskFile) sync() syscall.Errno {
+	if f.writer == nil {
+		return 0
+	}
+	if err := f.writer.Sync(); err != nil {
+		f.log.Error("sync failed", zap.String("file", f.name), zap.Error(err))
+		return syscall.EIO
+	}
+	return 0
 }
 
 func (f *diskFile) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {

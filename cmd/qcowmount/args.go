@@ -107,6 +107,9 @@ var ownOptions = map[string]string{
 	"header_file":            "header-file",
 	"remote_cache_size":      "remote-cache-size",
 	"remote_timeout":         "remote-timeout",
+	"overlay":                "overlay",
+	"temp_overlay":           "temp-overlay",
+	"overlay_plaintext":      "overlay-plaintext",
 }
 
 // ignoredOptions are meant for mount(8) or its helper, not for the file

@@ -153,6 +153,9 @@ func serve(o mountOptions, args []string, ready *os.File, fuseOpts []string, key
 		zap.Int64("size", img.Size()), zap.Int("pid", os.Getpid()))
 	// The user sees the image's warnings, not only the log.
 	notes := []string{log.note}
+	if img.writes != nil {
+		notes = append(notes, "writes go to "+img.writes.Path())
+	}
 	for _, w := range img.Warnings() {
 		notes = append(notes, "warning: "+printable(w))
 	}
@@ -224,13 +227,21 @@ func mount(ctx context.Context, o mountOptions, image, mountpoint string, fuseOp
 		}
 		return nil, nil, imageError{err}
 	}
+	if img.writes, err = openOverlay(o.overlay, o.image, image, img, log); err != nil {
+		img.Close()
+		return nil, nil, err
+	}
 	// The caches are most of our memory: keep the heap near them instead
 	// of letting the garbage collector double it.
 	debug.SetMemoryLimit(img.cacheBudget() + memoryHeadroom + readersHeadroom*img.LargestCluster())
 	for _, w := range img.Warnings() {
 		log.Warn(w, zap.String("image", img.Path()))
 	}
-	files := diskFiles(img.Image, !o.noPartitions, log)
+	var disk fusefs.Disk = img.Image
+	if img.writes != nil {
+		disk = img.writes
+	}
+	files := diskFiles(disk, !o.noPartitions, log)
 	if err := context.Cause(ctx); err != nil {
 		img.Close()
 		return nil, nil, err
@@ -241,6 +252,7 @@ func mount(ctx context.Context, o mountOptions, image, mountpoint string, fuseOp
 		MountOptions: fuseOpts,
 		Log:          log,
 		Debug:        o.fuseDebug,
+		Writable:     img.writes != nil,
 	})
 	if err != nil {
 		img.Close()
@@ -250,10 +262,10 @@ func mount(ctx context.Context, o mountOptions, image, mountpoint string, fuseOp
 }
 
 // diskFiles lists the mount's files: disk.raw and, with partitions, one
-// per partition and per linear LVM volume found in the guest. What cannot
-// be read there (a damaged table, a striped volume) is logged and left
-// out; disk.raw is always served.
-func diskFiles(img *qcow2.Image, partitions bool, log *zap.Logger) []fusefs.File {
+// per partition and per linear LVM volume found in the guest as it is at
+// mount time. What cannot be read there (a damaged table, a striped
+// volume) is logged and left out; disk.raw is always served.
+func diskFiles(img fusefs.Disk, partitions bool, log *zap.Logger) []fusefs.File {
 	files := []fusefs.File{{Name: fusefs.DiskName, Disk: img}}
 	if !partitions {
 		return files

@@ -171,6 +171,7 @@ type mountOptions struct {
 	logFile      string
 	cpuProfile   string
 	pidfile      string
+	overlay      overlayOptions
 }
 
 func defaultMountOptions() mountOptions {
@@ -180,7 +181,7 @@ func defaultMountOptions() mountOptions {
 }
 
 func (o *mountOptions) flags() []cli.Flag {
-	return slices.Concat(o.image.flags(), []cli.Flag{
+	return slices.Concat(o.image.flags(), o.overlay.flags(), []cli.Flag{
 		&cli.BoolFlag{Name: "foreground", Aliases: []string{"f"}, Destination: &o.foreground, Usage: "stay in the foreground, logging to stderr"},
 		&cli.StringSliceFlag{Name: "o", Destination: &o.options, Usage: "mount `OPTIONS`, comma separated: allow_other, default_permissions, uid=N, gid=N; our flags as keys (snapshot=NAME, backing_dir=DIR, force_share, log_file=F, ...); mount(8)'s (nofail, _netdev, noauto, user, ro, ...) are ignored"},
 		&cli.BoolFlag{Name: "no-partitions", Destination: &o.noPartitions, Usage: "serve disk.raw alone: no file per partition or LVM volume"},

@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/qcowmount/qcowmount/qcow2"
+	"github.com/qcowmount/qcowmount/qcow2/overlay"
 	"github.com/qcowmount/qcowmount/qcow2/remote"
 	"go.uber.org/zap"
 )
@@ -30,10 +32,15 @@ type openedImage struct {
 	modTime time.Time
 	top     *remote.File
 	remotes *remoteFiles
+	writes  *overlay.Overlay // a mount's overlay, closed (made durable) first
 }
 
 func (o *openedImage) Close() error {
-	err := o.Image.Close()
+	var werr error
+	if o.writes != nil {
+		werr = o.writes.Close()
+	}
+	err := errors.Join(werr, o.Image.Close())
 	if o.top != nil {
 		o.top.Close()
 	}
@@ -45,6 +52,9 @@ func (o *openedImage) Close() error {
 // in flight.
 func (o *openedImage) cacheBudget() int64 {
 	n := o.CacheBudget()
+	if o.writes != nil {
+		n += qcow2.DefaultL2CacheSize // the overlay's tables
+	}
 	if o.top != nil {
 		n += o.top.MemoryBudget()
 	}

@@ -1,6 +1,8 @@
 package guest
 
 import (
+	"errors"
+	"fmt"
 	"io"
 	"os"
 )
@@ -65,6 +67,58 @@ func (v *View) ReadAt(p []byte, off int64) (int, error) {
 		return done, io.EOF
 	}
 	return done, nil
+}
+
+// writerDisk is a disk that takes writes: an overlay.
+type writerDisk interface {
+	io.WriterAt
+	Sync() error
+}
+
+// errReadOnly is the error of a write to a view of a disk that takes none.
+var errReadOnly = errors.New("the disk beneath takes no writes")
+
+// WriteAt writes p at off onto the disk beneath, segment by segment; it
+// never writes outside the view: a write that reaches past its end
+// writes what fits and fails.
+func (v *View) WriteAt(p []byte, off int64) (int, error) {
+	w, ok := v.d.(writerDisk)
+	if !ok {
+		return 0, errReadOnly
+	}
+	if off < 0 || off > v.size {
+		return 0, fmt.Errorf("write at %d: outside the %d bytes of the view", off, v.size)
+	}
+	done := 0
+	for _, s := range v.segs {
+		if len(p) == 0 {
+			break
+		}
+		if off >= s.Size {
+			off -= s.Size
+			continue
+		}
+		n := min(int64(len(p)), s.Size-off)
+		m, err := w.WriteAt(p[:n], s.Start+off)
+		done += m
+		if err != nil {
+			return done, err
+		}
+		p, off = p[n:], 0
+	}
+	if len(p) > 0 {
+		return done, fmt.Errorf("write of %d bytes: past the end of the view", len(p))
+	}
+	return done, nil
+}
+
+// Sync makes the writes to the disk beneath durable.
+func (v *View) Sync() error {
+	w, ok := v.d.(writerDisk)
+	if !ok {
+		return errReadOnly
+	}
+	return w.Sync()
 }
 
 // hostRanger is a disk that can say where a range lies in a host file

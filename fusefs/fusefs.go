@@ -119,8 +119,10 @@ func Mount(mountpoint string, files []File, opts Options) (*fuse.Server, error) 
 		DirectMount:   true,
 		// The kernel may send the pieces of one large O_DIRECT read (a
 		// loop device with --direct-io=on) at once, not one after the
-		// other, where it offers to.
-		ExtraCapabilities: fuse.CAP_ASYNC_DIO,
+		// other, where it offers to. O_TRUNC comes with the open rather
+		// than as a truncation after it, so that Open can ignore it as a
+		// block device does (dd of=disk.raw opens with it).
+		ExtraCapabilities: fuse.CAP_ASYNC_DIO | fuse.CAP_ATOMIC_O_TRUNC,
 		Debug:             opts.Debug,
 	}
 	// go-fuse's own messages go to our log, in its format, not to stderr.
@@ -227,8 +229,8 @@ type diskFile struct {
 	disk   Disk
 	writer Writer // nil: read-only
 	log    *zap.Logger
-	mtime time.Time
-	owner fuse.Owner
+	mtime  time.Time
+	owner  fuse.Owner
 
 	blocksOnce sync.Once
 	blocks     uint64 // 512-byte blocks of data, for st_blocks
@@ -343,20 +345,21 @@ func (f *diskFile) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint3
 	if f.writer == nil && (flags&syscall.O_ACCMODE != syscall.O_RDONLY || flags&syscall.O_TRUNC != 0) {
 		return nil, 0, syscall.EROFS
 	}
-	// Only this mount changes the disk, through the page cache: keep it
-	// across opens.
+	// O_TRUNC on a disk that takes writes is ignored, as on a block
+	// device. Only this mount changes the disk, through the page cache:
+	// keep it across opens.
 	return nil, fuse.FOPEN_KEEP_CACHE, 0
 }
 
-// Setattr changes nothing: a disk's size is fixed (a truncation to its
-// own size, as open(O_TRUNC) asks on a disk already that size, is no
-// change), and its times and mode are the mount's.
+// Setattr changes nothing: a disk's size is fixed (ftruncate is EINVAL,
+// as on a block device, unless to the size it has), and its times and
+// mode are the mount's.
 func (f *diskFile) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
 	if f.writer == nil {
 		return syscall.EROFS
 	}
 	if size, ok := in.GetSize(); ok && int64(size) != f.disk.Size() {
-		return syscall.EPERM
+		return syscall.EINVAL
 	}
 	return f.Getattr(ctx, fh, out)
 }

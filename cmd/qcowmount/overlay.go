@@ -46,6 +46,13 @@ func openOverlay(o overlayOptions, io imageOptions, arg string, img *openedImage
 	if o.file != "" && io.noBacking {
 		return nil, usageError{errors.New("--overlay with --no-backing: QEMU would read the overlay over the whole chain, not the top image alone; --temp-overlay takes writes over it")}
 	}
+	if o.file != "" {
+		a, err1 := os.Stat(o.file)
+		b, err2 := os.Stat(img.Path())
+		if err1 == nil && err2 == nil && os.SameFile(a, b) {
+			return nil, usageError{errors.New("--overlay names the image itself, which is never written: name a new file")}
+		}
+	}
 	info, err := img.Info()
 	if err != nil {
 		return nil, imageError{err}

@@ -514,3 +514,85 @@ func TestOverlayServerKilled(t *testing.T) {
 		want = got
 	}
 }
+
+// TestOverlayPartitionTableRewritten: a new partition table written
+// through disk.raw is written, the mount's files stay as they were, and
+// the next mount of the same overlay serves the new partitions.
+func TestOverlayPartitionTableRewritten(t *testing.T) {
+	requireFUSE(t)
+	qemutest.Require(t, "sfdisk")
+	dir := t.TempDir()
+	image := guestImage(t, dir)
+	changes := filepath.Join(dir, "changes.qcow2")
+	files := func(mnt string) string {
+		entries, err := os.ReadDir(mnt)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var names []string
+		for _, e := range entries {
+			info, err := e.Info()
+			if err != nil {
+				t.Fatal(err)
+			}
+			names = append(names, fmt.Sprintf("%s:%d", e.Name(), info.Size()))
+		}
+		return strings.Join(names, " ")
+	}
+	mnt := mountImage(t, image, "--overlay", changes)
+	before := files(mnt)
+	sfdisk := exec.Command("sfdisk", "-q", filepath.Join(mnt, "disk.raw"))
+	sfdisk.Stdin = strings.NewReader("label: gpt\nstart=4096, size=8192, type=L\n")
+	if out, err := sfdisk.CombinedOutput(); err != nil {
+		t.Fatalf("sfdisk on disk.raw: %v: %s", err, out)
+	}
+	if now := files(mnt); now != before {
+		t.Errorf("the files changed while mounted: %s, were %s", now, before)
+	}
+	unmount(t, mnt)
+	again := mountImage(t, image, "--overlay", changes)
+	if got, want := files(again), fmt.Sprintf("disk.raw:%d p1.raw:%d", 20<<20, 8192*512); got != want {
+		t.Errorf("remounted: %s, want %s", got, want)
+	}
+}
+
+// TestOverlayOverRemoteImage: a remote image takes a local overlay whose
+// backing file is the URL, which QEMU's curl driver opens; a URL with a
+// query string takes only a temporary one.
+func TestOverlayOverRemoteImage(t *testing.T) {
+	requireFUSE(t)
+	qemutest.Require(t, "qemu-img", "qemu-io")
+	root := t.TempDir()
+	servedImages(t, root)
+	base := startNginx(t, root, "", "")
+	changes := filepath.Join(t.TempDir(), "changes.qcow2")
+	mnt := mountImage(t, base+"/top.qcow2", "--overlay", changes)
+	data := qemutest.Pattern(9, 200<<10)
+	f, err := os.OpenFile(filepath.Join(mnt, "disk.raw"), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt(data, 2<<20+100); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	unmount(t, mnt)
+	want := qemutest.RawBytes(t, filepath.Join(root, "top.qcow2"))
+	copy(want[2<<20+100:], data)
+	if got := qemutest.RawBytes(t, changes); !bytes.Equal(got, want) {
+		t.Errorf("QEMU reads the overlay over the URL otherwise, first at %d", qemutest.FirstDiff(got, want))
+	}
+	if out := sh(t, "qemu-img", "info", changes); !strings.Contains(out, "backing file: "+base+"/top.qcow2\n") {
+		t.Errorf("qemu-img info: %s", out)
+	}
+
+	secret := base + "/top.qcow2?token=secret"
+	out, code := run(t, "--overlay", filepath.Join(t.TempDir(), "o.qcow2"), secret, t.TempDir())
+	if code != 2 || !strings.Contains(out, "use --temp-overlay") || strings.Contains(out, "secret") {
+		t.Errorf("--overlay over a URL with a query: exit %d: %s", code, out)
+	}
+	tmp := mountImage(t, secret, "--temp-overlay")
+	if err := os.WriteFile(filepath.Join(tmp, "disk.raw"), data, 0); err != nil {
+		t.Errorf("writing over a URL with a query, temporarily: %v", err)
+	}
+}

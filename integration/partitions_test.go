@@ -294,6 +294,33 @@ func TestRootlessFlow(t *testing.T) {
 	if out, err := as(binary, "umount", "--wait", q); err != nil {
 		t.Fatalf("qcowmount umount --wait %s: %v: %s", q, err, out)
 	}
+
+	// The edit flow: a file of the guest changed through fuse2fs, the
+	// changes in an overlay in the user's home, the image untouched.
+	neverWritten(t, image)
+	changes := filepath.Join(home, "changes.qcow2")
+	steps := [][]string{
+		{binary, "--overlay", changes, image, q},
+		{"fuse2fs", "-o", "rw,fakeroot", filepath.Join(q, "p1.raw"), g},
+		{"sh", "-c", "echo edited by the user > " + filepath.Join(g, "hello.txt")},
+		{"fusermount3", "-u", g},
+		{binary, "umount", "--wait", q},
+		{"qemu-img", "check", changes},
+		{binary, changes, q},
+		{"fuse2fs", "-o", "ro,fakeroot", filepath.Join(q, "p1.raw"), g},
+		{"cat", filepath.Join(g, "hello.txt")},
+		{"fusermount3", "-u", g},
+		{binary, "umount", "--wait", q},
+	}
+	for _, step := range steps {
+		out, err := as(step...)
+		if err != nil {
+			t.Fatalf("%s as %s: %v: %s", strings.Join(step, " "), name, err, out)
+		}
+		if step[0] == "cat" && out != "edited by the user\n" {
+			t.Errorf("hello.txt read back from the overlay: %q", out)
+		}
+	}
 }
 
 // TestPreallocatedImageThroughTheMount: an image made with

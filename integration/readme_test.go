@@ -64,11 +64,12 @@ func TestReadmeFlows(t *testing.T) {
 	flows := []struct{ name, shows string }{
 		{"rootless", "hello.txt"}, {"root", "hello.txt"}, {"whole disk", "hello.txt"}, {"encrypted", "hello.txt"},
 		{"commands", "No errors were found on the image."},
+		{"edit", "edited in the overlay"}, {"edit as root", "edited as root"},
 	}
 	for _, flow := range flows {
 		name := flow.name
 		t.Run(name, func(t *testing.T) {
-			if name == "root" || name == "whole disk" {
+			if name == "root" || name == "whole disk" || name == "edit as root" {
 				requireRoot(t)
 				// These flows mount on /mnt/q and /mnt/guest, as the
 				// README writes them: one clone at a time.

@@ -183,6 +183,16 @@ func TestOverlayWrites(t *testing.T) {
 				all[i].off += tc.base
 			}
 			sameOverlay(t, changes, qemuWrites(t, image, all))
+			// Our commands see the overlay as QEMU does.
+			if out, code := run(t, "info", changes); code != 0 || !strings.Contains(out, "backing file: "+image+"\n") {
+				t.Errorf("info: exit %d: %s", code, out)
+			}
+			if out, code := run(t, "check", changes); code != 0 || !strings.HasPrefix(out, "No errors were found on the image.") {
+				t.Errorf("check: exit %d: %s", code, out)
+			}
+			if out, code := run(t, "hash", changes); code != 0 || !strings.HasPrefix(out, qemutest.SHA256(want)+"  disk.raw\n") {
+				t.Errorf("hash: exit %d: %s", code, out)
+			}
 		})
 	}
 }

@@ -30,6 +30,7 @@ FuzzIdentify        ./qcow2/guest               fs.go
 FuzzLVMMetadata     ./qcow2/guest               config.go
 FuzzLUKS            ./qcow2/encryption          luks.go
 FuzzRemote          ./qcow2/remote              remote.go
+FuzzWrites          ./qcow2/overlay             io.go tables.go refcount.go
 "
 
 mode=fuzz
@@ -131,7 +132,7 @@ while read -r target pkg files; do
 	esac
 	# A failing input lands in the package's testdata/fuzz/TARGET.
 	found=$(go list -f '{{.Dir}}' "$pkg")/testdata/fuzz/$target
-	before=$(ls "$found" 2>/dev/null | wc -l)
+	before=$( (ls "$found" 2>/dev/null || true) | wc -l)
 	note=
 	if ! go test -run '^$' -fuzz "^$target\$" -fuzztime "$time" -fuzzminimizetime 0 -timeout 0 -parallel "$workers" "$pkg" >"$tmp/log" 2>&1; then
 		# Go 1.26's coordinator can report its own -fuzztime deadline

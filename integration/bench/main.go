@@ -24,7 +24,7 @@ func main() {
 	runs := flag.Int("runs", 3, "runs of each measure; the best one counts, since shared machines are noisy")
 	out := flag.String("out", "", "also write the results as Markdown to this file")
 	ours := flag.String("qcowmount", "bin/qcowmount", "the qcowmount binary to measure")
-	only := flag.String("only", "", "measure only the built images whose name contains this (e.g. LUKS), or only the remote measures (remote), or only export and hash on every image (commands)")
+	only := flag.String("only", "", "measure only the built images whose name contains this (e.g. LUKS), or only the remote measures (remote), or only the write measures (writes), or only export and hash on every image (commands)")
 	trace := flag.Bool("trace", false, "instead of timing, record what the kernel sends each FUSE server during each measure, once: request sizes, requests in flight, time per request (needs the fuse tracepoints of Linux 6.13)")
 	ceiling := flag.Bool("ceiling", false, "instead, measure what a request costs in each FUSE library: the smallest go-fuse and libfuse servers of a file of zeros, and our fusefs layer (needs gcc and libfuse3-dev)")
 	serveZerosWith := flag.String("serve-zeros", "", "internal: serve a file of zeros at the mountpoint given as argument with go-fuse, fusefs or raw (go-fuse's raw API)")
@@ -152,6 +152,16 @@ func run(work, image, only string, fill int64, seconds, runs int, out, ours stri
 		}
 		fmt.Print("\n" + table)
 		report.WriteString("\n" + table)
+	}
+	if image == "" && strings.Contains("writes", only) && !commandsOnly {
+		table, err := writeFigures(remoteImage, ours, o, runs)
+		if err != nil {
+			return err
+		}
+		fmt.Print("\n" + table)
+		report.WriteString("\nWrites: each measure on a fresh overlay of the image (ours `--overlay`, QEMU's `qemu-img create -b` exported writable by qemu-storage-daemon), the image in the page cache. " +
+			"Random writes: fio randwrite, 4 KiB, psync, buffered (with a final fsync) or O_DIRECT. Guest: the ext4 partition mounted read-write through a loop device, a tar of /usr/include and /usr/share/doc extracted into it, then unmounted. " +
+			"qemu-nbd is not measured: it needs the nbd kernel module, which this machine lacks.\n\n" + table)
 	}
 	if out != "" {
 		return os.WriteFile(out, []byte(report.String()), 0o644)

@@ -170,12 +170,16 @@ func (o *Overlay) writeRun(off int64, p []byte) (int64, error) {
 // write. It writes nothing where fewer than two are.
 func (o *Overlay) writeNewClusters(off int64, p []byte) (int64, error) {
 	cs := int64(1) << o.clusterBits
+	first := off >> o.clusterBits
 	o.mu.Lock()
-	defer o.mu.Unlock()
 	var k int64
 	for at := off; at+cs <= off+int64(len(p)); at += cs {
+		if _, busy := o.copying[at>>o.clusterBits]; busy {
+			break
+		}
 		s, h, err := o.lookup(at >> o.clusterBits)
 		if err != nil {
+			o.mu.Unlock()
 			return 0, err
 		}
 		if s == written || h != 0 || isZero(p[at-off:at-off+cs]) {
@@ -184,17 +188,27 @@ func (o *Overlay) writeNewClusters(off int64, p []byte) (int64, error) {
 		k++
 	}
 	if k < 2 {
+		o.mu.Unlock()
 		return 0, nil
 	}
 	host, err := o.alloc(k)
 	if err != nil {
+		o.mu.Unlock()
 		return 0, err
 	}
-	if _, err := o.f.WriteAt(p[:k*cs], host); err != nil {
-		return 0, fmt.Errorf("writing the overlay at %d: %w", host, err)
+	done := o.startCopying(first, k)
+	o.mu.Unlock()
+
+	_, werr := o.f.WriteAt(p[:k*cs], host)
+
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.endCopying(first, k, done)
+	if werr != nil { // the clusters leak; the disk is as it was
+		return 0, fmt.Errorf("writing the overlay at %d: %w", host, werr)
 	}
 	for i := range k {
-		if err := o.setEntry(off>>o.clusterBits+i, uint64(host+i*cs)|entryCopied); err != nil {
+		if err := o.setEntry(first+i, uint64(host+i*cs)|entryCopied); err != nil {
 			return 0, err
 		}
 	}
@@ -205,32 +219,60 @@ func (o *Overlay) writeNewClusters(off int64, p []byte) (int64, error) {
 // cluster written before is written in place; any other is copied to a
 // new cluster first (from the image beneath, or zeros), unless data
 // covers it whole. A whole cluster of zeros over one not written becomes
-// a zero cluster, with nothing allocated.
+// a zero cluster, with nothing allocated. The copy and its write happen
+// outside the lock: writers of other clusters go on meanwhile, those of
+// this one wait for its L2 entry.
 func (o *Overlay) writeCluster(off int64, data []byte) error {
 	cs := int64(1) << o.clusterBits
 	c, in := off>>o.clusterBits, off&(cs-1)
 	o.mu.Lock()
-	src, host, err := o.lookup(c)
-	if err == nil && src == written {
+	src, host, err := o.settled(c)
+	if err != nil {
+		o.mu.Unlock()
+		return err
+	}
+	if src == written {
 		o.mu.Unlock()
 		if _, err := o.f.WriteAt(data, host+in); err != nil {
 			return fmt.Errorf("writing the overlay at %d: %w", host+in, err)
 		}
 		return nil
 	}
-	defer o.mu.Unlock()
-	if err != nil {
-		return err
-	}
 	whole := int64(len(data)) == cs
 	if whole && o.version >= 3 && isZero(data) {
+		defer o.mu.Unlock()
 		if src == zeroed {
 			return nil
 		}
 		return o.setEntry(c, uint64(host)|entryZero)
 	}
+	if host == 0 {
+		if host, err = o.alloc(1); err != nil {
+			o.mu.Unlock()
+			return err
+		}
+	}
+	done := o.startCopying(c, 1)
+	o.mu.Unlock()
+
+	werr := o.copyAndWrite(src, host, c, in, data)
+
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.endCopying(c, 1, done)
+	if werr != nil { // a new cluster leaks; the disk is as it was
+		return werr
+	}
+	return o.setEntry(c, uint64(host)|entryCopied)
+}
+
+// copyAndWrite writes guest cluster c to the host cluster at host: data
+// at in, and around it what the cluster held (the image's bytes, or
+// zeros).
+func (o *Overlay) copyAndWrite(src source, host, c, in int64, data []byte) error {
+	cs := int64(1) << o.clusterBits
 	buf := data
-	if !whole {
+	if int64(len(data)) < cs {
 		buf = make([]byte, cs)
 		if src == fromBase {
 			if err := o.readBase(buf, c<<o.clusterBits); err != nil {
@@ -239,15 +281,42 @@ func (o *Overlay) writeCluster(off int64, data []byte) error {
 		}
 		copy(buf[in:], data)
 	}
-	if host == 0 {
-		if host, err = o.alloc(1); err != nil {
-			return err
-		}
-	}
 	if _, err := o.f.WriteAt(buf, host); err != nil {
 		return fmt.Errorf("writing the overlay at %d: %w", host, err)
 	}
-	return o.setEntry(c, uint64(host)|entryCopied)
+	return nil
+}
+
+// startCopying marks n guest clusters from first as being written to new
+// host clusters; the caller holds o.mu.
+func (o *Overlay) startCopying(first, n int64) chan struct{} {
+	done := make(chan struct{})
+	for c := first; c < first+n; c++ {
+		o.copying[c] = done
+	}
+	return done
+}
+
+// endCopying lets the writers waiting for those clusters go on.
+func (o *Overlay) endCopying(first, n int64, done chan struct{}) {
+	for c := first; c < first+n; c++ {
+		delete(o.copying, c)
+	}
+	close(done)
+}
+
+// settled is lookup once no write is copying cluster c; the caller holds
+// o.mu, which settled lets go of while it waits.
+func (o *Overlay) settled(c int64) (source, int64, error) {
+	for {
+		done, busy := o.copying[c]
+		if !busy {
+			return o.lookup(c)
+		}
+		o.mu.Unlock()
+		<-done
+		o.mu.Lock()
+	}
 }
 
 // lookup is where guest cluster c's bytes are; the caller holds o.mu.

@@ -93,6 +93,7 @@ type Overlay struct {
 	l1Dirty   map[int64]bool
 	tables    map[int64]*l2Table
 	maxTables int
+	copying   map[int64]chan struct{} // guest clusters being written to new host clusters
 	tick      uint64
 	refs      refcounts
 	end       int64 // where the next cluster is allocated
@@ -271,6 +272,7 @@ func newOverlay(f file, base Base, size int64, version, clusterBits uint32, opts
 		l2Entries:   int64(1) << (clusterBits - 3),
 		l1Dirty:     map[int64]bool{},
 		tables:      map[int64]*l2Table{},
+		copying:     map[int64]chan struct{}{},
 		refs:        refcounts{tableDirty: map[int64]bool{}, blocks: map[int64]*refBlock{}},
 		interval:    opts.CommitInterval,
 	}

@@ -115,7 +115,11 @@ func TestOverlayWrites(t *testing.T) {
 			dir := t.TempDir()
 			image := guestImage(t, dir)
 			changes := filepath.Join(dir, "changes.qcow2")
-			mnt := mountImage(t, image, "--overlay", changes)
+			args := []string{"--overlay", changes}
+			if tc.file == "p1.raw" { // and the fstab form
+				args = []string{"-o", "overlay=" + changes}
+			}
+			mnt := mountImage(t, image, args...)
 			flags := os.O_RDWR
 			if tc.direct {
 				flags |= syscall.O_DIRECT
@@ -352,6 +356,12 @@ func TestOverlayRefusals(t *testing.T) {
 		_, err := os.OpenFile(filepath.Join(mnt, "disk.raw"), os.O_RDWR, 0)
 		if !errors.Is(err, syscall.EROFS) {
 			t.Errorf("opening disk.raw for writing: %v, want EROFS", err)
+		}
+	})
+	t.Run("--temp-overlay over a snapshot", func(t *testing.T) {
+		mnt := mountImage(t, other, "--snapshot", "s1", "-o", "temp_overlay")
+		if err := os.WriteFile(filepath.Join(mnt, "disk.raw"), []byte("over s1"), 0); err != nil {
+			t.Fatal(err)
 		}
 	})
 	t.Run("an encrypted image with --overlay-plaintext", func(t *testing.T) {

@@ -94,6 +94,7 @@ type Overlay struct {
 	tables    map[int64]*l2Table
 	maxTables int
 	copying   map[int64]chan struct{} // guest clusters being written to new host clusters
+	tableBuf  []byte                  // one L2 table, encoded, under mu
 	tick      uint64
 	refs      refcounts
 	end       int64 // where the next cluster is allocated

@@ -34,7 +34,10 @@ func (o *Overlay) table(i int64, create bool) (*l2Table, error) {
 	}
 	t := &l2Table{entries: make([]uint64, o.l2Entries), used: o.tick}
 	if off != 0 {
-		buf := make([]byte, 8*o.l2Entries)
+		if o.tableBuf == nil {
+			o.tableBuf = make([]byte, 8*o.l2Entries)
+		}
+		buf := o.tableBuf
 		if _, err := o.f.ReadAt(buf, off); err != nil {
 			return nil, fmt.Errorf("reading the L2 table at %d: %w", off, err)
 		}
@@ -54,19 +57,22 @@ func (o *Overlay) table(i int64, create bool) (*l2Table, error) {
 	return t, nil
 }
 
-// makeRoomForTable evicts the least recently used table when the cache
-// is full, flushing first if it has changes.
+// makeRoomForTable evicts a table when the cache is full: the least
+// recently used of those with nothing to write, or else the least
+// recently used after a flush, which leaves every table clean: the next
+// evictions cost nothing, where writing back one table at a time would
+// cost a sync each (its refcounts and data must be on disk first).
 func (o *Overlay) makeRoomForTable() error {
 	if len(o.tables) < o.maxTables {
 		return nil
 	}
-	victim, oldest := int64(-1), uint64(0)
+	victim, v := int64(-1), (*l2Table)(nil)
 	for i, t := range o.tables {
-		if victim < 0 || t.used < oldest {
-			victim, oldest = i, t.used
+		if v == nil || (!t.dirty && v.dirty) || (t.dirty == v.dirty && t.used < v.used) {
+			victim, v = i, t
 		}
 	}
-	if o.tables[victim].dirty {
+	if v.dirty {
 		if err := o.flush(); err != nil {
 			return err
 		}
@@ -96,6 +102,38 @@ func (o *Overlay) flush() error {
 }
 
 func (o *Overlay) flushSteps() error {
+	if err := o.flushRefcounts(); err != nil {
+		return err
+	}
+	if err := o.sync(); err != nil { // data written since, before the tables that point at it
+		return err
+	}
+	for i, t := range o.tables {
+		if !t.dirty {
+			continue
+		}
+		if _, err := o.f.WriteAt(o.encodeTable(t.entries), int64(o.l1[i]&offsetMask)); err != nil {
+			return fmt.Errorf("writing the L2 table of L1 entry %d: %w", i, err)
+		}
+		t.dirty = false
+	}
+	if err := o.sync(); err != nil { // tables, here and written back, before L1 names them
+		return err
+	}
+	if len(o.l1Dirty) > 0 {
+		for i := range o.l1Dirty {
+			if _, err := o.f.WriteAt(encodeEntries(o.l1[i:i+1]), o.l1Offset+8*i); err != nil {
+				return fmt.Errorf("writing L1 entry %d: %w", i, err)
+			}
+		}
+		clear(o.l1Dirty)
+	}
+	return o.sync()
+}
+
+// flushRefcounts makes the refcounts durable: blocks, then the table
+// entries that name them, then, where the table moved, the header.
+func (o *Overlay) flushRefcounts() error {
 	for pass := 0; o.refsDirty() || o.refs.moved; pass++ {
 		if pass > 2 {
 			return fmt.Errorf("refcounts still changing after %d passes", pass)
@@ -115,33 +153,18 @@ func (o *Overlay) flushSteps() error {
 			}
 		}
 	}
-	wrote := false
-	for i, t := range o.tables {
-		if !t.dirty {
-			continue
-		}
-		if _, err := o.f.WriteAt(encodeEntries(t.entries), int64(o.l1[i]&offsetMask)); err != nil {
-			return fmt.Errorf("writing the L2 table of L1 entry %d: %w", i, err)
-		}
-		t.dirty, wrote = false, true
+	return nil
+}
+
+// encodeTable encodes an L2 table into a buffer the overlay keeps for it.
+func (o *Overlay) encodeTable(e []uint64) []byte {
+	if o.tableBuf == nil {
+		o.tableBuf = make([]byte, 8*o.l2Entries)
 	}
-	if wrote {
-		if err := o.sync(); err != nil {
-			return err
-		}
+	for i, v := range e {
+		binary.BigEndian.PutUint64(o.tableBuf[8*i:], v)
 	}
-	if len(o.l1Dirty) > 0 {
-		for i := range o.l1Dirty {
-			if _, err := o.f.WriteAt(encodeEntries(o.l1[i:i+1]), o.l1Offset+8*i); err != nil {
-				return fmt.Errorf("writing L1 entry %d: %w", i, err)
-			}
-		}
-		clear(o.l1Dirty)
-		if err := o.sync(); err != nil {
-			return err
-		}
-	}
-	return o.sync() // data written in place, with nothing else to write
+	return o.tableBuf
 }
 
 func (o *Overlay) refsDirty() bool {

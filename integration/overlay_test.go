@@ -211,7 +211,7 @@ func alignedPattern(seed byte, n int) []byte {
 }
 
 // TestOverlayGuestExt4 mounts the guest's ext4 read-write through a loop
-// device on p1.raw, after a crash of the guest left its journal to
+// device on disk.raw, after a crash of the guest left its journal to
 // replay (a read-only device cannot), writes a file, and reads it back
 // from the overlay mounted read-only.
 func TestOverlayGuestExt4(t *testing.T) {
@@ -226,11 +226,9 @@ func TestOverlayGuestExt4(t *testing.T) {
 	if err := os.Mkdir(live, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	loop := strings.TrimSpace(sh(t, "losetup", "--show", "-f", fsFile))
-	t.Cleanup(func() { exec.Command("losetup", "-d", loop).Run() })
-	sh(t, "mount", loop, live)
+	loop, _ := attachLoop(t, "--show", "-f", fsFile)
+	mountUntilCleanup(t, live, loop)
 	if err := os.WriteFile(filepath.Join(live, "before-the-crash.txt"), []byte("journalled\n"), 0o644); err != nil {
-		exec.Command("umount", live).Run()
 		t.Fatal(err)
 	}
 	sh(t, "sync", "-f", live)
@@ -246,32 +244,29 @@ func TestOverlayGuestExt4(t *testing.T) {
 
 	// Read-only, the kernel will not replay the journal.
 	ro := mountImage(t, image)
-	roLoop := strings.TrimSpace(sh(t, "losetup", "-r", "--show", "-f", filepath.Join(ro, "disk.raw")))
+	roLoop, detachRO := attachLoop(t, "-r", "--show", "-f", filepath.Join(ro, "disk.raw"))
 	guest := t.TempDir()
 	if out, err := exec.Command("mount", "-o", "ro", roLoop, guest).CombinedOutput(); err == nil {
 		exec.Command("umount", guest).Run()
 		t.Logf("the kernel mounted a journal needing recovery read-only: %s", out)
 	}
-	sh(t, "losetup", "-d", roLoop)
+	detachRO()
 	unmount(t, ro)
 
 	changes := filepath.Join(dir, "changes.qcow2")
 	rw := mountImage(t, image, "--overlay", changes)
-	rwLoop := strings.TrimSpace(sh(t, "losetup", "--show", "-f", filepath.Join(rw, "disk.raw")))
-	t.Cleanup(func() { exec.Command("losetup", "-d", rwLoop).Run() })
-	sh(t, "mount", rwLoop, guest)
+	rwLoop, detachRW := attachLoop(t, "--show", "-f", filepath.Join(rw, "disk.raw"))
+	mountUntilCleanup(t, guest, rwLoop)
 	b, err := os.ReadFile(filepath.Join(guest, "before-the-crash.txt"))
 	if err != nil || string(b) != "journalled\n" {
-		exec.Command("umount", guest).Run()
 		t.Fatalf("after the replay: %q, %v", b, err)
 	}
 	data := qemutest.Pattern(3, 5<<20)
 	if err := os.WriteFile(filepath.Join(guest, "written.bin"), data, 0o644); err != nil {
-		exec.Command("umount", guest).Run()
 		t.Fatal(err)
 	}
 	sh(t, "umount", guest)
-	sh(t, "losetup", "-d", rwLoop)
+	detachRW()
 	unmount(t, rw)
 	if out, err := exec.Command("qemu-img", "check", changes).CombinedOutput(); err != nil {
 		t.Fatalf("qemu-img check: %v\n%s", err, out)
@@ -279,9 +274,8 @@ func TestOverlayGuestExt4(t *testing.T) {
 
 	// The overlay alone, read-only: the file is there, the journal clean.
 	again := mountImage(t, changes)
-	loop2 := strings.TrimSpace(sh(t, "losetup", "-r", "--show", "-f", filepath.Join(again, "disk.raw")))
-	t.Cleanup(func() { exec.Command("losetup", "-d", loop2).Run() })
-	sh(t, "mount", "-o", "ro", loop2, guest)
+	loop2, _ := attachLoop(t, "-r", "--show", "-f", filepath.Join(again, "disk.raw"))
+	mountUntilCleanup(t, guest, "-o", "ro", loop2)
 	got, err := os.ReadFile(filepath.Join(guest, "written.bin"))
 	sh(t, "umount", guest)
 	if err != nil || !bytes.Equal(got, data) {
@@ -290,6 +284,30 @@ func TestOverlayGuestExt4(t *testing.T) {
 	if out := sh(t, "dumpe2fs", "-h", filepath.Join(again, "disk.raw")); strings.Contains(out, "needs_recovery") {
 		t.Errorf("the overlay's ext4 still needs recovery")
 	}
+}
+
+// attachLoop runs losetup with args and returns the loop device and a
+// detach that runs once, at the latest at cleanup: a second losetup -d
+// could detach another test's device that took the number since.
+func attachLoop(t *testing.T, args ...string) (string, func()) {
+	t.Helper()
+	loop := strings.TrimSpace(sh(t, "losetup", args...))
+	detach := sync.OnceFunc(func() { sh(t, "losetup", "-d", loop) })
+	t.Cleanup(detach)
+	return loop, detach
+}
+
+// mountUntilCleanup mounts (mount args... dir), and cleanup unmounts dir
+// where it is still mounted; registered after the loop device it mounts,
+// it runs before that is detached.
+func mountUntilCleanup(t *testing.T, dir string, args ...string) {
+	t.Helper()
+	sh(t, "mount", append(args, dir)...)
+	t.Cleanup(func() {
+		if isMounted(dir) {
+			exec.Command("umount", dir).Run()
+		}
+	})
 }
 
 // TestOverlayRefusals: what cannot be an overlay is refused with one line

@@ -43,7 +43,27 @@ func (v *View) ReadAt(p []byte, off int64) (int, error) {
 		}
 		return 0, io.EOF
 	}
-	done := 0
+	done, rest, err := v.pieces(p, off, func(p []byte, at int64) (int, error) {
+		m, err := v.d.ReadAt(p, at)
+		if m == len(p) {
+			return m, nil
+		}
+		if err == nil || err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		return m, err
+	})
+	if err == nil && rest > 0 {
+		err = io.EOF
+	}
+	return done, err
+}
+
+// pieces calls fn for each part of p at off that lies in one segment, in
+// order, with where on the disk that part lies. It returns the bytes fn
+// did, and how many of p lie past the end of the view; it stops where fn
+// does less than its part, with fn's error.
+func (v *View) pieces(p []byte, off int64, fn func(p []byte, at int64) (int, error)) (done, rest int, err error) {
 	for _, s := range v.segs {
 		if len(p) == 0 {
 			break
@@ -53,20 +73,14 @@ func (v *View) ReadAt(p []byte, off int64) (int, error) {
 			continue
 		}
 		n := min(int64(len(p)), s.Size-off)
-		m, err := v.d.ReadAt(p[:n], s.Start+off)
+		m, err := fn(p[:n], s.Start+off)
 		done += m
-		if int64(m) < n {
-			if err == nil || err == io.EOF {
-				err = io.ErrUnexpectedEOF
-			}
-			return done, err
+		if int64(m) < n || err != nil {
+			return done, len(p) - m, err
 		}
 		p, off = p[n:], 0
 	}
-	if len(p) > 0 {
-		return done, io.EOF
-	}
-	return done, nil
+	return done, len(p), nil
 }
 
 // writerDisk is a disk that takes writes: an overlay.
@@ -89,27 +103,11 @@ func (v *View) WriteAt(p []byte, off int64) (int, error) {
 	if off < 0 || off > v.size {
 		return 0, fmt.Errorf("write at %d: outside the %d bytes of the view", off, v.size)
 	}
-	done := 0
-	for _, s := range v.segs {
-		if len(p) == 0 {
-			break
-		}
-		if off >= s.Size {
-			off -= s.Size
-			continue
-		}
-		n := min(int64(len(p)), s.Size-off)
-		m, err := w.WriteAt(p[:n], s.Start+off)
-		done += m
-		if err != nil {
-			return done, err
-		}
-		p, off = p[n:], 0
+	done, rest, err := v.pieces(p, off, w.WriteAt)
+	if err == nil && rest > 0 {
+		err = fmt.Errorf("write of %d bytes: past the end of the view", len(p))
 	}
-	if len(p) > 0 {
-		return done, fmt.Errorf("write of %d bytes: past the end of the view", len(p))
-	}
-	return done, nil
+	return done, err
 }
 
 // Sync makes the writes to the disk beneath durable.

@@ -343,6 +343,7 @@ func TestOverlayRefusals(t *testing.T) {
 		{"an image of its own", []string{"--overlay", other, image}, 3, "no backing file"},
 		{"the image itself", []string{"--overlay", other, other}, 2, "the image itself"},
 		{"an internal snapshot", []string{"--overlay", filepath.Join(dir, "new.qcow2"), "--snapshot", "s1", other}, 2, "--temp-overlay takes writes over a snapshot"},
+		{"force share", []string{"--temp-overlay", "-U", image}, 2, "--force-share"},
 		{"both flags", []string{"--overlay", filepath.Join(dir, "new.qcow2"), "--temp-overlay", image}, 2, "give one of them"},
 		{"an encrypted image", []string{"--overlay", filepath.Join(dir, "new.qcow2"), "--key-file", keyFile, enc}, 2, "--overlay-plaintext"},
 	} {

@@ -40,6 +40,9 @@ func openOverlay(o overlayOptions, io imageOptions, arg string, img *openedImage
 	if o.file != "" && o.temp {
 		return nil, usageError{errors.New("--overlay and --temp-overlay: give one of them")}
 	}
+	if io.forceShare {
+		return nil, usageError{errors.New("an overlay with --force-share: the image may change under the overlay, which would then hold a mix of old and new; mount without --force-share once nothing writes the image")}
+	}
 	if o.file != "" && io.snapshot != "" {
 		return nil, usageError{errors.New("--overlay with --snapshot: QEMU cannot open an internal snapshot as a backing file; --temp-overlay takes writes over a snapshot")}
 	}
@@ -67,12 +70,16 @@ func openOverlay(o overlayOptions, io imageOptions, arg string, img *openedImage
 	backing := overlay.Backing{Name: img.Path(), Format: info.Format}
 	if isURL(arg) {
 		u, err := url.Parse(arg)
-		if err != nil || u.User != nil || u.RawQuery != "" {
+		if err != nil {
+			return nil, usageError{errors.New("the image's URL does not parse")}
+		}
+		if u.User != nil || u.RawQuery != "" {
 			if o.file != "" {
 				return nil, usageError{errors.New("--overlay over a URL with a password or a query: the overlay would keep them as its backing file name; use --temp-overlay")}
 			}
+			u.User, u.RawQuery = nil, "" // a temporary overlay's name for it is never read
 		}
-		backing.Name = arg
+		backing.Name = u.String()
 	}
 	var ov *overlay.Overlay
 	if o.temp {

@@ -21,8 +21,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -174,7 +176,11 @@ func create(path string, base Base, b Backing, opts Options) (*Overlay, error) {
 	dir := filepath.Dir(path)
 	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".new-*")
 	if err != nil {
-		return nil, err
+		var pe *fs.PathError
+		if errors.As(err, &pe) { // names the temporary file, not the user's
+			err = pe.Err
+		}
+		return nil, fmt.Errorf("creating %s: %w", path, err)
 	}
 	tmp := f.Name()
 	defer os.Remove(tmp)
@@ -305,7 +311,7 @@ func resume(f *os.File, path string, base Base, b Backing, opts Options) (*Overl
 		var fe *qcow2.FormatError
 		var ue *qcow2.UnsupportedError
 		if errors.As(err, &fe) || errors.As(err, &ue) {
-			return nil, refuse("%v", err)
+			return nil, refuse("%s", strings.TrimPrefix(err.Error(), path+": "))
 		}
 		return nil, err
 	}

@@ -98,12 +98,49 @@ func (r *recorder) crashState(k int, keep func(i int) bool) []byte {
 	return b
 }
 
-// TestCrashAtEveryStep stops the writer's file at many points of a run of
-// writes and flushes (the refcount table growing among them) and checks
-// that QEMU opens what is left: qemu-img check finds at most leaks, and
-// every write acknowledged by a Sync before the crash reads back.
+// TestCrashAtEveryStep stops the writer's file at many points of runs of
+// writes and flushes and checks that QEMU opens what is left: qemu-img
+// check finds at most leaks, and every write acknowledged by a Sync
+// before the crash reads back. A small run stops at every operation; a
+// run in which the refcount table moves, at a sample (each point costs a
+// few QEMU runs; under -race copying its 10 MiB states costs more).
 func TestCrashAtEveryStep(t *testing.T) {
-	const size = 12 << 20
+	for _, tc := range []struct {
+		name   string
+		size   int64
+		writes func(r *rand.Rand, size int64) []write
+		syncAt func(i int) bool // after write i
+		sample bool
+		moves  bool
+	}{
+		{"every operation", baseSize, func(r *rand.Rand, size int64) []write {
+			// Large writes too: one flush then makes several refcount
+			// blocks, each counted by the next.
+			ws := randomWrites(r, 50, 512, size)
+			for i := range 8 {
+				n := 64<<10 + r.IntN(320<<10)
+				ws = append(ws, write{r.Int64N(size - int64(n)), qemutest.Pattern(byte(200+i), n)})
+			}
+			r.Shuffle(len(ws), func(i, j int) { ws[i], ws[j] = ws[j], ws[i] })
+			return ws
+		}, func(i int) bool { return i%5 == 4 }, false, false},
+		{"the refcount table moves", 12 << 20, func(r *rand.Rand, size int64) []write {
+			ws := randomWrites(r, 80, 512, size)
+			// Then 9 MiB in 1 MiB writes: with 512-byte clusters the
+			// file outgrows the refcount table's 8 MiB.
+			for i := range 9 {
+				ws = append(ws, write{int64(i) << 20, qemutest.Pattern(byte(100+i), 1<<20)})
+			}
+			return ws
+		}, func(i int) bool { return i%9 == 8 || i >= 80 }, true, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			crashes(t, tc.size, tc.writes, tc.syncAt, tc.sample, tc.moves)
+		})
+	}
+}
+
+func crashes(t *testing.T, size int64, writes func(*rand.Rand, int64) []write, syncAt func(int) bool, sample, moves bool) {
 	dir := t.TempDir()
 	base, raw := makeBaseOf(t, dir, size)
 	rec := &recorder{}
@@ -113,19 +150,14 @@ func TestCrashAtEveryStep(t *testing.T) {
 	}
 	built := rec.count()
 	r := rand.New(rand.NewPCG(5, 5))
-	ws := randomWrites(r, 80, 512, size)
-	// Then 9 MiB in 1 MiB writes: with 512-byte clusters the file
-	// outgrows the refcount table's 8 MiB and the table moves.
-	for i := range 9 {
-		ws = append(ws, write{int64(i) << 20, qemutest.Pattern(byte(100+i), 1<<20)})
-	}
+	ws := writes(r, size)
 	type synced struct{ ops, writes int }
 	marks := []synced{{built, 0}}
 	for i, w := range ws {
 		if _, err := o.WriteAt(w.data, w.off); err != nil {
 			t.Fatal(err)
 		}
-		if i%9 == 8 || i >= 80 {
+		if syncAt(i) {
 			if err := o.Sync(); err != nil {
 				t.Fatal(err)
 			}
@@ -136,16 +168,19 @@ func TestCrashAtEveryStep(t *testing.T) {
 		t.Fatal(err)
 	}
 	marks = append(marks, synced{rec.count(), len(ws)})
-	if off := binary.BigEndian.Uint64(rec.data[offRefcountTable:]); off == 512 {
-		t.Fatalf("the refcount table never moved: the run does not test its growth")
+	if moved := binary.BigEndian.Uint64(rec.data[offRefcountTable:]) != 512; moved != moves {
+		t.Fatalf("the refcount table moved: %v, want %v", moved, moves)
 	}
 
-	// Crash points: after a third of the syncs and two writes on, and a
-	// sample of the rest (each point costs a few QEMU runs; under -race
-	// copying the 10 MiB states costs more).
+	// Crash points: every operation, or after a quarter of the syncs and
+	// two writes on, and a sample of the rest.
 	points := map[int]bool{}
 	for i, o := range rec.ops {
-		if i >= built && ((o.data == nil && r.IntN(3) == 0) || r.IntN(100) == 0) {
+		switch {
+		case i < built:
+		case !sample:
+			points[i+1] = true
+		case (o.data == nil && r.IntN(4) == 0) || r.IntN(100) == 0:
 			points[i] = true
 			points[min(i+2, len(rec.ops))] = true
 		}
@@ -191,7 +226,9 @@ func TestCrashAtEveryStep(t *testing.T) {
 		}{
 			{"killed", func(int) bool { return true }},
 			{"power lost", func(int) bool { return false }},
-			{"power lost midway", func(i int) bool { return (i*2654435761)%3 == 0 }},
+			// Of two writes since the last sync, either may be lost.
+			{"power lost, odd writes kept", func(i int) bool { return i%2 == 1 }},
+			{"power lost, even writes kept", func(i int) bool { return i%2 == 0 }},
 		} {
 			if err := os.WriteFile(crash, rec.crashState(k, kind.keep), 0o600); err != nil {
 				t.Fatal(err)

@@ -175,8 +175,8 @@ func (o *Overlay) writeRefcounts() error {
 	// A new block lies at the end of the file, where a later block may
 	// count it: name the later blocks first, each on disk before the next
 	// names a block it counts.
-	for k, i := range slices.Backward(slices.Sorted(maps.Keys(r.tableDirty))) {
-		if k > 0 {
+	for n, i := range slices.Backward(slices.Sorted(maps.Keys(r.tableDirty))) {
+		if n < len(r.tableDirty)-1 { // each after the one before is on disk
 			if err := o.sync(); err != nil {
 				return err
 			}

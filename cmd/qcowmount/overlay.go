@@ -31,22 +31,22 @@ func (o *overlayOptions) flags() []cli.Flag {
 func (o overlayOptions) wanted() bool { return o.file != "" || o.temp }
 
 // openOverlay opens the overlay o asks for over img (opened from arg as
-// io says), or nil for a read-only mount. What cannot be an overlay is a
-// usage error; a file that is not one of this image, an image error.
-func openOverlay(o overlayOptions, io imageOptions, arg string, img *openedImage, log *zap.Logger) (*overlay.Overlay, error) {
+// opened says), or nil for a read-only mount. What cannot be an overlay
+// is a usage error; a file that is not one of this image, an image error.
+func openOverlay(o overlayOptions, opened imageOptions, arg string, img *openedImage, log *zap.Logger) (*overlay.Overlay, error) {
 	if !o.wanted() {
 		return nil, nil
 	}
 	if o.file != "" && o.temp {
 		return nil, usageError{errors.New("--overlay and --temp-overlay: give one of them")}
 	}
-	if io.forceShare {
+	if opened.forceShare {
 		return nil, usageError{errors.New("an overlay with --force-share: the image may change under the overlay, which would then hold a mix of old and new; mount without --force-share once nothing writes the image")}
 	}
-	if o.file != "" && io.snapshot != "" {
+	if o.file != "" && opened.snapshot != "" {
 		return nil, usageError{errors.New("--overlay with --snapshot: QEMU cannot open an internal snapshot as a backing file; --temp-overlay takes writes over a snapshot")}
 	}
-	if o.file != "" && io.noBacking {
+	if o.file != "" && opened.noBacking {
 		return nil, usageError{errors.New("--overlay with --no-backing: QEMU would read the overlay over the whole chain, not the top image alone; --temp-overlay takes writes over it")}
 	}
 	if o.file != "" {
@@ -82,7 +82,9 @@ func openOverlay(o overlayOptions, io imageOptions, arg string, img *openedImage
 		backing.Name = u.String()
 	}
 	var ov *overlay.Overlay
+	flag := "--overlay"
 	if o.temp {
+		flag = "--temp-overlay"
 		dir := os.Getenv("TMPDIR")
 		if dir == "" {
 			dir = "/var/tmp"
@@ -95,7 +97,7 @@ func openOverlay(o overlayOptions, io imageOptions, arg string, img *openedImage
 		}
 	}
 	if err != nil {
-		return nil, imageError{fmt.Errorf("--overlay: %w", err)}
+		return nil, imageError{fmt.Errorf("%s: %w", flag, err)}
 	}
 	log.Info("writes go to the overlay", zap.String("overlay", ov.Path()))
 	return ov, nil

@@ -596,8 +596,11 @@ func TestOverlayPartitionTableRewritten(t *testing.T) {
 }
 
 // TestOverlayOverRemoteImage: a remote image takes a local overlay whose
-// backing file is the URL, which QEMU's curl driver opens; a URL with a
-// query string takes only a temporary one.
+// backing file is the URL; a URL with a query string takes only a
+// temporary one. QEMU reads the overlay over the served file's local
+// copy: its curl driver hangs now and then in qemu-img 7.2 (a convert
+// through it waited 12 minutes in CI), so only qemu-img info, which opens
+// no backing file, sees the URL.
 func TestOverlayOverRemoteImage(t *testing.T) {
 	requireFUSE(t)
 	qemutest.Require(t, "qemu-img", "qemu-io")
@@ -616,13 +619,15 @@ func TestOverlayOverRemoteImage(t *testing.T) {
 	}
 	f.Close()
 	unmount(t, mnt)
+	if out := sh(t, "qemu-img", "info", changes); !strings.Contains(out, "backing file: "+base+"/top.qcow2\n") || !strings.Contains(out, "backing file format: qcow2\n") {
+		t.Errorf("qemu-img info: %s", out)
+	}
 	want := qemutest.RawBytes(t, filepath.Join(root, "top.qcow2"))
 	copy(want[2<<20+100:], data)
-	if got := qemutest.RawBytes(t, changes); !bytes.Equal(got, want) {
-		t.Errorf("QEMU reads the overlay over the URL otherwise, first at %d", qemutest.FirstDiff(got, want))
-	}
-	if out := sh(t, "qemu-img", "info", changes); !strings.Contains(out, "backing file: "+base+"/top.qcow2\n") {
-		t.Errorf("qemu-img info: %s", out)
+	local := fmt.Sprintf(`json:{"driver":"qcow2","file":{"driver":"file","filename":%q},"backing":{"driver":"qcow2","file":{"driver":"file","filename":%q}}}`,
+		changes, filepath.Join(root, "top.qcow2"))
+	if got := qemutest.RawBytes(t, local); !bytes.Equal(got, want) {
+		t.Errorf("QEMU reads the overlay over the image otherwise, first at %d", qemutest.FirstDiff(got, want))
 	}
 
 	secret := base + "/top.qcow2?token=secret"

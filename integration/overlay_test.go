@@ -2,7 +2,6 @@ package integration
 
 import (
 	"bytes"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -30,31 +29,8 @@ func guestImage(t *testing.T, dir string) string {
 	raw, _ := qemutest.GuestDisk(t, t.TempDir())
 	image := filepath.Join(dir, "vm.qcow2")
 	sh(t, "qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", raw, image)
-	neverWritten(t, image)
+	qemutest.NeverWritten(t, image)
 	return image
-}
-
-// neverWritten fails the test if the file's bytes or mtime change before
-// its end.
-func neverWritten(t *testing.T, path string) {
-	t.Helper()
-	state := func() string {
-		b, err := os.ReadFile(path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		st, err := os.Stat(path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return fmt.Sprintf("%x %v", sha256.Sum256(b), st.ModTime().UnixNano())
-	}
-	before := state()
-	t.Cleanup(func() {
-		if after := state(); after != before {
-			t.Errorf("%s was written: %s, was %s", path, after, before)
-		}
-	})
 }
 
 // diskWrite is one write of a test, at an offset of the guest disk.
@@ -240,7 +216,7 @@ func TestOverlayGuestExt4(t *testing.T) {
 	}
 	image := filepath.Join(dir, "vm.qcow2")
 	sh(t, "qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", raw, image)
-	neverWritten(t, image)
+	qemutest.NeverWritten(t, image)
 
 	// Read-only, the kernel will not replay the journal.
 	ro := mountImage(t, image)

@@ -297,7 +297,7 @@ func TestRootlessFlow(t *testing.T) {
 
 	// The edit flow: a file of the guest changed through fuse2fs, the
 	// changes in an overlay in the user's home, the image untouched.
-	neverWritten(t, image)
+	qemutest.NeverWritten(t, image)
 	changes := filepath.Join(home, "changes.qcow2")
 	steps := [][]string{
 		{binary, "--overlay", changes, image, q},

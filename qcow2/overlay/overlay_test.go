@@ -2,7 +2,6 @@ package overlay
 
 import (
 	"bytes"
-	"crypto/sha256"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -11,7 +10,6 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/qcowmount/qcowmount/qcow2"
 	"github.com/qcowmount/qcowmount/qcow2/qemutest"
@@ -43,32 +41,9 @@ func makeBaseOf(t *testing.T, dir string, size int64) (*qcow2.Image, []byte) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	untouched(t, path)
+	qemutest.NeverWritten(t, path)
 	t.Cleanup(func() { img.Close() })
 	return img, raw
-}
-
-// untouched fails the test if path's bytes or mtime change before its end.
-func untouched(t *testing.T, path string) {
-	t.Helper()
-	sum := func() ([32]byte, time.Time) {
-		b, err := os.ReadFile(path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		st, err := os.Stat(path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return sha256.Sum256(b), st.ModTime()
-	}
-	before, mtime := sum()
-	t.Cleanup(func() {
-		after, mtime2 := sum()
-		if after != before || !mtime2.Equal(mtime) {
-			t.Errorf("%s was written (sha256 or mtime changed)", path)
-		}
-	})
 }
 
 // randomWrites are n writes of 1 byte to 3 clusters, unaligned, across

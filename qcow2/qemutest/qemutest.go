@@ -309,3 +309,26 @@ func GuestDisk(t testing.TB, dir string) (string, map[string]map[string]string) 
 	Run(t, "dd", "if="+fat, "of="+disk, "bs=512", "seek=26624", "conv=notrunc", "status=none")
 	return disk, sums
 }
+
+// NeverWritten fails the test if the file's bytes or mtime change before
+// the test ends: the image a writer works over is only ever read.
+func NeverWritten(t testing.TB, path string) {
+	t.Helper()
+	state := func() string {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, err := os.Stat(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fmt.Sprintf("%s %d", SHA256(b), st.ModTime().UnixNano())
+	}
+	before := state()
+	t.Cleanup(func() {
+		if after := state(); after != before {
+			t.Errorf("%s was written: sha256 and mtime %s, were %s", path, after, before)
+		}
+	})
+}

@@ -144,7 +144,15 @@ func serve(o mountOptions, args []string, ready *os.File, fuseOpts []string, key
 	if err != nil {
 		return reportReady(ready, err)
 	}
-	defer img.Close()
+	defer func() {
+		// An overlay's last writes become durable here: say if they did not.
+		if cerr := img.Close(); cerr != nil {
+			log.Error("closing the image", zap.Error(cerr))
+			if err == nil {
+				err = quietExit(exitFailure)
+			}
+		}
+	}()
 	// Every path is absolute by now: let go of the caller's directory.
 	if err := os.Chdir("/"); err != nil {
 		log.Warn("cannot move to /", zap.Error(err))

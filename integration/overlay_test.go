@@ -302,8 +302,10 @@ func TestOverlayRefusals(t *testing.T) {
 		t.Fatal(err)
 	}
 	sh(t, "qemu-img", "snapshot", "-c", "s1", other)
+	qemutest.NeverWritten(t, other) // the temporary overlay's image below
 	enc := filepath.Join(dir, "enc.qcow2")
 	qemutest.CreateEncrypted(t, enc, "qcow2", "20M", "secret", "encrypt.format=luks")
+	qemutest.NeverWritten(t, enc)
 	keyFile := filepath.Join(dir, "key")
 	if err := os.WriteFile(keyFile, []byte("secret"), 0o600); err != nil {
 		t.Fatal(err)
@@ -582,6 +584,9 @@ func TestOverlayOverRemoteImage(t *testing.T) {
 	qemutest.Require(t, "qemu-img", "qemu-io")
 	root := t.TempDir()
 	servedImages(t, root)
+	for _, image := range []string{"top.qcow2", "base.qcow2"} {
+		qemutest.NeverWritten(t, filepath.Join(root, image))
+	}
 	base := startNginx(t, root, "", "")
 	changes := filepath.Join(t.TempDir(), "changes.qcow2")
 	mnt := mountImage(t, base+"/top.qcow2", "--overlay", changes)

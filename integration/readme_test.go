@@ -75,6 +75,9 @@ func TestReadmeFlows(t *testing.T) {
 				// README writes them: one clone at a time.
 				holdMachineLock(t, "mnt-q")
 			}
+			if strings.HasPrefix(name, "edit") {
+				qemutest.NeverWritten(t, "../testdata/demo.qcow2")
+			}
 			script := readmeBlock(t, name)
 			cmd := exec.Command("bash", "-euo", "pipefail", "-c", script)
 			cmd.Dir = ".."

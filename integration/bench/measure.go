@@ -177,29 +177,48 @@ func randomReads(direct bool, jobs int) func(*mounted, benchImage, options) (flo
 // fio reads file at random in 4 KiB blocks with psync for the given
 // seconds and returns the reads per second and how many there were.
 func fio(file string, direct bool, jobs, seconds int) (float64, int64, error) {
+	return fioRun(file, "randread", direct, jobs, seconds)
+}
+
+// fioRun runs fio's rw pattern (randread: the file opened read-only;
+// randwrite: a final fsync, counted) on file in 4 KiB blocks with psync
+// and returns the operations per second and how many there were.
+func fioRun(file, rw string, direct bool, jobs, seconds int) (float64, int64, error) {
 	d := "0"
 	if direct {
 		d = "1"
 	}
-	out, err := exec.Command("fio", "--name=random", "--filename="+file, "--readonly", "--rw=randread",
-		"--bs=4k", "--ioengine=psync", "--direct="+d, "--numjobs="+strconv.Itoa(jobs), "--time_based",
-		"--runtime="+strconv.Itoa(seconds), "--group_reporting", "--output-format=json").Output()
+	args := []string{"--name=random", "--filename=" + file, "--rw=" + rw,
+		"--bs=4k", "--ioengine=psync", "--direct=" + d, "--numjobs=" + strconv.Itoa(jobs), "--time_based",
+		"--runtime=" + strconv.Itoa(seconds), "--group_reporting", "--output-format=json"}
+	if rw == "randread" {
+		args = append(args, "--readonly")
+	} else {
+		args = append(args, "--end_fsync=1")
+	}
+	out, err := exec.Command("fio", args...).Output()
 	if err != nil {
 		return 0, 0, fmt.Errorf("fio: %v", err)
 	}
+	type side struct {
+		IOPS     float64 `json:"iops"`
+		TotalIOs int64   `json:"total_ios"`
+	}
 	var report struct {
 		Jobs []struct {
-			Read struct {
-				IOPS     float64 `json:"iops"`
-				TotalIOs int64   `json:"total_ios"`
-			} `json:"read"`
-			Error int `json:"error"`
+			Read  side `json:"read"`
+			Write side `json:"write"`
+			Error int  `json:"error"`
 		} `json:"jobs"`
 	}
 	if err := json.Unmarshal(out, &report); err != nil || len(report.Jobs) == 0 || report.Jobs[0].Error != 0 {
 		return 0, 0, fmt.Errorf("fio report: %v: %.300s", err, out)
 	}
-	return report.Jobs[0].Read.IOPS, report.Jobs[0].Read.TotalIOs, nil
+	r := report.Jobs[0].Read
+	if rw != "randread" {
+		r = report.Jobs[0].Write
+	}
+	return r.IOPS, r.TotalIOs, nil
 }
 
 // guestPartition is where the built guest disk's ext4 partition starts.

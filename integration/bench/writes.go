@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -75,7 +74,8 @@ func writeMetrics(tarball string) []metric {
 	for _, w := range randomWorkloads {
 		name := strings.Replace(w.name, "random 4 KiB", "random 4 KiB writes", 1)
 		ms = append(ms, metric{name: name, unit: "IOPS", higher: true, run: func(m *mounted, img benchImage, o options) (float64, error) {
-			return fioWrites(m.file, w.direct, w.jobs, o.seconds)
+			iops, _, err := fioRun(m.file, "randwrite", w.direct, w.jobs, o.seconds)
+			return iops, err
 		}})
 	}
 	return append(ms, metric{name: "guest: tar extracted into the ext4 (loop device), unmounted", unit: "MiB/s", higher: true, guest: true,
@@ -109,34 +109,6 @@ func sequentialWrites(file string) (float64, error) {
 		return 0, err
 	}
 	return seqWriteMiB / time.Since(start).Seconds(), nil
-}
-
-// fioWrites writes file at random in 4 KiB blocks for the given seconds
-// (buffered runs end with an fsync, counted) and returns the writes per
-// second.
-func fioWrites(file string, direct bool, jobs, seconds int) (float64, error) {
-	d := "0"
-	if direct {
-		d = "1"
-	}
-	out, err := exec.Command("fio", "--name=random", "--filename="+file, "--rw=randwrite",
-		"--bs=4k", "--ioengine=psync", "--direct="+d, "--numjobs="+strconv.Itoa(jobs), "--time_based",
-		"--runtime="+strconv.Itoa(seconds), "--end_fsync=1", "--group_reporting", "--output-format=json").Output()
-	if err != nil {
-		return 0, fmt.Errorf("fio: %v", err)
-	}
-	var report struct {
-		Jobs []struct {
-			Write struct {
-				IOPS float64 `json:"iops"`
-			} `json:"write"`
-			Error int `json:"error"`
-		} `json:"jobs"`
-	}
-	if err := json.Unmarshal(out, &report); err != nil || len(report.Jobs) == 0 || report.Jobs[0].Error != 0 {
-		return 0, fmt.Errorf("fio report: %v: %.300s", err, out)
-	}
-	return report.Jobs[0].Write.IOPS, nil
 }
 
 // guestExtract mounts the guest's ext4 read-write through a loop device

@@ -23,6 +23,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -61,14 +62,23 @@ type Allocator interface {
 	Allocation(off, limit int64) (data bool, n int64, err error)
 }
 
-// spliceMin is the smallest read worth splicing: below it, the extra
-// system calls of a splice cost more than the copy they save.
+// spliceMin is the smallest read worth splicing or lending: below it,
+// the extra system calls of a splice, or the pinning, cost more than the
+// copy they save.
 const spliceMin = 64 << 10
 
 // HostRanger is implemented by disks that can tell where a range lies in a
 // host file, so that Read splices it to the kernel without a copy.
 type HostRanger interface {
 	HostRange(off int64, n int) (f *os.File, hostOff int64, ok bool)
+}
+
+// PinRanger is implemented by disks that can lend a range's bytes from
+// their cache (remote images), so that Read hands them to the kernel
+// without a copy; release lets them go once the reply is written. No
+// bytes and no error means the range cannot be lent.
+type PinRanger interface {
+	PinRange(off int64, n int) (bufs [][]byte, release func(), err error)
 }
 
 // Options describe the mount.
@@ -410,15 +420,61 @@ func (f *diskFile) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off 
 			return fuse.ReadResultFd(file.Fd(), hostOff, n), 0
 		}
 	}
+	if pr, ok := f.disk.(PinRanger); ok && len(dest) >= spliceMin {
+		n := int(max(0, min(int64(len(dest)), f.disk.Size()-off)))
+		bufs, release, err := pr.PinRange(off, n)
+		if err != nil {
+			return nil, f.readFailed(off, len(dest), err)
+		}
+		if bufs != nil {
+			return &lentResult{bufs: bufs, release: release}, 0
+		}
+	}
 	n, err := f.disk.ReadAt(dest, off)
 	if err != nil && !errors.Is(err, io.EOF) {
-		f.log.Error("read failed", zap.Int64("guest_offset", off), zap.Int("length", len(dest)), zap.Error(err))
-		return nil, syscall.EIO
+		return nil, f.readFailed(off, len(dest), err)
 	}
 	// A vector goes to the kernel with one writev. go-fuse would try to
 	// splice plain data first (take a pipe, grow it, write the header into
 	// it) before falling back to writev, on every reply.
 	return fuse.ReadResultVector([][]byte{dest[:n]}), 0
+}
+
+func (f *diskFile) readFailed(off int64, n int, err error) syscall.Errno {
+	f.log.Error("read failed", zap.Int64("guest_offset", off), zap.Int("length", n), zap.Error(err))
+	return syscall.EIO
+}
+
+// lentResult is a reply made of a disk's lent buffers: go-fuse writes
+// them with one writev (it asks for Slices) and then calls Done, which
+// lets them go.
+type lentResult struct {
+	bufs    [][]byte
+	release func()
+	done    atomic.Bool
+}
+
+func (r *lentResult) Size() (n int) {
+	for _, b := range r.bufs {
+		n += len(b)
+	}
+	return n
+}
+
+func (r *lentResult) Slices() ([][]byte, fuse.Status) { return r.bufs, fuse.OK }
+
+func (r *lentResult) Bytes(buf []byte) ([]byte, fuse.Status) {
+	buf = buf[:0]
+	for _, b := range r.bufs {
+		buf = append(buf, b...)
+	}
+	return buf, fuse.OK
+}
+
+func (r *lentResult) Done() {
+	if !r.done.Swap(true) {
+		r.release()
+	}
 }
 
 func setTimes(a *fuse.Attr, t time.Time) {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -238,6 +239,94 @@ func TestAsyncDirectIO(t *testing.T) {
 		}
 	}
 	t.Fatalf("no INIT reply in the debug log (%d lines)", logs.Len())
+}
+
+// lendingDisk lends its bytes, as a remote image does, in pieces of at
+// most 100 KiB, from buffers it scribbles over once they are released, and
+// counts the pins not yet released; reads that touch [badStart, badEnd)
+// fail to pin.
+type lendingDisk struct {
+	flakyDisk
+	mu     sync.Mutex
+	lent   int // pins so far
+	pinned int // not yet released
+}
+
+func (d *lendingDisk) PinRange(off int64, n int) ([][]byte, func(), error) {
+	if off < d.badEnd && off+int64(n) > d.badStart {
+		return nil, nil, fmt.Errorf("the server went away")
+	}
+	var bufs [][]byte
+	for n > 0 {
+		b := slices.Clone(d.data[off : off+int64(min(n, 100<<10))])
+		bufs = append(bufs, b)
+		off, n = off+int64(len(b)), n-len(b)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.lent++
+	d.pinned++
+	return bufs, func() {
+		for _, b := range bufs {
+			clear(b)
+		}
+		d.mu.Lock()
+		d.pinned--
+		d.mu.Unlock()
+	}, nil
+}
+
+// TestLentReads: large reads of a disk that lends its bytes are answered
+// from the lent buffers, which are released once the reply is written;
+// small reads are copied; a failed pin is EIO.
+func TestLentReads(t *testing.T) {
+	if _, err := os.Stat("/dev/fuse"); err != nil {
+		qemutest.Missing(t, "/dev/fuse is missing")
+	}
+	disk := &lendingDisk{flakyDisk: flakyDisk{data: qemutest.Pattern(5, 4<<20), badStart: 3 << 20, badEnd: 3<<20 + 1}}
+	mnt := t.TempDir()
+	server, err := Mount(mnt, []File{{DiskName, disk}}, Options{Log: zap.NewNop()})
+	if err != nil {
+		qemutest.Missing(t, "cannot mount FUSE here: "+err.Error())
+	}
+	t.Cleanup(func() { server.Unmount() })
+	f, err := os.OpenFile(filepath.Join(mnt, DiskName), os.O_RDONLY|syscall.O_DIRECT, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	buf := make([]byte, 1<<20)
+	for _, tc := range []struct {
+		off     int64
+		n       int
+		wantErr bool
+	}{
+		{0, 1 << 20, false},
+		{1 << 20, 256 << 10, false},
+		{2 << 20, 4096, false}, // copied, not lent
+		{3 << 20, 1 << 20, true},
+	} {
+		_, err := f.ReadAt(buf[:tc.n], tc.off)
+		switch {
+		case tc.wantErr && !errors.Is(err, syscall.EIO):
+			t.Errorf("read at %d: %v, want EIO", tc.off, err)
+		case !tc.wantErr && (err != nil || !bytes.Equal(buf[:tc.n], disk.data[tc.off:tc.off+int64(tc.n)])):
+			t.Errorf("read at %d: %v, or wrong bytes", tc.off, err)
+		}
+	}
+	// The server releases after its writev returns, which may be after
+	// the reader has its bytes.
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+		disk.mu.Lock()
+		lent, pinned := disk.lent, disk.pinned
+		disk.mu.Unlock()
+		if lent > 0 && pinned == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d reads lent, %d not released", lent, pinned)
+		}
+	}
 }
 
 // memDisk is a disk in memory that takes writes, failing those that touch

@@ -2,8 +2,10 @@ package qcow2_test
 
 import (
 	"bytes"
+	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/qcowmount/qcowmount/qcow2"
@@ -61,24 +63,75 @@ func TestHostRange(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
+			want := make([]byte, tc.n)
+			img.ReadAt(want, tc.off) // fails where both must answer false
+
 			f, hostOff, ok := img.HostRange(tc.off, tc.n)
 			if ok != tc.want {
 				t.Fatalf("HostRange ok = %v, want %v", ok, tc.want)
 			}
-			if !ok {
+			if ok {
+				got := make([]byte, tc.n)
+				if _, err := f.ReadAt(got, hostOff); err != nil {
+					t.Fatalf("reading the host range: %v", err)
+				}
+				if !bytes.Equal(got, want) {
+					t.Fatal("the host range holds other bytes than ReadAt returns")
+				}
+			}
+
+			// The same image from a file that lends its bytes, as a
+			// remote one does: PinRange lends where HostRange splices.
+			if tc.truncate > 0 {
+				b = b[:tc.truncate]
+			}
+			l := &lendingFile{Reader: bytes.NewReader(b)}
+			limg, err := qcow2.New(l, int64(len(b)), qcow2.Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer limg.Close()
+			bufs, release, err := limg.PinRange(tc.off, tc.n)
+			if err != nil || (bufs != nil) != tc.want {
+				t.Fatalf("PinRange lent %d slices, %v; want lent = %v", len(bufs), err, tc.want)
+			}
+			if bufs == nil {
 				return
 			}
-			got := make([]byte, tc.n)
-			if _, err := f.ReadAt(got, hostOff); err != nil {
-				t.Fatalf("reading the host range: %v", err)
+			if !bytes.Equal(bytes.Join(bufs, nil), want) {
+				t.Fatal("PinRange lends other bytes than ReadAt returns")
 			}
-			want := make([]byte, tc.n)
-			if _, err := img.ReadAt(want, tc.off); err != nil {
-				t.Fatalf("ReadAt: %v", err)
+			release()
+			if l.pinned != 0 {
+				t.Fatalf("%d pins left after release", l.pinned)
 			}
-			if !bytes.Equal(got, want) {
-				t.Fatal("the host range holds other bytes than ReadAt returns")
+			l.fail = true
+			if _, _, err := limg.PinRange(tc.off, tc.n); err == nil || !strings.Contains(err.Error(), "guest offset") {
+				t.Fatalf("a failing Pin: %v, want an error naming the guest offset", err)
 			}
 		})
 	}
+}
+
+// lendingFile lends its bytes as a remote file does, in pieces of at most
+// 100 KiB, and counts the pins not yet released.
+type lendingFile struct {
+	*bytes.Reader
+	pinned int
+	fail   bool
+}
+
+func (l *lendingFile) Pin(off int64, n int) ([][]byte, func(), error) {
+	if l.fail {
+		return nil, nil, errors.New("the server went away")
+	}
+	var bufs [][]byte
+	for n > 0 {
+		b := make([]byte, min(n, 100<<10))
+		l.ReadAt(b, off)
+		bufs = append(bufs, b)
+		off, n = off+int64(len(b)), n-len(b)
+	}
+	l.pinned++
+	return bufs, func() { l.pinned-- }, nil
 }

@@ -54,25 +54,69 @@ func (img *Image) ReadAt(p []byte, off int64) (int, error) {
 // is one run of data in one host file, as it is for most reads of an
 // uncompressed image: the file and the offset in it. A caller can then
 // move the bytes without copying them through user space (splice). It
-// answers false for anything else (encrypted data above all), and for a range that reaches past the
-// end of the file as it is now, which ReadAt reports as an error.
+// answers false for anything else (encrypted data above all), and for a
+// range that reaches past the end of the file as it is now, which ReadAt
+// reports as an error.
 func (img *Image) HostRange(off int64, n int) (*os.File, int64, bool) {
-	if img.hdr.CryptMethod != CryptNone || off < 0 || n <= 0 || off+int64(n) > img.size {
-		return nil, 0, false
-	}
 	data, local := osFile(img.data)
 	if !local {
 		return nil, 0, false
 	}
-	e, err := img.lookup(off, int64(n))
-	if err != nil || e.kind != extentData || e.n < int64(n) {
+	host, ok := img.dataRun(off, n)
+	if !ok {
 		return nil, 0, false
 	}
 	st, err := data.Stat()
-	if err != nil || int64(e.host)+int64(n) > st.Size() {
+	if err != nil || int64(host)+int64(n) > st.Size() {
 		return nil, 0, false
 	}
-	return data, int64(e.host), true
+	return data, int64(host), true
+}
+
+// lender is a File that can lend bytes from its cache without copying
+// them (remote.File): the slices stay valid until release is called.
+type lender interface {
+	Size() int64
+	Pin(off int64, n int) (bufs [][]byte, release func(), err error)
+}
+
+// PinRange is HostRange for files that lend their bytes (remote images):
+// when all of the guest range [off, off+n) is one run of data in such a
+// file, it returns the bytes, held until release is called. It returns no
+// bytes and no error for anything else, which ReadAt then reads.
+func (img *Image) PinRange(off int64, n int) (bufs [][]byte, release func(), err error) {
+	var l lender
+	switch f := img.data.(type) {
+	case lender:
+		l = f
+	case namedReader: // New's reader
+		l, _ = f.ReaderAt.(lender)
+	}
+	if l == nil {
+		return nil, nil, nil
+	}
+	host, ok := img.dataRun(off, n)
+	if !ok || int64(host)+int64(n) > l.Size() {
+		return nil, nil, nil
+	}
+	bufs, release, err = l.Pin(int64(host), n)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: guest offset %#x: reading %s at host offset %#x: %w", img.path, off, img.data.Name(), host, err)
+	}
+	return bufs, release, nil
+}
+
+// dataRun returns the host offset of the guest range [off, off+n) when
+// all of it is one run of unencrypted data.
+func (img *Image) dataRun(off int64, n int) (uint64, bool) {
+	if img.hdr.CryptMethod != CryptNone || off < 0 || n <= 0 || off+int64(n) > img.size {
+		return 0, false
+	}
+	e, err := img.lookup(off, int64(n))
+	if err != nil || e.kind != extentData || e.n < int64(n) {
+		return 0, false
+	}
+	return e.host, true
 }
 
 // read fills p, which lies inside the disk, from guest offset off.

@@ -129,19 +129,49 @@ type hostRanger interface {
 // one segment.
 func (v *View) HostRange(off int64, n int) (*os.File, int64, bool) {
 	hr, ok := v.d.(hostRanger)
-	if !ok || off < 0 || n <= 0 {
+	if !ok {
 		return nil, 0, false
+	}
+	diskOff, ok := v.inOneSegment(off, n)
+	if !ok {
+		return nil, 0, false
+	}
+	return hr.HostRange(diskOff, n)
+}
+
+// pinRanger is a disk that can lend a range's bytes from its cache
+// (a remote image).
+type pinRanger interface {
+	PinRange(off int64, n int) (bufs [][]byte, release func(), err error)
+}
+
+// PinRange passes the question on to the disk for a range that lies in
+// one segment; it returns no bytes and no error where it cannot.
+func (v *View) PinRange(off int64, n int) (bufs [][]byte, release func(), err error) {
+	pr, ok := v.d.(pinRanger)
+	if !ok {
+		return nil, nil, nil
+	}
+	diskOff, ok := v.inOneSegment(off, n)
+	if !ok {
+		return nil, nil, nil
+	}
+	return pr.PinRange(diskOff, n)
+}
+
+// inOneSegment returns the disk offset of the view's range [off, off+n)
+// when all of it lies in one segment.
+func (v *View) inOneSegment(off int64, n int) (int64, bool) {
+	if off < 0 || n <= 0 {
+		return 0, false
 	}
 	for _, s := range v.segs {
 		if off < s.Size {
-			if off+int64(n) > s.Size {
-				return nil, 0, false
-			}
-			return hr.HostRange(s.Start+off, n)
+			return s.Start + off, off+int64(n) <= s.Size
 		}
 		off -= s.Size
 	}
-	return nil, 0, false
+	return 0, false
 }
 
 // allocator is a disk that can tell data from holes.

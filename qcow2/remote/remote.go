@@ -28,6 +28,7 @@
 package remote
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -138,8 +139,8 @@ type File struct {
 // however deep: the cache of blocks, the requests in flight, the spare
 // buffers, and readahead's streams.
 type shared struct {
-	cache *lru.Cache[blockKey, []byte] // read with Read only: buffers are reused
-	spare sync.Pool                    // block buffers the cache let go
+	cache *lru.Cache[blockKey, *block] // read with Read only: buffers are reused
+	spare sync.Pool                    // block buffers nothing holds any more
 	sem   chan struct{}                // a place per request in flight
 	ids   atomic.Uint32
 	ra    struct {
@@ -155,9 +156,24 @@ type blockKey struct {
 	index int64
 }
 
+// block is a cached block's bytes, never changed once cached. The cache
+// holds one reference and every Pin one more; the buffer is reused only
+// when the last goes, so a pinned block outlives its eviction.
+type block struct {
+	buf  []byte
+	refs atomic.Int32
+}
+
+// release drops a reference.
+func (sh *shared) release(b *block) {
+	if b.refs.Add(-1) == 0 {
+		sh.spare.Put(&b.buf)
+	}
+}
+
 func newShared(opts Options) *shared {
 	sh := &shared{sem: make(chan struct{}, opts.MaxInFlight)}
-	sh.cache = lru.NewRecycling[blockKey](opts.CacheSize, func(b []byte) { sh.spare.Put(&b) })
+	sh.cache = lru.NewRecycling[blockKey](opts.CacheSize, sh.release)
 	return sh
 }
 
@@ -521,27 +537,64 @@ func (f *File) ReadAt(p []byte, off int64) (int, error) {
 	if int64(len(p)) > f.size-off {
 		p, eof = p[:f.size-off], io.EOF
 	}
-	if err := f.load(off, int64(len(p))); err != nil {
-		return 0, err
+	n := 0
+	err := f.blocks(off, len(p), func(part []byte, _ *block) { n += copy(p[n:], part) })
+	return n, cmp.Or(err, eof)
+}
+
+// Pin lends the bytes of [off, off+n), which must lie inside the file,
+// straight from the cache: no copy. The slices stay as they are, even if
+// the cache evicts their blocks, until release is called (once); their
+// memory is then reused.
+func (f *File) Pin(off int64, n int) (bufs [][]byte, release func(), err error) {
+	if off < 0 || n < 0 || off+int64(n) > f.size {
+		return nil, nil, fmt.Errorf("%s: bytes %d-%d lie outside the file (%d bytes)", f.name, off, off+int64(n)-1, f.size)
+	}
+	var pinned []*block
+	err = f.blocks(off, n, func(part []byte, b *block) {
+		b.refs.Add(1)
+		pinned = append(pinned, b)
+		bufs = append(bufs, part)
+	})
+	release = func() {
+		for _, b := range pinned {
+			f.sh.release(b)
+		}
+		pinned = nil
+	}
+	if err != nil {
+		release()
+		return nil, nil, err
+	}
+	return bufs, release, nil
+}
+
+// blocks fetches the blocks of [off, off+n), which lies inside the file,
+// and calls each with the part of each block in the range and the block,
+// in order, under the cache's lock (an evicted block's buffer is reused
+// unless pinned); then readahead follows the read.
+func (f *File) blocks(off int64, n int, each func(part []byte, b *block)) error {
+	if err := f.load(off, int64(n)); err != nil {
+		return err
 	}
 	bs := f.opts.BlockSize
-	n := 0
-	for n < len(p) {
-		pos := off + int64(n)
+	for pos, end := off, off+int64(n); pos < end; {
 		idx := pos / bs
-		// Under the cache's lock: an evicted block's buffer is reused.
-		ok := f.sh.cache.Read(blockKey{f.id, idx}, func(block []byte) { n += copy(p[n:], block[pos-idx*bs:]) })
+		ok := f.sh.cache.Read(blockKey{f.id, idx}, func(b *block) {
+			part := b.buf[pos-idx*bs : min(end-idx*bs, int64(len(b.buf)))]
+			each(part, b)
+			pos += int64(len(part))
+		})
 		if !ok {
 			// Evicted between load and here by other readers: fetch it
 			// again, alone.
 			if err := f.load(pos, 1); err != nil {
-				return n, err
+				return err
 			}
-			continue
 		}
 	}
-	f.readahead(off, int64(len(p)))
-	return n, eof
+	f.readahead(off, int64(n))
+	return nil
 }
 
 // load makes sure the blocks of [off, off+n) are in the cache: it fetches
@@ -622,8 +675,10 @@ func (f *File) fetchRun(fe *fetch) {
 		fe.err = err
 		return
 	}
-	for i, block := range blocks {
-		f.sh.cache.Add(blockKey{f.id, fe.first + int64(i)}, block, int64(len(block)))
+	for i, buf := range blocks {
+		b := &block{buf: buf}
+		b.refs.Store(1)
+		f.sh.cache.Add(blockKey{f.id, fe.first + int64(i)}, b, int64(len(buf)))
 	}
 }
 

@@ -174,6 +174,51 @@ func TestEvictedBlocksAreReused(t *testing.T) {
 	}
 }
 
+// Pinned blocks keep their bytes while other readers make the cache evict
+// them and reuse evicted buffers; once released, their buffers are
+// reused too.
+func TestPinnedBlocksOutliveEviction(t *testing.T) {
+	o, srv := serve(t, 3<<20)
+	f := mustOpen(t, srv.URL, small(Options{CacheSize: 256 << 10}))
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Go(func() {
+			r := rand.New(rand.NewPCG(uint64(g), 9))
+			buf := make([]byte, 200<<10)
+			for range 50 {
+				off, n := r.Int64N(f.Size()-300<<10), 1+r.IntN(300<<10)
+				bufs, release, err := f.Pin(off, n)
+				if err != nil {
+					t.Errorf("Pin(%d, %d): %v", off, n, err)
+					return
+				}
+				// Evict the pinned blocks: read elsewhere, twice the cache.
+				for range 3 {
+					f.ReadAt(buf, r.Int64N(f.Size()-int64(len(buf))))
+				}
+				if got := bytes.Join(bufs, nil); !bytes.Equal(got, o.data[off:off+int64(n)]) {
+					t.Errorf("Pin(%d, %d): %d bytes, wrong after eviction", off, n, len(got))
+				}
+				release()
+			}
+		})
+	}
+	wg.Wait()
+	// Every pin released: the blocks the cache let go went back for reuse.
+	var spares int
+	for f.sh.spare.Get() != nil {
+		spares++
+	}
+	if spares == 0 {
+		t.Error("no released block's buffer was put back for reuse")
+	}
+	for _, tc := range []struct{ off, n int64 }{{-1, 10}, {f.Size() - 10, 11}} {
+		if _, _, err := f.Pin(tc.off, int(tc.n)); err == nil {
+			t.Errorf("Pin(%d, %d) outside the file: no error", tc.off, tc.n)
+		}
+	}
+}
+
 // Readahead grows with the bytes a reader consumes, not with how many
 // reads it makes: a file system reading a few small blocks in a row must
 // not pull megabytes.

@@ -1,8 +1,9 @@
 package main
 
 import (
+	"bytes"
 	"context"
-	_ "embed"
+	"embed"
 	"fmt"
 	"os"
 	"os/exec"
@@ -25,22 +26,88 @@ const zerosSize = 64 << 30
 //go:embed libfuse/zeros.c
 var zerosC []byte
 
+// gofusePatches change go-fuse the ways proposed upstream for what a
+// request costs (gofuse-patches/README.md); only the ceiling experiment
+// builds with them.
+//
+//go:embed gofuse-patches/*.patch
+var gofusePatches embed.FS
+
+// patchedServers are fusefs's zero server built against go-fuse with
+// each set of patches, by name.
+var patchedServers = []struct{ name, patches string }{
+	{"fusefs, go-fuse patched: one reader blocked", "readers"},
+	{"fusefs, go-fuse patched: buffers without a lock", "buffers"},
+	{"fusefs, go-fuse patched: both", "readers buffers"},
+}
+
 // zeroServers are the FUSE servers of the ceiling experiment, each
 // serving one file of zeros with nothing behind it: what a request costs
-// in the FUSE library alone, and in our layer on top of go-fuse.
-func zeroServers(self, libfuse string) []tool {
+// in the FUSE library alone, and in our layer on top of go-fuse, as it
+// is and with the patches (patched holds the programs built with them).
+func zeroServers(self, libfuse string, patched []string) []tool {
 	serve := func(args ...string) func(benchImage, string) (*mounted, error) {
 		return func(_ benchImage, dir string) (*mounted, error) {
 			cmd := exec.Command(args[0], append(args[1:], dir)...)
 			return processMount(cmd, filepath.Join(dir, "zeros"), func() error { return sh("fusermount3", "-u", dir) })
 		}
 	}
-	return []tool{
+	tools := []tool{
 		{name: "go-fuse, smallest server", mount: serve(self, "-serve-zeros", "go-fuse")},
 		{name: "libfuse 3, smallest server", mount: serve(libfuse, "-f", "-o", "ro")},
 		{name: "our FUSE layer (fusefs)", mount: serve(self, "-serve-zeros", "fusefs")},
 		{name: "go-fuse raw API, fusefs's options", mount: serve(self, "-serve-zeros", "raw")},
 	}
+	for i, p := range patchedServers {
+		tools = append(tools, tool{name: p.name, mount: serve(patched[i], "-serve-zeros", "fusefs")})
+	}
+	return tools
+}
+
+// buildPatched builds this program in work against a copy of the go-fuse
+// that go.mod names, with the patches named applied: a module file beside
+// it replaces go-fuse for this build alone. It runs where make runs it,
+// in the repository's root.
+func buildPatched(work, patches string) (string, error) {
+	out, err := exec.Command("go", "list", "-m", "-f", "{{.Dir}}", "github.com/hanwen/go-fuse/v2").Output()
+	if err != nil {
+		return "", fmt.Errorf("go list go-fuse: %v", err)
+	}
+	dir := filepath.Join(work, "go-fuse-"+strings.ReplaceAll(patches, " ", "+"))
+	if err := os.RemoveAll(dir); err != nil {
+		return "", err
+	}
+	if err := sh("cp", "-r", strings.TrimSpace(string(out)), dir); err != nil {
+		return "", err
+	}
+	if err := sh("chmod", "-R", "u+w", dir); err != nil {
+		return "", err
+	}
+	for _, p := range strings.Fields(patches) {
+		patch, err := gofusePatches.ReadFile("gofuse-patches/" + p + ".patch")
+		if err != nil {
+			return "", err
+		}
+		apply := exec.Command("git", "apply", "-")
+		apply.Dir, apply.Stdin = dir, bytes.NewReader(patch)
+		if out, err := apply.CombinedOutput(); err != nil {
+			return "", fmt.Errorf("applying %s.patch: %v: %s", p, err, out)
+		}
+	}
+	for _, f := range []string{"mod", "sum"} {
+		b, err := os.ReadFile("go." + f)
+		if err != nil {
+			return "", err
+		}
+		if err := os.WriteFile(dir+"."+f, b, 0o644); err != nil {
+			return "", err
+		}
+	}
+	if err := sh("go", "mod", "edit", "-modfile", dir+".mod", "-replace", "github.com/hanwen/go-fuse/v2="+dir); err != nil {
+		return "", err
+	}
+	bin := dir + ".bench"
+	return bin, sh("go", "build", "-modfile", dir+".mod", "-o", bin, "./integration/bench")
 }
 
 // ceilingFigures runs fio's random 4 KiB reads against each zero server,
@@ -64,7 +131,15 @@ func ceilingFigures(work string, o options, runs int) (string, error) {
 	if err := sh("gcc", append([]string{"-O2", "-o", libfuse, src}, strings.Fields(string(flags))...)...); err != nil {
 		return "", err
 	}
-	servers := zeroServers(self, libfuse)
+	var patched []string
+	for _, p := range patchedServers {
+		bin, err := buildPatched(work, p.patches)
+		if err != nil {
+			return "", fmt.Errorf("go-fuse with %s: %w", p.patches, err)
+		}
+		patched = append(patched, bin)
+	}
+	servers := zeroServers(self, libfuse, patched)
 	type cell struct {
 		iops, cpuUsec, switches float64
 		err                     error

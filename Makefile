@@ -189,9 +189,10 @@ bench-requests: build
 	$(GO) run ./integration/bench -trace -seconds 2 -out integration/bench/REQUESTS.md $(BENCH_ARGS)
 
 # bench-ceiling: what a request costs in each FUSE library alone: the
-# smallest go-fuse server, the smallest libfuse one, our fusefs layer and
-# go-fuse's raw API with fusefs's options, each serving a file of zeros,
-# under fio's random 4 KiB reads.
+# smallest go-fuse server, the smallest libfuse one, our fusefs layer,
+# go-fuse's raw API with fusefs's options, and fusefs on go-fuse with each
+# change proposed upstream (integration/bench/gofuse-patches), each serving
+# a file of zeros, under fio's random 4 KiB reads.
 bench-ceiling: build
 	@$(MAKE) --no-print-directory deps EXTRA_PACKAGES="$(CEILING_PACKAGES)"
 	$(GO) run ./integration/bench -ceiling -runs 5 -out integration/bench/CEILING.md $(BENCH_ARGS)

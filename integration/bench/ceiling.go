@@ -77,10 +77,8 @@ func buildPatched(work, patches string) (string, error) {
 	if err := os.RemoveAll(dir); err != nil {
 		return "", err
 	}
-	if err := sh("cp", "-r", strings.TrimSpace(string(out)), dir); err != nil {
-		return "", err
-	}
-	if err := sh("chmod", "-R", "u+w", dir); err != nil {
+	// CopyFS makes the files writable, where the module cache's are not.
+	if err := os.CopyFS(dir, os.DirFS(strings.TrimSpace(string(out)))); err != nil {
 		return "", err
 	}
 	for _, p := range strings.Fields(patches) {
@@ -193,7 +191,7 @@ func zerosOnce(srv tool, direct bool, jobs int, o options) (iops, cpuUsec, switc
 	before, err := proc.UsageOf(m.pid)
 	var reads int64
 	if err == nil {
-		iops, reads, err = fio(m.file, direct, jobs, o.seconds)
+		iops, reads, err = fioRun(m.file, "randread", direct, jobs, o.seconds)
 	}
 	after, usageErr := proc.UsageOf(m.pid)
 	if err == nil {

@@ -169,15 +169,9 @@ func sequential(file string, n int) (float64, error) {
 
 func randomReads(direct bool, jobs int) func(*mounted, benchImage, options) (float64, error) {
 	return func(m *mounted, img benchImage, o options) (float64, error) {
-		iops, _, err := fio(m.file, direct, jobs, o.seconds)
+		iops, _, err := fioRun(m.file, "randread", direct, jobs, o.seconds)
 		return iops, err
 	}
-}
-
-// fio reads file at random in 4 KiB blocks with psync for the given
-// seconds and returns the reads per second and how many there were.
-func fio(file string, direct bool, jobs, seconds int) (float64, int64, error) {
-	return fioRun(file, "randread", direct, jobs, seconds)
 }
 
 // fioRun runs fio's rw pattern (randread: the file opened read-only;
